@@ -1,0 +1,117 @@
+"""The one small interface every model provider implements.
+
+A provider turns a ``ProviderRequest`` (system prompt, conversation, rulebook
+passages) into an async stream of ``StreamEvent`` values. It is made once, in the
+app's lifespan, and shared by every turn; ``stream()`` is safe to call concurrently.
+
+Cancellation: the turn consumes ``stream()`` in a task. Cancelling that task raises
+``CancelledError`` at the provider's current ``await``; each adapter closes its
+upstream HTTP response in a ``finally`` so that no more tokens are paid for.
+
+Errors: adapters translate their SDK's exceptions at the border into
+``ProviderUnavailable`` (429, 503, overload, connect errors, timeouts, a stream
+dropped mid-way) or ``ProviderError`` (any other status, a malformed stream), with
+``raise ... from exc``. First-token and idle timeouts are applied by the caller
+(``chat_server.providers.timing``), not by each adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "ChatMessage",
+    "CitationRef",
+    "Finish",
+    "Passage",
+    "Provider",
+    "ProviderRequest",
+    "StreamEvent",
+    "TextDelta",
+    "Usage",
+    "UsageReport",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A searchable piece of a game's rulebook, as sent to a provider and cited back."""
+
+    id: str
+    document_id: str
+    title: str
+    heading: str | None
+    text: str
+    ordinal: int
+    language: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Literal["user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRequest:
+    """Everything a provider needs for one answer; the last message is the question."""
+
+    model: str
+    system: str
+    messages: list[ChatMessage]
+    passages: list[Passage]
+    language: str
+    game_name: str
+    max_output_tokens: int = 1024
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class CitationRef:
+    """The model cited a passage (by ``Passage.id``); ``quote`` is the cited text."""
+
+    passage_id: str
+    quote: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: Literal["stop", "length"] = "stop"
+
+
+StreamEvent = TextDelta | CitationRef | UsageReport | Finish
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A streaming model provider. ``name`` is the contract's provider name."""
+
+    name: str
+    model: str
+
+    def stream(self, request: ProviderRequest) -> AsyncIterator[StreamEvent]:
+        """Stream the answer; raise ``ProviderError``/``ProviderUnavailable`` on failure."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the SDK client (called once, at shutdown)."""
+        ...

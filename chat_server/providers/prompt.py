@@ -1,0 +1,47 @@
+"""How the rulebook passages and the question are put to a language model.
+
+One place, so that every provider grounds its answer the same way; Anthropic sends
+the passages as a document block instead of inline text and uses
+``system_instructions`` alone.
+"""
+
+from __future__ import annotations
+
+from .base import Passage
+
+__all__ = ["passages_block", "system_instructions", "system_prompt"]
+
+
+def system_instructions(game_name: str, language: str, has_passages: bool) -> str:
+    """The instructions, without the passages themselves."""
+    lines = [
+        f"You are a rules assistant for the board game {game_name}.",
+        f"Answer in the language with code '{language}'.",
+        "Answer only from the rulebook passages given to you, and cite them by their id "
+        "in square brackets, like [p1].",
+    ]
+    if not has_passages:
+        lines.append(
+            "No rulebook passages are available for this game: say so plainly and do not "
+            "invent rules."
+        )
+    else:
+        lines.append("If the passages do not answer the question, say that they do not.")
+    return "\n".join(lines)
+
+
+def passages_block(passages: list[Passage]) -> str:
+    """The passages as text, each headed by its id."""
+    parts = []
+    for p in passages:
+        head = f"[{p.id}] {p.title}" + (f" — {p.heading}" if p.heading else "")
+        parts.append(f"{head}\n{p.text}")
+    return "\n\n".join(parts)
+
+
+def system_prompt(game_name: str, language: str, passages: list[Passage]) -> str:
+    """Instructions and passages in one system text (OpenAI, Gemini)."""
+    text = system_instructions(game_name, language, bool(passages))
+    if passages:
+        text += "\n\nRulebook passages:\n\n" + passages_block(passages)
+    return text

@@ -1,0 +1,69 @@
+"""Shared fixtures: real databases (SQLite and Postgres) and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import services
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    reason = services.reachable(services.POSTGRES_URL, 5432)
+    if reason:
+        services.missing("PostgreSQL", reason)
+    return services.POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty Postgres database for one test, dropped afterwards."""
+    url = asyncio.run(services.create_database(postgres_admin_url))
+    try:
+        yield url
+    finally:
+        asyncio.run(services.drop_database(postgres_admin_url, url))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'chat.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each storage test runs on SQLite and on Postgres."""
+    name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A real Redis, emptied for this test (its own logical database)."""
+    reason = services.reachable(services.REDIS_URL, 6379)
+    if reason:
+        services.missing("Redis", reason)
+    import redis
+
+    url = services.with_database(services.REDIS_URL, "9")
+    client = redis.Redis.from_url(url, socket_timeout=2)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[object]:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        yield client
+    finally:
+        await client.aclose()
