@@ -40,8 +40,11 @@ class Settings(BaseSettings):
     )
     database_pool_size: int = Field(default=10, ge=1, le=1000)
     auto_migrate: bool = True
-    seed_demo: bool = True
+    seed_demo: bool | None = Field(
+        default=None, description="Seed demo games; default: only on the embedded SQLite."
+    )
     redis_timeout: float = Field(default=1.0, gt=0, le=60)
+    redis_prefix: str = Field(default="chat", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     quota_fail_open: bool = False
 
     # Auth
@@ -68,6 +71,7 @@ class Settings(BaseSettings):
     provider_first_token_timeout: float = Field(default=30.0, gt=0, le=600)
     provider_idle_timeout: float = Field(default=30.0, gt=0, le=600)
     provider_max_output_tokens: int = Field(default=1024, ge=1, le=64000)
+    local_token_delay: float = Field(default=0.02, ge=0, le=5)
     history_turns: int = Field(default=6, ge=0, le=100)
     history_chars: int = Field(default=8000, ge=0, le=1_000_000)
     grounding_passages: int = Field(default=4, ge=1, le=20)
@@ -127,8 +131,13 @@ class Settings(BaseSettings):
         if value is None:
             return None
         scheme = value.split("://", 1)[0].lower() if "://" in value else ""
-        if scheme not in {"postgres", "postgresql", "postgresql+asyncpg", "sqlite",
-                          "sqlite+aiosqlite"}:
+        if scheme not in {
+            "postgres",
+            "postgresql",
+            "postgresql+asyncpg",
+            "sqlite",
+            "sqlite+aiosqlite",
+        }:
             raise ValueError("must be a postgresql:// URL or sqlite:///path")
         return value
 
@@ -194,9 +203,11 @@ def load_settings(**overrides: object) -> Settings:
         name = str(loc[0]).upper()
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         value = err.get("input")
-        shown = f" (got {value!r})" if isinstance(value, str | int | float) and not _secret(
-            name
-        ) else ""
+        shown = (
+            f" (got {value!r})"
+            if isinstance(value, str | int | float) and not _secret(name)
+            else ""
+        )
         raise ConfigError(f"invalid configuration: {name}: {msg}{shown}") from None
 
 

@@ -19,8 +19,8 @@ POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL") or (
     if os.environ.get("DATABASE_URL", "").startswith("postgres")
     else "postgresql://postgres@127.0.0.1:5432/test"
 )
-REDIS_URL = os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL") or (
-    "redis://127.0.0.1:6379/0"
+REDIS_URL = (
+    os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL") or ("redis://127.0.0.1:6379/0")
 )
 
 

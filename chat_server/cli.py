@@ -1,0 +1,140 @@
+"""``chat-server``: serve (the default), migrate, token, chat.
+
+A bad configuration value prints one line naming the variable and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from .config import ConfigError, Settings, load_settings
+
+__all__ = ["main"]
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chat-server", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="run the server (default)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    migrate = sub.add_parser("migrate", help="bring the database schema to the latest version")
+    migrate.add_argument(
+        "--sql", action="store_true", help="print the migrations as SQL instead of running them"
+    )
+    token = sub.add_parser("token", help="mint a token with the configured secret (not in prod)")
+    token.add_argument("--user", required=True)
+    token.add_argument("--role", default="basic")
+    token.add_argument("--ttl", type=int, default=3600)
+    chat = sub.add_parser("chat", help="a terminal client that streams answers")
+    chat.add_argument("--game", required=True, help="game id (see GET /games)")
+    chat.add_argument("--url", default=None, help="server base URL (default: HOST and PORT)")
+    chat.add_argument("--token", default=None, help="a token (default: a dev token)")
+    chat.add_argument("--session", default=None, help="resume this session")
+    chat.add_argument("--user", default="cli-user")
+    chat.add_argument("--provider", default=None)
+    chat.add_argument("--language", default="en")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = load_settings()
+        if getattr(args, "host", None):
+            settings = settings.model_copy(update={"host": args.host})
+        if getattr(args, "port", None) is not None:
+            settings = load_settings(port=args.port)
+    except ConfigError as exc:
+        print(f"chat-server: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    command = args.command or "serve"
+    if command == "migrate":
+        return _migrate(settings, sql=args.sql)
+    if command == "token":
+        return _token(settings, args.user, args.role, args.ttl)
+    if command == "chat":
+        from .terminal import run_chat
+
+        return run_chat(settings, args)
+    return _serve(settings)
+
+
+def _migrate(settings: Settings, *, sql: bool) -> int:
+    from .services import database_url
+    from .storage.engine import Database
+    from .storage.migrate import offline_sql, upgrade
+
+    url = database_url(settings)
+    if sql:
+        sys.stdout.write(offline_sql(url))
+        return 0
+
+    async def run() -> None:
+        db = Database(url, prepared_statement_cache=settings.database_prepared_statement_cache)
+        try:
+            await upgrade(db)
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
+    print("database schema is up to date", file=sys.stderr)
+    return 0
+
+
+def _token(settings: Settings, user: str, role: str, ttl: int) -> int:
+    from .auth import mint_token
+    from .services import with_local_secret
+
+    if settings.is_prod:
+        print("chat-server: `token` refuses to run when ENVIRONMENT is prod", file=sys.stderr)
+        return 1
+    secret = with_local_secret(settings).supabase_jwt_secret
+    if not secret:
+        print("chat-server: no SUPABASE_JWT_SECRET to sign with", file=sys.stderr)
+        return 1
+    print(mint_token(secret=secret, user_id=user, role=role, ttl=ttl, issuer=settings.jwt_issuer))
+    return 0
+
+
+def _serve(settings: Settings) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    app = create_app(settings)
+    shown = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::") else settings.host
+    print(
+        f"chat-server listening on http://{shown}:{settings.port} "
+        f"(docs: /docs, WebSocket: ws://{shown}:{settings.port}/ws/chat)\n"
+        f"get a token with: chat-server token --user me --role basic",
+        file=sys.stderr,
+        flush=True,
+    )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws="websockets-sansio",
+        ws_max_size=settings.ws_max_frame_bytes,
+        ws_per_message_deflate=False,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_timeout,
+        timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
+        proxy_headers=True,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

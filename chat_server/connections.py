@@ -1,0 +1,41 @@
+"""The open WebSocket connections of this instance: per-user limits and broadcast close."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .ws import Connection
+
+__all__ = ["Connections"]
+
+
+class Connections:
+    """Authenticated connections by user; ``add`` refuses past ``per_user``."""
+
+    def __init__(self, per_user: int) -> None:
+        self.per_user = per_user
+        self._by_user: dict[str, set[Connection]] = {}
+
+    def add(self, connection: Connection) -> bool:
+        assert connection.principal is not None
+        mine = self._by_user.setdefault(connection.principal.user_id, set())
+        if len(mine) >= self.per_user:
+            return False
+        mine.add(connection)
+        return True
+
+    def remove(self, connection: Connection) -> None:
+        if connection.principal is None:
+            return
+        mine = self._by_user.get(connection.principal.user_id)
+        if mine is not None:
+            mine.discard(connection)
+            if not mine:
+                del self._by_user[connection.principal.user_id]
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self._by_user.values())
+
+    def all(self) -> list[Connection]:
+        return [c for conns in self._by_user.values() for c in conns]

@@ -1,0 +1,150 @@
+"""The WebSocket protocol's frames (CONTRACT §2): inbound validation, outbound shapes.
+
+Inbound frames are pydantic models, strict (no type coercion, no unknown fields), in
+one discriminated union on ``type``; ``parse_frame`` is the only way in and raises
+``InvalidInput`` with a message a client developer can act on. Outbound frames are
+plain dicts built by the functions below and encoded once by ``encode``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+
+from .errors import ChatServerError, InvalidInput
+
+__all__ = [
+    "AuthFrame",
+    "CancelFrame",
+    "InboundFrame",
+    "MessageFrame",
+    "PingFrame",
+    "SessionResumeFrame",
+    "SessionStartFrame",
+    "encode",
+    "error_frame",
+    "parse_frame",
+]
+
+Id = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class AuthFrame(_Frame):
+    type: Literal["auth"]
+    token: Annotated[StrictStr, Field(min_length=1, max_length=16384)]
+
+
+class SessionStartFrame(_Frame):
+    type: Literal["session.start"]
+    game_id: Id
+    language: Annotated[StrictStr, Field(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?$")] = "en"
+    provider: Annotated[StrictStr, Field(min_length=1, max_length=32)] | None = None
+
+
+class SessionResumeFrame(_Frame):
+    type: Literal["session.resume"]
+    session_id: Id
+    turn_id: Id | None = None
+    after_seq: Annotated[StrictInt, Field(ge=0, le=10_000_000)] | None = None
+
+
+class MessageFrame(_Frame):
+    type: Literal["message"]
+    text: Annotated[StrictStr, Field(min_length=1)]
+    client_id: Annotated[StrictStr, Field(max_length=200)] | None = None
+
+
+class CancelFrame(_Frame):
+    type: Literal["cancel"]
+    turn_id: Id | None = None
+
+
+class PingFrame(_Frame):
+    type: Literal["ping"]
+    id: (
+        Annotated[StrictStr, Field(max_length=200)]
+        | Annotated[StrictInt, Field(ge=-(2**53), le=2**53)]
+        | None
+    ) = None
+
+
+InboundFrame = Annotated[
+    AuthFrame | SessionStartFrame | SessionResumeFrame | MessageFrame | CancelFrame | PingFrame,
+    Field(discriminator="type"),
+]
+_adapter: TypeAdapter[Any] = TypeAdapter(InboundFrame)
+MAX_DEPTH = 8
+
+
+def parse_frame(
+    raw: str,
+) -> AuthFrame | SessionStartFrame | SessionResumeFrame | MessageFrame | (CancelFrame | PingFrame):
+    """Validate one text frame; ``InvalidInput`` says what is wrong."""
+    try:
+        data = json.loads(raw)
+    except RecursionError as exc:
+        raise InvalidInput("frame is nested too deeply") from exc
+    except ValueError as exc:
+        raise InvalidInput("frame is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput("frame must be a JSON object")
+    if _depth(data) > MAX_DEPTH:
+        raise InvalidInput("frame is nested too deeply")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise InvalidInput("frame needs a string 'type'")
+    try:
+        return _adapter.validate_python(data)
+    except PydanticValidationError as exc:
+        err = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != kind) or "frame"
+        if err.get("type") == "union_tag_invalid":
+            raise InvalidInput(f"unknown frame type {kind[:40]!r}") from None
+        raise InvalidInput(f"{where}: {err.get('msg', 'invalid')}") from None
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_default)
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return _encoder.encode(frame)
+
+
+def error_frame(
+    code: str, message: str, *, turn_id: str | None = None, context: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if turn_id is not None:
+        frame["turn_id"] = turn_id
+    if context:
+        frame["context"] = context
+    return frame
+
+
+def error_from(exc: ChatServerError, *, turn_id: str | None = None) -> dict[str, Any]:
+    """The one mapping from a domain error to an ``error`` frame."""
+    return error_frame(exc.code, exc.message, turn_id=turn_id, context=exc.context or None)

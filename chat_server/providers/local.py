@@ -1,0 +1,61 @@
+"""The offline provider: a rulebook lookup, no language model, no key.
+
+It streams the passages that grounding found for the question, word by word, and says
+plainly that it is quoting the rulebook rather than answering in its own words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+from .base import CitationRef, Finish, ProviderRequest, StreamEvent, TextDelta, Usage, UsageReport
+
+__all__ = ["LocalProvider"]
+
+_TOKEN = re.compile(r"\S+\s*|\s+")
+
+
+class LocalProvider:
+    """Answers from the game's rulebook passages; ``token_delay`` paces the stream."""
+
+    name = "local"
+
+    def __init__(self, *, token_delay: float = 0.02, max_passages: int = 2) -> None:
+        self.model = "rulebook-lookup"
+        self._delay = token_delay
+        self._max_passages = max_passages
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamEvent]:
+        question = request.messages[-1].content if request.messages else ""
+        passages = request.passages[: self._max_passages]
+        if not passages:
+            text = (
+                f"I am the offline rulebook lookup (not a language model), and I have no "
+                f"rulebook for {request.game_name} yet, so I cannot answer from the rules. "
+                "Ask an admin to add one."
+            )
+        else:
+            parts = [
+                "I am the offline rulebook lookup, not a language model: here is what the "
+                f"rulebook of {request.game_name} says that matches your question.\n\n"
+            ]
+            for p in passages:
+                where = f"{p.title} — {p.heading}" if p.heading else p.title
+                parts.append(f"[{p.id}] {where}:\n{p.text}\n\n")
+            text = "".join(parts).rstrip()
+        output_tokens = 0
+        for token in _TOKEN.findall(text):
+            if self._delay:
+                await asyncio.sleep(self._delay)
+            output_tokens += 1
+            yield TextDelta(token)
+        for p in passages:
+            yield CitationRef(p.id, p.text[:200])
+        input_tokens = len(question.split()) + sum(len(p.text.split()) for p in passages)
+        yield UsageReport(Usage(input_tokens=input_tokens, output_tokens=output_tokens))
+        yield Finish("stop")
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,202 @@
+"""Everything the app shares, made in the lifespan and closed at shutdown.
+
+``build_services`` is the one place that creates clients (database engine, Redis,
+provider SDKs, the JWKS and BoardGameGeek HTTP clients); nothing is created at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from .auth import TokenVerifier
+from .backplane import Backplane, MemoryBackplane, RedisBackplane
+from .bgg import BggClient
+from .config import Settings
+from .connections import Connections
+from .demo import seed_demo_games
+from .errors import Unavailable
+from .flag_cache import FlagCache
+from .providers import Provider, build_providers
+from .quotas import MemoryQuotaCounter, QuotaCounter, RedisQuotaCounter
+from .sessions.chat import ChatService
+from .sessions.manager import TurnManager
+from .storage import Database
+from .storage.chat import fail_stale_turns
+from .storage.engine import default_sqlite_url
+from .storage.ids import new_id, utcnow
+from .storage.migrate import upgrade
+from .storage.profiles import get_role
+
+__all__ = ["Services", "build_services", "close_services", "database_url", "local_secret"]
+
+log = logging.getLogger(__name__)
+TURN_MAX_SECONDS = 900
+
+
+@dataclass(eq=False)
+class Services:
+    settings: Settings
+    db: Database
+    redis: Redis | None
+    backplane: Backplane
+    verifier: TokenVerifier
+    quotas: QuotaCounter
+    flags: FlagCache
+    providers: dict[str, Provider]
+    bgg: BggClient
+    manager: TurnManager
+    chat: ChatService
+    connections: Connections
+    instance_id: str
+    started_at: float = field(default_factory=time.time)
+
+
+def database_url(settings: Settings) -> str:
+    return settings.database_url or default_sqlite_url(settings.chat_data_dir)
+
+
+def local_secret(settings: Settings) -> str:
+    """The signing secret kept under CHAT_DATA_DIR, made on first use (mode 0600)."""
+    path = Path(settings.chat_data_dir) / "jwt-secret"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    return secret
+
+
+def with_local_secret(settings: Settings) -> Settings:
+    """Settings with a signing secret: the configured one, or the local one (not in prod)."""
+    if settings.supabase_jwt_secret or settings.jwks_url or settings.is_prod:
+        return settings
+    return settings.model_copy(update={"supabase_jwt_secret": local_secret(settings)})
+
+
+async def build_services(settings: Settings) -> Services:
+    """Connect, migrate (if asked), seed (if asked) and wire everything together."""
+    db = Database(
+        database_url(settings),
+        prepared_statement_cache=settings.database_prepared_statement_cache,
+        pool_size=settings.database_pool_size,
+    )
+    stack = contextlib.AsyncExitStack()
+    stack.push_async_callback(db.dispose)
+    try:
+        if settings.auto_migrate:
+            await upgrade(db)
+        seed = settings.seed_demo if settings.seed_demo is not None else not settings.database_url
+        if seed:
+            added = await seed_demo_games(db, settings.environment)
+            if added:
+                log.info("seeded %d demo games", added)
+        redis: Redis | None = None
+        backplane: Backplane
+        quotas: QuotaCounter
+        if settings.redis_url:
+            redis = Redis.from_url(
+                settings.redis_url,
+                socket_timeout=settings.redis_timeout,
+                socket_connect_timeout=settings.redis_timeout,
+                health_check_interval=15,
+            )
+            stack.push_async_callback(redis.aclose)
+            backplane = RedisBackplane(
+                redis, prefix=settings.redis_prefix, timeout=settings.redis_timeout
+            )
+            quotas = RedisQuotaCounter(
+                redis, prefix=settings.redis_prefix, timeout=settings.redis_timeout
+            )
+        else:
+            backplane = MemoryBackplane()
+            quotas = MemoryQuotaCounter(prefix=settings.redis_prefix)
+        stack.push_async_callback(backplane.aclose)
+
+        async def role_lookup(user_id: str) -> str | None:
+            return await get_role(db, user_id)
+
+        verifier = TokenVerifier.from_settings(settings, role_lookup=role_lookup)
+        stack.push_async_callback(verifier.aclose)
+        flags = FlagCache(
+            db,
+            environment=settings.environment,
+            backplane=backplane,
+            redis=redis,
+            prefix=settings.redis_prefix,
+        )
+        await flags.start()
+        stack.push_async_callback(flags.aclose)
+        await backplane.start()
+        providers = build_providers(settings)
+        for provider in providers.values():
+            stack.push_async_callback(provider.aclose)
+        bgg = BggClient(
+            base_url=settings.bgg_base_url,
+            token=settings.bgg_api_token,
+            timeout=settings.bgg_timeout,
+            max_wait=settings.bgg_max_wait,
+        )
+        stack.push_async_callback(bgg.aclose)
+        instance_id = new_id()
+        # One instance: any placeholder still streaming is from a previous life.
+        # Several (Redis): only those older than any turn can run.
+        older = utcnow() - (timedelta(seconds=TURN_MAX_SECONDS) if redis else timedelta(0))
+        with contextlib.suppress(Unavailable):
+            stale = await fail_stale_turns(db, older_than=older)
+            if stale:
+                log.warning("marked %d interrupted answers as error", stale)
+        chat: ChatService
+        manager = TurnManager(
+            persist=lambda turn: chat.persist(turn),
+            refund=lambda turn: chat.refund(turn),
+            first_token_timeout=settings.provider_first_token_timeout,
+            idle_timeout=settings.provider_idle_timeout,
+            resume_grace=settings.ws_resume_grace,
+        )
+        chat = ChatService(
+            settings=settings,
+            db=db,
+            flags=flags,
+            quotas=quotas,
+            providers=providers,
+            manager=manager,
+            instance_id=instance_id,
+        )
+    except BaseException:
+        await stack.aclose()
+        raise
+    services = Services(
+        settings=settings,
+        db=db,
+        redis=redis,
+        backplane=backplane,
+        verifier=verifier,
+        quotas=quotas,
+        flags=flags,
+        providers=providers,
+        bgg=bgg,
+        manager=manager,
+        chat=chat,
+        connections=Connections(settings.ws_max_connections_per_user),
+        instance_id=instance_id,
+    )
+    services._stack = stack  # type: ignore[attr-defined]
+    return services
+
+
+async def close_services(services: Services) -> None:
+    """Finish running turns (up to the shutdown grace), then close every client."""
+    await services.manager.shutdown(services.settings.shutdown_grace)
+    stack: contextlib.AsyncExitStack = services._stack  # type: ignore[attr-defined]
+    await stack.aclose()

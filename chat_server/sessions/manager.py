@@ -1,0 +1,260 @@
+"""Running turns: their tasks, where their frames go, cancel, grace, shutdown.
+
+A turn outlives its connection for ``resume_grace`` seconds (a client that drops
+mid-turn can come back), so turns are owned here, by the app, not by the connection:
+every task has a handle in ``self._live`` and is cancelled or awaited at shutdown.
+
+Each turn runs its provider stream in an inner task. ``cancel()`` cancels that inner
+task, which raises ``CancelledError`` at the provider's current ``await`` and closes
+the upstream HTTP response at once; the outer task then stores the turn and sends
+``turn.completed``. A provider that fails before its first token is followed by the
+next one in the fallback chain; after the first token there is no silent switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ..errors import ChatServerError, ProviderError
+from ..frames import error_frame
+from ..providers.base import (
+    CitationRef,
+    Finish,
+    Provider,
+    ProviderRequest,
+    TextDelta,
+    UsageReport,
+)
+from ..providers.timing import with_timeouts
+from .outbox import Outbox, SlowClient
+from .turn import Turn
+
+__all__ = ["LiveTurn", "TurnManager"]
+
+log = logging.getLogger(__name__)
+
+Persist = Callable[[Turn], Awaitable[None]]
+Refund = Callable[[Turn], Awaitable[None]]
+Listener = Callable[[str, Turn], None]
+
+
+@dataclass(eq=False)
+class LiveTurn:
+    turn: Turn
+    chain: list[Provider]
+    request: ProviderRequest
+    sink: Outbox | None
+    task: asyncio.Task[None] | None = None
+    inner: asyncio.Task[None] | None = None
+    grace: asyncio.TimerHandle | None = None
+    provider_finish: str | None = None
+    error: ChatServerError | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class TurnManager:
+    """Starts, streams, cancels and finishes turns. One per app; one event loop."""
+
+    def __init__(
+        self,
+        *,
+        persist: Persist,
+        refund: Refund,
+        first_token_timeout: float,
+        idle_timeout: float,
+        resume_grace: float,
+    ) -> None:
+        self._persist = persist
+        self._refund = refund
+        self._first_token_timeout = first_token_timeout
+        self._idle_timeout = idle_timeout
+        self.resume_grace = resume_grace
+        self._live: dict[str, LiveTurn] = {}
+        self._by_session: dict[str, str] = {}
+        self.listeners: list[Listener] = []
+
+    # -- queries ---------------------------------------------------------------
+    def running_in_session(self, session_id: str) -> LiveTurn | None:
+        turn_id = self._by_session.get(session_id)
+        return self._live.get(turn_id) if turn_id else None
+
+    def get(self, turn_id: str) -> LiveTurn | None:
+        return self._live.get(turn_id)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(
+        self, turn: Turn, chain: list[Provider], request: ProviderRequest, sink: Outbox | None
+    ) -> LiveTurn:
+        """Run the turn in a task owned by the manager; returns at once."""
+        live = LiveTurn(turn=turn, chain=chain, request=request, sink=sink)
+        self._live[turn.id] = live
+        self._by_session[turn.session_id] = turn.id
+        live.task = asyncio.create_task(self._run(live), name=f"turn-{turn.id}")
+        self._notify("turn.started", turn)
+        return live
+
+    def cancel(self, turn_id: str) -> bool:
+        """Stop the turn's provider stream now; ``turn.completed`` follows."""
+        live = self._live.get(turn_id)
+        if live is None or live.turn.done:
+            return False
+        live.turn.cancel_requested = True
+        if live.inner is not None:
+            live.inner.cancel()
+        return True
+
+    def detach(self, turn_id: str, sink: Outbox) -> None:
+        """The connection ``sink`` went away: keep the turn for the grace period."""
+        live = self._live.get(turn_id)
+        if live is None or live.sink is not sink:
+            return
+        live.sink = None
+        if self.resume_grace <= 0:
+            self.cancel(turn_id)
+        else:
+            loop = asyncio.get_running_loop()
+            live.grace = loop.call_later(self.resume_grace, self.cancel, turn_id)
+
+    def attach(self, turn_id: str, sink: Outbox, after_seq: int) -> LiveTurn | None:
+        """A client resumes: send what it missed after ``after_seq``, then go on live."""
+        live = self._live.get(turn_id)
+        if live is None or live.turn.done:
+            return None
+        if live.grace is not None:
+            live.grace.cancel()
+            live.grace = None
+        old = live.sink
+        live.sink = sink
+        if old is not None and old is not sink:
+            old.close()
+        live.turn.resume(after_seq)
+        if live.turn.pending:
+            sink.pull(live.turn)
+        return live
+
+    async def shutdown(self, grace: float) -> None:
+        """Let running turns finish for ``grace`` seconds, then cancel the rest."""
+        tasks = [lt.task for lt in self._live.values() if lt.task is not None]
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=grace)
+            for live in list(self._live.values()):
+                self.cancel(live.turn.id)
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
+        for live in list(self._live.values()):
+            if live.task is not None:
+                live.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await live.task
+
+    # -- the turn itself -------------------------------------------------------
+    async def _run(self, live: LiveTurn) -> None:
+        turn = live.turn
+        try:
+            await self._stream(live)
+        except asyncio.CancelledError:
+            turn.finish("cancelled", time.monotonic())
+            await asyncio.shield(self._complete(live))
+            raise
+        except Exception:  # a bug in our own code: the turn ends, the server stays up
+            log.exception("turn %s failed", turn.id)
+            live.error = ChatServerError("internal error")
+            turn.finish("error", time.monotonic(), "internal_error")
+        await self._complete(live)
+
+    async def _stream(self, live: LiveTurn) -> None:
+        turn = live.turn
+        for index, provider in enumerate(live.chain):
+            if index:
+                turn.provider, turn.model = provider.name, provider.model
+            live.inner = asyncio.create_task(self._consume(live, provider))
+            try:
+                await live.inner
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if turn.cancel_requested and not (task and task.cancelling()):
+                    turn.finish("cancelled", time.monotonic())
+                    return
+                live.inner.cancel()
+                raise
+            except ProviderError as exc:
+                last = index + 1 >= len(live.chain)
+                if turn.has_text or last or turn.cancel_requested:
+                    live.error = exc
+                    turn.finish("error", time.monotonic(), exc.code)
+                    return
+                log.warning(
+                    "provider %s failed before its first token (%s); trying %s",
+                    provider.name,
+                    exc.code,
+                    live.chain[index + 1].name,
+                )
+                continue
+            finally:
+                live.inner = None
+            turn.finish("length" if live.provider_finish == "length" else "stop", time.monotonic())
+            return
+
+    async def _consume(self, live: LiveTurn, provider: Provider) -> None:
+        turn = live.turn
+        events = with_timeouts(
+            provider.stream(live.request),
+            first_token=self._first_token_timeout,
+            idle=self._idle_timeout,
+        )
+        try:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    turn.add_text(event.text, time.monotonic())
+                    if live.sink is not None:
+                        live.sink.pull(turn)
+                elif isinstance(event, CitationRef):
+                    turn.cite(event)
+                elif isinstance(event, UsageReport):
+                    turn.usage = event.usage
+                elif isinstance(event, Finish):
+                    live.provider_finish = event.reason
+        finally:
+            await events.aclose()
+
+    async def _complete(self, live: LiveTurn) -> None:
+        turn = live.turn
+        if live.grace is not None:
+            live.grace.cancel()
+        try:
+            await self._persist(turn)
+        except Exception:
+            log.exception("turn %s: storing the answer failed", turn.id)
+        if turn.finish_reason == "error" and not turn.has_text:
+            try:
+                await self._refund(turn)
+            except Exception:
+                log.warning("turn %s: quota refund failed", turn.id, exc_info=True)
+        self._live.pop(turn.id, None)
+        if self._by_session.get(turn.session_id) == turn.id:
+            del self._by_session[turn.session_id]
+        sink = live.sink
+        if sink is not None:
+            try:
+                if live.error is not None:
+                    sink.put(error_frame(live.error.code, live.error.message, turn_id=turn.id))
+                sink.put(turn.completed_frame())
+            except SlowClient:
+                sink.close()
+        live.done.set()
+        self._notify("turn.completed", turn)
+
+    def _notify(self, event: str, turn: Turn) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event, turn)
+            except Exception:
+                log.exception("turn listener failed")

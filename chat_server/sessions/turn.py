@@ -1,0 +1,194 @@
+"""One turn's rules, with no I/O: sequencing deltas, merging, replay, the final frame.
+
+The turn's text grows as the provider streams. A connection *pulls* deltas with
+``take_delta()`` when it is ready to send: whatever arrived since the last pull goes
+out as one delta with the next ``seq`` (so a slow client gets fewer, bigger deltas and
+nothing is dropped). ``resume(after_seq)`` rewinds delivery to what a reconnecting
+client has, so the next pull carries exactly the text it missed: concatenating every
+delta a client saw gives the full answer, with no gap in ``seq`` and no duplicate.
+
+Not thread-safe; used from one event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from ..providers.base import CitationRef, Passage, Usage
+from ..storage.chat import TurnRecord
+
+__all__ = ["FinishReason", "Turn"]
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(eq=False)
+class Turn:
+    """A running (then finished) turn of a session."""
+
+    id: str
+    session_id: str
+    user_id: str
+    game_id: str
+    provider: str
+    model: str
+    user_message_id: str
+    message_id: str
+    client_id: str | None
+    started_at: float
+    passages: list[Passage] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
+    length: int = 0
+    seq: int = 0
+    offsets: list[int] = field(default_factory=lambda: [0])
+    first_token_at: float | None = None
+    usage: Usage = field(default_factory=Usage)
+    cited: dict[str, str | None] = field(default_factory=dict)
+    finish_reason: FinishReason | None = None
+    error_code: str | None = None
+    finished_at: float | None = None
+    cancel_requested: bool = False
+    quota_at: datetime | None = None
+
+    # -- streaming -------------------------------------------------------------
+    def add_text(self, text: str, now: float) -> None:
+        if not text:
+            return
+        if self.first_token_at is None:
+            self.first_token_at = now
+        self.parts.append(text)
+        self.length += len(text)
+
+    def cite(self, ref: CitationRef) -> None:
+        self.cited.setdefault(ref.passage_id, ref.quote)
+
+    @property
+    def text(self) -> str:
+        if len(self.parts) > 1:
+            self.parts[:] = ["".join(self.parts)]
+        return self.parts[0] if self.parts else ""
+
+    @property
+    def has_text(self) -> bool:
+        return self.length > 0
+
+    @property
+    def pending(self) -> bool:
+        return self.length > self.offsets[-1]
+
+    def take_delta(self) -> dict[str, Any] | None:
+        """The next delta frame (all text not yet delivered), or None."""
+        start = self.offsets[-1]
+        if self.length <= start:
+            return None
+        text = self.text[start:]
+        self.seq += 1
+        self.offsets.append(self.length)
+        return {"type": "turn.delta", "turn_id": self.id, "seq": self.seq, "text": text}
+
+    def resume(self, after_seq: int) -> None:
+        """A client that saw deltas up to ``after_seq`` comes back."""
+        keep = max(0, min(after_seq, self.seq))
+        del self.offsets[keep + 1 :]
+        self.seq = keep
+
+    # -- ending ----------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def finish(self, reason: FinishReason, now: float, error_code: str | None = None) -> None:
+        if self.finish_reason is None:
+            self.finish_reason = reason
+            self.error_code = error_code
+            self.finished_at = now
+
+    @property
+    def status(self) -> str:
+        """The stored message status for this turn's end."""
+        return {"stop": "complete", "length": "complete", "cancelled": "cancelled"}.get(
+            self.finish_reason or "", "error"
+        )
+
+    def citations(self) -> list[dict[str, Any]]:
+        """The passages the answer rests on: those the model cited, else those it was given."""
+        by_id = {p.id: p for p in self.passages}
+        ids = [pid for pid in self.cited if pid in by_id] or (list(by_id) if self.has_text else [])
+        out = []
+        for pid in ids:
+            p = by_id[pid]
+            quote = self.cited.get(pid) or p.text[:200]
+            out.append(
+                {
+                    "passage_id": pid,
+                    "document_id": p.document_id,
+                    "title": p.title,
+                    "heading": p.heading,
+                    "offset": p.ordinal,
+                    "quote": quote,
+                }
+            )
+        return out
+
+    def _ms(self, at: float | None) -> int | None:
+        return None if at is None else max(0, round((at - self.started_at) * 1000))
+
+    def completed_frame(self) -> dict[str, Any]:
+        return {
+            "type": "turn.completed",
+            "turn_id": self.id,
+            "message_id": self.message_id,
+            "finish_reason": self.finish_reason,
+            "usage": {
+                "input_tokens": self.usage.input_tokens,
+                "output_tokens": self.usage.output_tokens,
+            },
+            "citations": self.citations(),
+            "timing": {
+                "first_token_ms": self._ms(self.first_token_at),
+                "total_ms": self._ms(self.finished_at) or 0,
+            },
+        }
+
+    def started_frame(self, quota: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "turn.started",
+            "turn_id": self.id,
+            "message_id": self.user_message_id,
+            "client_id": self.client_id,
+            "quota": quota,
+        }
+
+    def record(self) -> TurnRecord:
+        return TurnRecord(
+            message_id=self.message_id,
+            turn_id=self.id,
+            session_id=self.session_id,
+            user_id=self.user_id,
+            game_id=self.game_id,
+            provider=self.provider,
+            model=self.model,
+            content=self.text,
+            status=self.status,
+            finish_reason=self.finish_reason or "error",
+            citations=self.citations(),
+            input_tokens=self.usage.input_tokens,
+            output_tokens=self.usage.output_tokens,
+            cache_read_tokens=self.usage.cache_read_tokens,
+            cache_creation_tokens=self.usage.cache_creation_tokens,
+            first_token_ms=self._ms(self.first_token_at),
+            total_ms=self._ms(self.finished_at) or 0,
+            error_code=self.error_code,
+        )
+
+    def live_message(self) -> dict[str, Any]:
+        """The assistant message as history shows it while the turn runs."""
+        return {
+            "id": self.message_id,
+            "role": "assistant",
+            "content": self.text,
+            "status": "streaming" if not self.done else self.status,
+            "turn_id": self.id,
+        }

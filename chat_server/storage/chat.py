@@ -1,0 +1,251 @@
+"""Chat sessions and messages: what survives reconnects and restarts.
+
+A turn writes twice, never per token: ``begin_turn`` stores the user's message
+(``complete``) and the assistant's placeholder (``streaming``) in one transaction;
+``finish_turn`` stores the assistant's text with its final status and the turn's
+``usage_events`` row in another. ``fail_stale_turns`` gives a final status to
+placeholders whose instance died.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+
+from .engine import Database
+from .ids import as_utc, new_id, utcnow
+from .pages import decode_cursor, encode_cursor
+from .schema import chat_messages, chat_sessions, usage_events
+
+__all__ = [
+    "TurnRecord",
+    "begin_turn",
+    "create_session",
+    "fail_stale_turns",
+    "finish_turn",
+    "get_session",
+    "history",
+    "list_sessions",
+]
+
+
+def session_dict(row: Any) -> dict[str, Any]:
+    m = row._mapping
+    return {
+        "id": m["id"],
+        "user_id": m["user_id"],
+        "game_id": m["game_id"],
+        "language": m["language"],
+        "provider": m["provider"],
+        "model": m["model"],
+        "created_at": as_utc(m["created_at"]),
+    }
+
+
+def message_dict(row: Any) -> dict[str, Any]:
+    m = row._mapping
+    data = {
+        "id": m["id"],
+        "role": m["role"],
+        "content": m["content"],
+        "status": m["status"],
+        "created_at": as_utc(m["created_at"]),
+        "turn_id": m["turn_id"],
+    }
+    if m["role"] == "assistant":
+        data["citations"] = m["citations"] or []
+        data["finish_reason"] = m["finish_reason"]
+    return data
+
+
+async def create_session(
+    db: Database, *, user_id: str, game_id: str, language: str, provider: str, model: str
+) -> dict[str, Any]:
+    now = utcnow()
+    values = {
+        "id": new_id(),
+        "user_id": user_id,
+        "game_id": game_id,
+        "language": language,
+        "provider": provider,
+        "model": model,
+        "created_at": now,
+        "updated_at": now,
+    }
+    async with db.write() as conn:
+        await conn.execute(chat_sessions.insert().values(**values))
+    return {
+        k: values[k]
+        for k in ("id", "user_id", "game_id", "language", "provider", "model", "created_at")
+    }
+
+
+async def get_session(db: Database, session_id: str) -> dict[str, Any] | None:
+    async with db.read() as conn:
+        row = (
+            await conn.execute(select(chat_sessions).where(chat_sessions.c.id == session_id))
+        ).first()
+    return session_dict(row) if row else None
+
+
+async def list_sessions(
+    db: Database, *, user_id: str, game_id: str | None, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A user's sessions, newest first."""
+    query = select(chat_sessions).where(chat_sessions.c.user_id == user_id)
+    if game_id:
+        query = query.where(chat_sessions.c.game_id == game_id)
+    if cursor:
+        (last_id,) = decode_cursor(cursor, 1)
+        query = query.where(chat_sessions.c.id < last_id)
+    query = query.order_by(chat_sessions.c.id.desc()).limit(limit + 1)
+    async with db.read() as conn:
+        rows = (await conn.execute(query)).all()
+    page = [session_dict(r) for r in rows[:limit]]
+    return page, (encode_cursor(page[-1]["id"]) if len(rows) > limit else None)
+
+
+async def history(db: Database, session_id: str, limit: int = 200) -> list[dict[str, Any]]:
+    """The latest ``limit`` messages of a session, oldest first."""
+    query = (
+        select(chat_messages)
+        .where(chat_messages.c.session_id == session_id)
+        .order_by(chat_messages.c.id.desc())
+        .limit(limit)
+    )
+    async with db.read() as conn:
+        rows = (await conn.execute(query)).all()
+    return [message_dict(r) for r in reversed(rows)]
+
+
+async def begin_turn(
+    db: Database, *, session_id: str, turn_id: str, text: str, instance_id: str
+) -> tuple[dict[str, Any], str]:
+    """Store the user's message and the assistant's ``streaming`` placeholder.
+
+    Returns the user message and the assistant message id.
+    """
+    now = utcnow()
+    user_id, assistant_id = new_id(), new_id()
+    common = {
+        "session_id": session_id,
+        "turn_id": turn_id,
+        "instance_id": instance_id,
+        "created_at": now,
+        "updated_at": now,
+        "citations": [],
+    }
+    async with db.write() as conn:
+        await conn.execute(
+            chat_messages.insert(),
+            [
+                {**common, "id": user_id, "role": "user", "content": text, "status": "complete"},
+                {
+                    **common,
+                    "id": assistant_id,
+                    "role": "assistant",
+                    "content": "",
+                    "status": "streaming",
+                },
+            ],
+        )
+        await conn.execute(
+            chat_sessions.update().where(chat_sessions.c.id == session_id).values(updated_at=now)
+        )
+    user_message = {
+        "id": user_id,
+        "role": "user",
+        "content": text,
+        "status": "complete",
+        "created_at": now,
+        "turn_id": turn_id,
+    }
+    return user_message, assistant_id
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    """What a finished turn stores: the assistant's message and its usage row."""
+
+    message_id: str
+    turn_id: str
+    session_id: str
+    user_id: str
+    game_id: str
+    provider: str
+    model: str
+    content: str
+    status: str
+    finish_reason: str
+    citations: list[dict[str, Any]]
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_creation_tokens: int
+    first_token_ms: int | None
+    total_ms: int
+    error_code: str | None
+
+
+async def finish_turn(db: Database, record: TurnRecord) -> None:
+    """Store the assistant's final text and status and the usage row, in one transaction."""
+    now = utcnow()
+    async with db.write() as conn:
+        await conn.execute(
+            chat_messages.update()
+            .where(chat_messages.c.id == record.message_id)
+            .values(
+                content=record.content,
+                status=record.status,
+                finish_reason=record.finish_reason,
+                citations=record.citations,
+                updated_at=now,
+            )
+        )
+        await conn.execute(
+            usage_events.insert().values(
+                turn_id=record.turn_id,
+                session_id=record.session_id,
+                user_id=record.user_id,
+                game_id=record.game_id,
+                provider=record.provider,
+                model=record.model,
+                input_tokens=record.input_tokens,
+                output_tokens=record.output_tokens,
+                cache_read_tokens=record.cache_read_tokens,
+                cache_creation_tokens=record.cache_creation_tokens,
+                first_token_ms=record.first_token_ms,
+                total_ms=record.total_ms,
+                finish_reason=record.finish_reason,
+                error_code=record.error_code,
+                created_at=now,
+            )
+        )
+
+
+async def fail_stale_turns(
+    db: Database, *, instance_id: str | None = None, older_than: datetime | None = None
+) -> int:
+    """Give ``error`` to ``streaming`` placeholders left by a dead instance.
+
+    ``instance_id``: every placeholder of that instance (this process's previous life on
+    a single instance); ``older_than``: every placeholder not touched since then (turns
+    cannot run that long).
+    """
+    conditions = []
+    if instance_id is not None:
+        conditions.append(chat_messages.c.instance_id == instance_id)
+    if older_than is not None:
+        conditions.append(chat_messages.c.updated_at < older_than)
+    if not conditions:
+        return 0
+    async with db.write() as conn:
+        result = await conn.execute(
+            update(chat_messages)
+            .where(and_(chat_messages.c.status == "streaming", or_(*conditions)))
+            .values(status="error", finish_reason="error", updated_at=utcnow())
+        )
+    return int(result.rowcount or 0)

@@ -1,0 +1,138 @@
+"""Rulebooks: stored per game and language, split into passages, searched for grounding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+
+from ..providers.base import Passage
+from ..rulebooks import split_passages
+from .engine import Database
+from .fulltext import index_passages, search_passage_ids
+from .ids import new_id, utcnow
+from .schema import document_passages, game_documents
+
+__all__ = ["Retrieval", "add_document", "retrieve"]
+
+
+@dataclass(frozen=True, slots=True)
+class Retrieval:
+    """What grounding found: the passages, whether they matched the question, and
+    whether the game has any rulebook at all."""
+
+    passages: list[Passage]
+    matched: bool
+    has_documents: bool
+
+
+async def add_document(
+    db: Database,
+    *,
+    game_id: str,
+    language: str,
+    title: str,
+    content: str,
+    fmt: str,
+    openai_vector_store_id: str | None = None,
+) -> dict[str, Any]:
+    """Store a rulebook and index its passages in one transaction."""
+    doc_id = new_id()
+    now = utcnow()
+    rows: list[dict[str, object]] = [
+        {
+            "id": new_id(),
+            "document_id": doc_id,
+            "game_id": game_id,
+            "language": language,
+            "ordinal": i,
+            "heading": p.heading,
+            "text": p.text,
+        }
+        for i, p in enumerate(split_passages(content, fmt))
+    ]
+    async with db.write() as conn:
+        await conn.execute(
+            game_documents.insert().values(
+                id=doc_id,
+                game_id=game_id,
+                language=language,
+                title=title,
+                format=fmt,
+                content=content,
+                openai_vector_store_id=openai_vector_store_id,
+                created_at=now,
+            )
+        )
+        if rows:
+            await conn.execute(document_passages.insert(), rows)
+            await index_passages(conn, db.dialect, rows)
+    return {
+        "id": doc_id,
+        "game_id": game_id,
+        "language": language,
+        "title": title,
+        "format": fmt,
+        "passages": len(rows),
+        "created_at": now,
+    }
+
+
+async def retrieve(
+    db: Database, *, game_id: str, language: str, question: str, limit: int
+) -> Retrieval:
+    """The game's passages that best match ``question`` in ``language``.
+
+    Falls back to the game's other languages when it has no document in this one, and
+    to the rulebook's opening passages when nothing matches the question.
+    """
+    async with db.read() as conn:
+        counts: dict[str, int] = dict(
+            (
+                await conn.execute(
+                    select(document_passages.c.language, func.count())
+                    .where(document_passages.c.game_id == game_id)
+                    .group_by(document_passages.c.language)
+                )
+            ).all()
+        )
+        if not counts:
+            return Retrieval([], matched=False, has_documents=False)
+        lang = language if language in counts else None
+        ids = await search_passage_ids(
+            conn, db.dialect, game_id=game_id, language=lang, question=question, limit=limit
+        )
+        matched = bool(ids)
+        if ids:
+            query = (
+                select(document_passages, game_documents.c.title)
+                .join(game_documents, game_documents.c.id == document_passages.c.document_id)
+                .where(document_passages.c.id.in_(ids))
+            )
+        else:
+            query = (
+                select(document_passages, game_documents.c.title)
+                .join(game_documents, game_documents.c.id == document_passages.c.document_id)
+                .where(document_passages.c.game_id == game_id)
+                .order_by(document_passages.c.document_id, document_passages.c.ordinal)
+                .limit(min(limit, 2))
+            )
+            if lang:
+                query = query.where(document_passages.c.language == lang)
+        rows = (await conn.execute(query)).all()
+    by_id = {r.id: r for r in rows}
+    order = ids if ids else [r.id for r in rows]
+    passages = [
+        Passage(
+            id=f"p{i + 1}",
+            document_id=r.document_id,
+            title=r.title,
+            heading=r.heading,
+            text=r.text,
+            ordinal=r.ordinal,
+            language=r.language,
+        )
+        for i, r in enumerate(by_id[pid] for pid in order if pid in by_id)
+    ]
+    return Retrieval(passages, matched=matched, has_documents=True)

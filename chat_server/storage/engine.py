@@ -1,0 +1,146 @@
+"""The database engine: URL handling, per-database connection settings, error mapping.
+
+``Database`` is made in the app's lifespan (never at import) and shared. ``read()`` and
+``write()`` hand out a connection (``write()`` inside a transaction) and turn "the
+database is not there" failures into ``Unavailable``, so callers never see a driver
+exception for an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ..errors import Unavailable
+
+__all__ = ["Database", "async_url", "sync_url"]
+
+CONNECT_TIMEOUT = 5.0
+
+
+def async_url(url: str) -> str:
+    """The SQLAlchemy async URL for a contract URL (``postgresql://``, ``sqlite:///``)."""
+    scheme, rest = url.split("://", 1)
+    scheme = scheme.lower()
+    if scheme in {"postgres", "postgresql", "postgresql+asyncpg"}:
+        return "postgresql+asyncpg://" + rest
+    if scheme in {"sqlite", "sqlite+aiosqlite"}:
+        return "sqlite+aiosqlite://" + rest
+    raise ValueError(f"unsupported database URL scheme {scheme!r}")
+
+
+def sync_url(url: str) -> str:
+    """The plain URL (for Alembic's offline SQL mode and display)."""
+    return async_url(url).replace("+asyncpg", "").replace("+aiosqlite", "")
+
+
+def default_sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{(data_dir / 'chat.db').resolve()}"
+
+
+class Database:
+    """An async engine plus what differs between Postgres and SQLite."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prepared_statement_cache: bool = True,
+        pool_size: int = 10,
+        echo: bool = False,
+    ) -> None:
+        self.url = async_url(url)
+        parsed = make_url(self.url)
+        self.dialect = "postgresql" if parsed.get_backend_name() == "postgresql" else "sqlite"
+        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": False}
+        if self.dialect == "postgresql":
+            connect_args: dict[str, Any] = {"timeout": CONNECT_TIMEOUT, "command_timeout": 30}
+            if not prepared_statement_cache:
+                # Supabase's transaction pooler (PgBouncer/Supavisor, port 6543) cannot
+                # keep prepared statements across transactions.
+                connect_args["statement_cache_size"] = 0
+                connect_args["prepared_statement_cache_size"] = 0
+            kwargs.update(
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_timeout=CONNECT_TIMEOUT,
+                pool_recycle=1800,
+                connect_args=connect_args,
+            )
+        else:
+            db_path = parsed.database
+            if db_path and db_path != ":memory:":
+                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs.update(connect_args={"timeout": 15})
+        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        if self.dialect == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads; outages become ``Unavailable``."""
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
+            raise Unavailable(
+                "the database is unavailable", context={"service": "database"}
+            ) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise Unavailable(
+                    "the database is unavailable", context={"service": "database"}
+                ) from exc
+            raise
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A connection inside a transaction, committed on success."""
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
+            raise Unavailable(
+                "the database is unavailable", context={"service": "database"}
+            ) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise Unavailable(
+                    "the database is unavailable", context={"service": "database"}
+                ) from exc
+            raise
+
+    async def ping(self, timeout: float = 2.0) -> None:
+        """Raise ``Unavailable`` unless a trivial query answers within ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.read() as conn:
+                    await conn.execute(text("SELECT 1"))
+        except TimeoutError as exc:
+            raise Unavailable(
+                "the database did not answer", context={"service": "database"}
+            ) from exc
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=15000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()

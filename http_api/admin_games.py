@@ -1,0 +1,120 @@
+"""Staff: create, edit and import games; add rulebooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from chat_server.bgg import BggGame
+from chat_server.errors import NotFound
+from chat_server.storage import games as store
+from chat_server.storage.documents import add_document
+from chat_server.storage.ids import utcnow
+
+from .deps import ServicesDep, Staff
+from .errors import ERROR_RESPONSES
+from .models import DocumentIn, DocumentOut, ErrorBody, GameCreate, GameOut, GamePatch, ImportIn
+
+router = APIRouter(
+    prefix="/admin/games",
+    tags=["admin"],
+    responses={**ERROR_RESPONSES, 403: {"model": ErrorBody, "description": "Not staff"}},
+)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=GameOut,
+    summary="Create a game",
+    responses={409: {"model": ErrorBody, "description": "Duplicate bgg_id"}},
+)
+async def create_game(body: GameCreate, _staff: Staff, services: ServicesDep) -> GameOut:
+    game = await store.create_game(services.db, body.model_dump(exclude_none=True))
+    return GameOut(**game)
+
+
+@router.patch(
+    "/{game_id}",
+    response_model=GameOut,
+    summary="Change a game",
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+)
+async def patch_game(
+    game_id: str, body: GamePatch, _staff: Staff, services: ServicesDep
+) -> GameOut:
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("name") is None:
+        changes.pop("name", None)
+    if changes.get("status") is None:
+        changes.pop("status", None)
+    return GameOut(**await store.update_game(services.db, game_id, changes))
+
+
+def _from_bgg(game: BggGame) -> dict[str, Any]:
+    return {
+        "bgg_id": game.bgg_id,
+        "name": game.name,
+        "min_players": game.min_players,
+        "max_players": game.max_players,
+        "playing_time": game.playing_time,
+        "rating": game.rating,
+        "thumbnail_url": game.thumbnail_url,
+        "image_url": game.image_url,
+        "year_published": game.year_published,
+        "description": game.description,
+        "last_synced_at": utcnow(),
+    }
+
+
+@router.post(
+    "/import",
+    response_model=GameOut,
+    status_code=201,
+    summary="Create (201) or refresh (200) a game from BoardGameGeek",
+    responses={
+        200: {"model": GameOut, "description": "Refreshed"},
+        404: {"model": ErrorBody},
+        502: {"model": ErrorBody},
+        409: {"model": ErrorBody},
+    },
+)
+async def import_game(
+    body: ImportIn, _staff: Staff, services: ServicesDep, response: Response
+) -> GameOut:
+    found = await services.bgg.fetch_one(body.bgg_id)
+    data = _from_bgg(found)
+    if body.status is not None:
+        data["status"] = body.status
+    if body.section is not None:
+        data["section"] = body.section
+    existing = await store.get_game_by_bgg_id(services.db, body.bgg_id)
+    if existing is not None:
+        response.status_code = 200
+        return GameOut(**await store.update_game(services.db, existing["id"], data))
+    return GameOut(**await store.create_game(services.db, data))
+
+
+@router.post(
+    "/{game_id}/documents",
+    status_code=201,
+    response_model=DocumentOut,
+    summary="Add a rulebook used to ground answers",
+    responses={404: {"model": ErrorBody}},
+)
+async def add_rulebook(
+    game_id: str, body: DocumentIn, _staff: Staff, services: ServicesDep
+) -> DocumentOut:
+    if await store.get_game(services.db, game_id) is None:
+        raise NotFound("game not found", error_code="GAME_NOT_FOUND")
+    doc = await add_document(
+        services.db,
+        game_id=game_id,
+        language=body.language.lower(),
+        title=body.title,
+        content=body.content,
+        fmt=body.format,
+        openai_vector_store_id=body.openai_vector_store_id,
+    )
+    return DocumentOut(**doc)

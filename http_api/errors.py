@@ -1,0 +1,88 @@
+"""Errors to responses, in one place: every body is ``{"detail", "error_code", "context"}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chat_server.errors import ChatServerError
+
+from .models import ErrorBody
+
+__all__ = ["ERROR_RESPONSES", "install_error_handlers"]
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "VALIDATION_ERROR",
+    429: "RATE_LIMITED",
+}
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        401: "Missing, invalid or expired token",
+        422: "Invalid request",
+        500: "Internal error",
+        503: "Database or Redis unavailable",
+    }.items()
+}
+
+
+def body(detail: str, error_code: str, context: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"detail": detail, "error_code": error_code, "context": context or {}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ChatServerError)
+    async def domain_error(_request: Request, exc: ChatServerError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse(
+            body(exc.message, exc.error_code, exc.context),
+            status_code=exc.status_code,
+            headers=headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {
+                "loc": [str(p) for p in err.get("loc", ())],
+                "msg": str(err.get("msg", "")),
+                "type": str(err.get("type", "")),
+            }
+            for err in exc.errors()
+        ]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(first["loc"][1:] or first["loc"]) or "request"
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        return JSONResponse(
+            body(f"{where}: {msg}", "VALIDATION_ERROR", {"errors": errors}), status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")
+        return JSONResponse(
+            body(str(exc.detail), code),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return JSONResponse(body("internal error", "INTERNAL_ERROR"), status_code=500)

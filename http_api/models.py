@@ -1,0 +1,163 @@
+"""Request and response bodies of the REST side: what ``/openapi.json`` promises."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+__all__ = [
+    "DocumentIn",
+    "DocumentOut",
+    "ErrorBody",
+    "FlagIn",
+    "FlagOut",
+    "FlagsOut",
+    "GameCreate",
+    "GameOut",
+    "GamePatch",
+    "GamesPage",
+    "ImportIn",
+    "QuotaOut",
+]
+
+GameStatus = Literal["active", "beta", "hidden"]
+Name = Annotated[str, Field(min_length=1, max_length=300)]
+Section = Annotated[str, Field(min_length=1, max_length=100)]
+Url = Annotated[str, Field(max_length=1000)]
+Count = Annotated[int, Field(ge=0, le=100_000)]
+
+
+class ErrorBody(BaseModel):
+    """Every error, 422 included."""
+
+    detail: str
+    error_code: str
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class GameOut(BaseModel):
+    id: str
+    bgg_id: int | None
+    name: str
+    status: GameStatus
+    section: str | None
+    min_players: int | None
+    max_players: int | None
+    playing_time: int | None
+    rating: float | None
+    thumbnail_url: str | None
+    image_url: str | None
+    last_synced_at: datetime | None
+
+
+class GamesPage(BaseModel):
+    games: list[GameOut]
+    next_cursor: str | None
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GameCreate(_In):
+    bgg_id: Annotated[StrictInt, Field(ge=1, le=2**31 - 1)] | None = None
+    name: Name
+    status: GameStatus = "active"
+    section: Section | None = None
+    min_players: Count | None = None
+    max_players: Count | None = None
+    playing_time: Count | None = None
+    rating: Annotated[float, Field(ge=0, le=10)] | None = None
+    thumbnail_url: Url | None = None
+    image_url: Url | None = None
+    description: Annotated[str, Field(max_length=100_000)] | None = None
+
+
+class GamePatch(_In):
+    name: Name | None = None
+    status: GameStatus | None = None
+    section: Section | None = None
+    min_players: Count | None = None
+    max_players: Count | None = None
+    playing_time: Count | None = None
+    rating: Annotated[float, Field(ge=0, le=10)] | None = None
+    thumbnail_url: Url | None = None
+    image_url: Url | None = None
+    description: Annotated[str, Field(max_length=100_000)] | None = None
+
+
+class ImportIn(_In):
+    bgg_id: Annotated[StrictInt, Field(ge=1, le=2**31 - 1)]
+    status: GameStatus | None = None
+    section: Section | None = None
+
+
+class DocumentIn(_In):
+    language: Annotated[str, Field(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?$")] = "en"
+    title: Name
+    content: Annotated[str, Field(min_length=1, max_length=2_000_000)]
+    format: Literal["text", "markdown"] = "text"
+    openai_vector_store_id: Annotated[str, Field(max_length=100)] | None = None
+
+
+class DocumentOut(BaseModel):
+    id: str
+    game_id: str
+    language: str
+    title: str
+    format: str
+    passages: int
+    created_at: datetime
+
+
+class FlagIn(_In):
+    feature_key: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    scope_type: Literal["global", "section", "game", "user"]
+    scope_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    role: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+    environment: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+    enabled: bool
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _daily_limit(cls, value: dict[str, Any]) -> dict[str, Any]:
+        limit = value.get("daily_limit")
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 0
+        ):
+            raise ValueError("metadata.daily_limit must be a non-negative integer")
+        return value
+
+    @model_validator(mode="after")
+    def _scope(self) -> FlagIn:
+        if self.scope_type == "global" and self.scope_id is not None:
+            raise ValueError("scope_id must be absent for a global flag")
+        if self.scope_type != "global" and self.scope_id is None:
+            raise ValueError(f"scope_id is required for a {self.scope_type} flag")
+        return self
+
+
+class FlagOut(BaseModel):
+    id: str
+    feature_key: str
+    scope_type: str
+    scope_id: str | None
+    role: str | None
+    environment: str
+    enabled: bool
+    metadata: dict[str, Any]
+
+
+class FlagsOut(BaseModel):
+    flags: list[FlagOut]
+
+
+class QuotaOut(BaseModel):
+    feature: str
+    daily_limit: int | None
+    used: int
+    remaining: int | None
+    resets_at: datetime

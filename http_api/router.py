@@ -1,0 +1,11 @@
+"""Every REST router, in one list."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from . import admin_games, flags, games, health, me, usage
+
+api_router = APIRouter()
+for module in (health, games, admin_games, flags, usage, me):
+    api_router.include_router(module.router)
