@@ -10,6 +10,8 @@ import pytest
 
 from tests import services
 
+pytest.register_assert_rewrite("tests.providers")
+
 
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> str:

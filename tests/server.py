@@ -25,7 +25,20 @@ SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 
 
 def make_settings(tmp_path: Any, **overrides: Any) -> Settings:
+    # Explicit Nones: the outer environment (CI sets DATABASE_URL and REDIS_URL for the
+    # fixtures) must not leak into a test server's configuration.
     values: dict[str, Any] = {
+        "database_url": None,
+        "redis_url": None,
+        "openai_api_key": None,
+        "openai_base_url": None,
+        "anthropic_api_key": None,
+        "gemini_api_key": None,
+        "default_provider": None,
+        "provider_fallback": "",
+        "supabase_url": None,
+        "supabase_jwks_url": None,
+        "environment": "dev",
         "chat_data_dir": tmp_path,
         "supabase_jwt_secret": SECRET,
         "local_token_delay": 0.0,

@@ -56,7 +56,12 @@ class ChatMessage:
 
 @dataclass(frozen=True, slots=True)
 class ProviderRequest:
-    """Everything a provider needs for one answer; the last message is the question."""
+    """Everything a provider needs for one answer; the last message is the question.
+
+    ``model`` overrides the provider's configured model when not empty; ``system`` holds
+    extra instructions appended to the grounded prompt each provider builds from
+    ``passages`` (``prompt.py``), usually empty.
+    """
 
     model: str
     system: str

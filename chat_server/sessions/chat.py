@@ -17,7 +17,6 @@ from ..errors import FeatureDisabled, InvalidInput, NotFound, QuotaExceeded, Tur
 from ..flag_cache import FlagCache
 from ..frames import MessageFrame, SessionResumeFrame, SessionStartFrame
 from ..providers.base import ChatMessage, Provider, ProviderRequest
-from ..providers.prompt import system_prompt
 from ..quotas import Quota, QuotaCounter
 from ..storage import chat as chat_store
 from ..storage.documents import retrieve
@@ -283,8 +282,8 @@ class ChatService:
             messages.pop(0)
         messages.append(ChatMessage("user", question))
         return ProviderRequest(
-            model=turn.model,
-            system=system_prompt(game["name"], session["language"], found.passages),
+            model="",  # each provider of the fallback chain uses its own model
+            system="",  # providers build the grounded prompt from the passages themselves
             messages=messages,
             passages=found.passages,
             language=session["language"],

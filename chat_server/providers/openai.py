@@ -1,0 +1,199 @@
+"""OpenAI Chat Completions, streamed, through the official ``openai`` SDK.
+
+Any OpenAI-compatible server works through ``base_url``. The SDK builds the request,
+sends the key and turns error statuses into its exceptions; the event stream itself
+is read from the SDK's raw streaming response (``with_streaming_response``) and each
+``data:`` line parsed with ``json.loads``, because building the SDK's typed chunk
+object for every token costs most of the CPU of a turn.
+
+Errors are translated at the border (``raise ... from exc``): 429, 503, 529,
+connect errors, timeouts and a stream cut off before its end are
+``ProviderUnavailable``; any other status, a line that is not JSON or an in-stream
+error object are ``ProviderError``. No SDK exception leaves ``stream()``.
+
+Cancellation: cancelling the consuming task, or closing the generator, closes the
+upstream HTTP response at once in a ``finally`` (shielded, so that an AnyIO cancel
+scope cannot skip it): the server sees the connection closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import anyio
+import httpx2
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+
+from ..errors import ProviderError, ProviderUnavailable
+from .base import Finish, ProviderRequest, StreamEvent, TextDelta, Usage, UsageReport
+from .prompt import system_prompt
+
+__all__ = ["OpenAIProvider"]
+
+_UNAVAILABLE_STATUSES = frozenset({429, 503, 529})
+# A connection that broke or stalled: the provider is unreachable, not wrong.
+_DROPPED = (
+    httpx2.TimeoutException,
+    httpx2.NetworkError,
+    httpx2.RemoteProtocolError,
+    httpx2.ProxyError,
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    ssl.SSLError,
+    ConnectionError,
+)
+_FOREIGN = (openai.OpenAIError, httpx2.HTTPError, httpx2.StreamError, *_DROPPED)
+_CLOSE_TIMEOUT = 2.0  # seconds a shielded close of the upstream response may take
+_DRAIN_TIMEOUT = 0.1  # after [DONE], wait this long for the body's end (keeps the connection)
+
+
+def _translate(exc: BaseException) -> ProviderError:
+    """Map an SDK or transport exception to ours (the caller raises it ``from exc``)."""
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        kind = ProviderUnavailable if status in _UNAVAILABLE_STATUSES else ProviderError
+        return kind(f"openai answered HTTP {status}", context={"status": status})
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderUnavailable("openai did not answer in time")
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderUnavailable("could not reach openai")
+    if isinstance(exc, _DROPPED):
+        return ProviderUnavailable("the openai stream was cut off")
+    return ProviderError(f"openai failed ({type(exc).__name__})")
+
+
+def _stream_error(error: Any) -> ProviderError:
+    """An ``{"error": ...}`` object sent inside the stream."""
+    text = json.dumps(error, default=str).lower()
+    if any(word in text for word in ("overloaded", "rate_limit", "unavailable", "capacity")):
+        return ProviderUnavailable("openai reported an overload mid-stream")
+    return ProviderError("openai reported an error mid-stream")
+
+
+async def _close(response: httpx2.Response) -> None:
+    """Close the upstream response now, even inside a cancelled AnyIO scope."""
+    with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+        # Closing a broken connection may fail; it is gone either way.
+        with contextlib.suppress(httpx2.HTTPError, OSError):
+            await response.aclose()
+
+
+class OpenAIProvider:
+    """Streams answers from an OpenAI-compatible Chat Completions endpoint.
+
+    One instance is shared by every turn; ``stream()`` may run concurrently (the
+    SDK's connection pool is the only shared state). The SDK's own retries are off:
+    fallback is decided by the caller.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        model: str,
+        base_url: str | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+    ) -> None:
+        self.model = model
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            timeout=openai.Timeout(read_timeout, connect=connect_timeout),
+        )
+
+    async def aclose(self) -> None:
+        """Close the SDK's connection pool."""
+        await self._client.close()
+
+    def _messages(self, request: ProviderRequest) -> list[ChatCompletionMessageParam]:
+        system = system_prompt(request.game_name, request.language, request.passages)
+        if request.system:
+            system = f"{system}\n\n{request.system}"
+        messages: list[ChatCompletionMessageParam] = [{"role": "system", "content": system}]
+        for message in request.messages:
+            if message.role == "user":
+                messages.append({"role": "user", "content": message.content})
+            else:
+                messages.append({"role": "assistant", "content": message.content})
+        return messages
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamEvent]:
+        """Stream text deltas, then one ``UsageReport`` and one ``Finish``.
+
+        Raises ``ProviderUnavailable`` or ``ProviderError``; ``UsageReport`` holds
+        zeros when the server reported no usage.
+        """
+        usage: Usage | None = None
+        finish: Literal["stop", "length"] | None = None
+        done = False
+        loads = json.loads
+        try:
+            async with self._client.chat.completions.with_streaming_response.create(
+                model=request.model or self.model,
+                messages=self._messages(request),
+                max_completion_tokens=request.max_output_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+            ) as api_response:
+                http = api_response.http_response
+                lines = http.aiter_lines()
+                try:
+                    async for line in lines:
+                        if not line.startswith("data:"):
+                            continue  # blank separators, comments, event names
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            done = True
+                            break
+                        try:
+                            chunk = loads(data)
+                            error = chunk.get("error")
+                            if error:
+                                raise _stream_error(error)
+                            choices = chunk.get("choices")
+                            if choices:
+                                choice = choices[0]
+                                delta = choice.get("delta")
+                                text = delta.get("content") if delta else None
+                                reason = choice.get("finish_reason")
+                                if reason:
+                                    finish = "length" if reason == "length" else "stop"
+                            else:
+                                text = None
+                            if chunk.get("usage"):
+                                usage = _usage(chunk["usage"])
+                        except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+                            raise ProviderError("openai sent a malformed stream event") from exc
+                        if text:
+                            yield TextDelta(text)
+                    if done and http.http_version == "HTTP/1.1":
+                        # Read the body's end so the connection goes back to the pool.
+                        with anyio.move_on_after(_DRAIN_TIMEOUT):
+                            async for _ in lines:
+                                pass
+                finally:
+                    await _close(http)
+        except _FOREIGN as exc:
+            raise _translate(exc) from exc
+        if not done and finish is None:
+            raise ProviderUnavailable("the openai stream ended before its last event")
+        yield UsageReport(usage or Usage())
+        yield Finish(finish or "stop")
+
+
+def _usage(raw: dict[str, Any]) -> Usage:
+    details = raw.get("prompt_tokens_details") or {}
+    return Usage(
+        input_tokens=int(raw.get("prompt_tokens") or 0),
+        output_tokens=int(raw.get("completion_tokens") or 0),
+        cache_read_tokens=int(details.get("cached_tokens") or 0),
+    )
