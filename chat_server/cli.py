@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 
 from .config import ConfigError, Settings, load_settings
+from .errors import ChatServerError
 
 __all__ = ["main"]
 
@@ -31,7 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = sub.add_parser("token", help="mint a token with the configured secret (not in prod)")
     token.add_argument("--user", required=True)
     token.add_argument("--role", default="basic")
-    token.add_argument("--ttl", type=int, default=3600)
+    token.add_argument(
+        "--ttl", type=_positive_int, default=3600, help="lifetime in seconds (default 3600)"
+    )
     chat = sub.add_parser("chat", help="a terminal client that streams answers")
     chat.add_argument("--game", required=True, help="game id (see GET /games)")
     chat.add_argument("--url", default=None, help="server base URL (default: HOST and PORT)")
@@ -42,12 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     chat.add_argument("--language", default="en")
     args = parser.parse_args(argv)
 
+    overrides: dict[str, object] = {}
+    if getattr(args, "host", None):
+        overrides["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        overrides["port"] = args.port
     try:
-        settings = load_settings()
-        if getattr(args, "host", None):
-            settings = settings.model_copy(update={"host": args.host})
-        if getattr(args, "port", None) is not None:
-            settings = load_settings(port=args.port)
+        settings = load_settings(**overrides)
     except ConfigError as exc:
         print(f"chat-server: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -84,9 +89,29 @@ def _migrate(settings: Settings, *, sql: bool) -> int:
         finally:
             await db.dispose()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except (ChatServerError, OSError) as exc:
+        print(f"chat-server: migrate failed: {_one_line(exc)}", file=sys.stderr)
+        return 1
     print("database schema is up to date", file=sys.stderr)
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error and its immediate cause on one line (causes never carry the URL)."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and str(cause):
+        text += f" ({type(cause).__name__}: {str(cause).splitlines()[0]})"
+    return text
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {value}")
+    return number
 
 
 def _token(settings: Settings, user: str, role: str, ttl: int) -> int:
@@ -98,42 +123,45 @@ def _token(settings: Settings, user: str, role: str, ttl: int) -> int:
         return 1
     secret = with_local_secret(settings).supabase_jwt_secret
     if not secret:
-        print("chat-server: no SUPABASE_JWT_SECRET to sign with", file=sys.stderr)
+        print(
+            "chat-server: tokens are verified with the JWKS of SUPABASE_URL/SUPABASE_JWKS_URL; "
+            "set SUPABASE_JWT_SECRET to mint one locally",
+            file=sys.stderr,
+        )
         return 1
     print(mint_token(secret=secret, user_id=user, role=role, ttl=ttl, issuer=settings.jwt_issuer))
     return 0
 
 
 def _serve(settings: Settings) -> int:
-    import uvicorn
-
     from .app import create_app
+    from .serving import ChatServer, uvicorn_config
 
-    app = create_app(settings)
-    shown = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::") else settings.host
+    class Server(ChatServer):
+        """Says where it listens and how to get a token once the port is really bound."""
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                port = self.servers[0].sockets[0].getsockname()[1] if self.servers else 0
+                _banner(settings.host, port or settings.port)
+
+    config = uvicorn_config(create_app(settings), settings)
+    Server(config).run()
+    return 0
+
+
+def _banner(host: str, port: int) -> None:
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
     print(
-        f"chat-server listening on http://{shown}:{settings.port} "
-        f"(docs: /docs, WebSocket: ws://{shown}:{settings.port}/ws/chat)\n"
+        f"chat-server listening on http://{shown}:{port} "
+        f"(docs: /docs, WebSocket: ws://{shown}:{port}/ws/chat)\n"
         f"get a token with: chat-server token --user me --role basic",
         file=sys.stderr,
         flush=True,
     )
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        ws="websockets-sansio",
-        ws_max_size=settings.ws_max_frame_bytes,
-        ws_per_message_deflate=False,
-        ws_ping_interval=settings.ws_ping_interval,
-        ws_ping_timeout=settings.ws_ping_timeout,
-        timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
-        proxy_headers=True,
-        server_header=False,
-    )
-    uvicorn.Server(config).run()
-    return 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ __all__ = ["ConfigError", "Settings", "load_settings"]
 
 ProviderName = Literal["local", "openai", "anthropic", "gemini"]
 PROVIDER_NAMES: tuple[str, ...] = ("local", "openai", "anthropic", "gemini")
+DEFAULT_DATA_DIR = Path(".chat-data")
 
 
 class ConfigError(Exception):
@@ -33,7 +34,7 @@ class Settings(BaseSettings):
     # Storage and coordination
     database_url: str | None = None
     redis_url: str | None = None
-    chat_data_dir: Path = Path(".chat-data")
+    chat_data_dir: Path = DEFAULT_DATA_DIR
     database_prepared_statement_cache: bool = Field(
         default=True,
         description="Turn off for Supabase's transaction pooler (port 6543).",
@@ -46,6 +47,9 @@ class Settings(BaseSettings):
     redis_timeout: float = Field(default=1.0, gt=0, le=60)
     redis_prefix: str = Field(default="chat", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     quota_fail_open: bool = False
+    registry_ttl: float = Field(default=15.0, gt=0, le=3600)
+    registry_heartbeat: float = Field(default=5.0, gt=0, le=600)
+    orphan_sweep_interval: float = Field(default=30.0, gt=0, le=3600)
 
     # Auth
     supabase_jwt_secret: str | None = None
@@ -63,7 +67,7 @@ class Settings(BaseSettings):
     openai_model: str = "gpt-4o-mini"
     anthropic_api_key: str | None = None
     anthropic_base_url: str | None = None
-    anthropic_model: str = "claude-sonnet-4-5"
+    anthropic_model: str = "claude-sonnet-5-5"
     gemini_api_key: str | None = None
     gemini_base_url: str | None = None
     gemini_model: str = "gemini-2.5-flash"
@@ -124,6 +128,11 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("chat_data_dir", mode="before")
+    @classmethod
+    def _empty_is_default_dir(cls, value: object) -> object:
+        return DEFAULT_DATA_DIR if isinstance(value, str) and not value.strip() else value
 
     @field_validator("database_url")
     @classmethod
@@ -209,6 +218,10 @@ def load_settings(**overrides: object) -> Settings:
             else ""
         )
         raise ConfigError(f"invalid configuration: {name}: {msg}{shown}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        # Only the .env file is read here; say so rather than show a traceback.
+        reason = exc.reason if isinstance(exc, UnicodeDecodeError) else exc.strerror or str(exc)
+        raise ConfigError(f"invalid configuration: .env cannot be read: {reason}") from None
 
 
 def _secret(name: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -16,6 +17,8 @@ class Connections:
     def __init__(self, per_user: int) -> None:
         self.per_user = per_user
         self._by_user: dict[str, set[Connection]] = {}
+        self.empty = asyncio.Event()
+        self.empty.set()
 
     def add(self, connection: Connection) -> bool:
         assert connection.principal is not None
@@ -23,6 +26,7 @@ class Connections:
         if len(mine) >= self.per_user:
             return False
         mine.add(connection)
+        self.empty.clear()
         return True
 
     def remove(self, connection: Connection) -> None:
@@ -33,6 +37,8 @@ class Connections:
             mine.discard(connection)
             if not mine:
                 del self._by_user[connection.principal.user_id]
+        if not self._by_user:
+            self.empty.set()
 
     def __len__(self) -> int:
         return sum(len(c) for c in self._by_user.values())

@@ -18,6 +18,7 @@ place each.
     ├── QuotaExceeded           (quota_exceeded, 429)
     ├── RateLimited             (rate_limited, 429)
     ├── Unavailable             (unavailable, 503): our database or Redis is down
+    ├── ShuttingDown            (server_shutting_down, 503)
     ├── UpstreamError           (upstream_error, 502): BoardGameGeek and the like
     └── ProviderError           (provider_error, 502)
         └── ProviderUnavailable (provider_unavailable, 503)
@@ -39,6 +40,7 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "SessionRequired",
+    "ShuttingDown",
     "TokenExpired",
     "TurnInProgress",
     "Unauthorized",
@@ -140,6 +142,12 @@ class Unavailable(ChatServerError):
     code = "unavailable"
     status_code = 503
     default_message = "a backing service is unavailable"
+
+
+class ShuttingDown(ChatServerError):
+    code = "server_shutting_down"
+    status_code = 503
+    default_message = "the server is restarting; reconnect in a moment"
 
 
 class UpstreamError(ChatServerError):

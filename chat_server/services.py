@@ -6,13 +6,14 @@ provider SDKs, the JWKS and BoardGameGeek HTTP clients); nothing is created at i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -28,7 +29,11 @@ from .flag_cache import FlagCache
 from .providers import Provider, build_providers
 from .quotas import MemoryQuotaCounter, QuotaCounter, RedisQuotaCounter
 from .sessions.chat import ChatService
+from .sessions.events import EventFeed, MemoryEvents, RedisEvents
 from .sessions.manager import TurnManager
+from .sessions.monitor import Monitor
+from .sessions.registry import MemoryRegistry, RedisRegistry, Registry
+from .sessions.relay import TurnRelay
 from .storage import Database
 from .storage.chat import fail_stale_turns
 from .storage.engine import default_sqlite_url
@@ -39,7 +44,6 @@ from .storage.profiles import get_role
 __all__ = ["Services", "build_services", "close_services", "database_url", "local_secret"]
 
 log = logging.getLogger(__name__)
-TURN_MAX_SECONDS = 900
 
 
 @dataclass(eq=False)
@@ -56,8 +60,22 @@ class Services:
     manager: TurnManager
     chat: ChatService
     connections: Connections
+    registry: Registry
+    monitor: Monitor
+    relay: TurnRelay
     instance_id: str
     started_at: float = field(default_factory=time.time)
+
+    async def drain(self, grace: float) -> None:
+        """SIGTERM: refuse new turns, let running ones finish for ``grace`` seconds (then
+        cancel them), and close every connection with 1012."""
+        self.chat.draining = True
+        await self.manager.shutdown(grace)
+        for connection in self.connections.all():
+            connection.shutdown()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await self.connections.empty.wait()
 
 
 def database_url(settings: Settings) -> str:
@@ -137,7 +155,6 @@ async def build_services(settings: Settings) -> Services:
         )
         await flags.start()
         stack.push_async_callback(flags.aclose)
-        await backplane.start()
         providers = build_providers(settings)
         for provider in providers.values():
             stack.push_async_callback(provider.aclose)
@@ -148,14 +165,14 @@ async def build_services(settings: Settings) -> Services:
             max_wait=settings.bgg_max_wait,
         )
         stack.push_async_callback(bgg.aclose)
-        instance_id = new_id()
-        # One instance: any placeholder still streaming is from a previous life.
-        # Several (Redis): only those older than any turn can run.
-        older = utcnow() - (timedelta(seconds=TURN_MAX_SECONDS) if redis else timedelta(0))
-        with contextlib.suppress(Unavailable):
-            stale = await fail_stale_turns(db, older_than=older)
-            if stale:
-                log.warning("marked %d interrupted answers as error", stale)
+        instance_id = f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:]}"
+        if redis is None:
+            # One instance: any answer still streaming is from this process's past life.
+            # (Several instances: the monitor's orphan sweep handles dead instances.)
+            with contextlib.suppress(Unavailable):
+                stale = await fail_stale_turns(db, older_than=utcnow())
+                if stale:
+                    log.warning("marked %d interrupted answers as error", stale)
         chat: ChatService
         manager = TurnManager(
             persist=lambda turn: chat.persist(turn),
@@ -173,6 +190,41 @@ async def build_services(settings: Settings) -> Services:
             manager=manager,
             instance_id=instance_id,
         )
+        connections = Connections(settings.ws_max_connections_per_user)
+        registry: Registry
+        events: EventFeed
+        if redis is not None:
+            registry = RedisRegistry(
+                redis,
+                instance_id,
+                prefix=settings.redis_prefix,
+                timeout=settings.redis_timeout,
+                ttl=settings.registry_ttl,
+                heartbeat_interval=settings.registry_heartbeat,
+            )
+            events = RedisEvents(
+                redis, prefix=settings.redis_prefix, timeout=settings.redis_timeout
+            )
+        else:
+            registry = MemoryRegistry(instance_id)
+            events = MemoryEvents()
+        monitor = Monitor(
+            db=db,
+            registry=registry,
+            events=events,
+            backplane=backplane,
+            connections=connections,
+            sweep_interval=settings.orphan_sweep_interval,
+            orphan_age=settings.registry_ttl + 5,
+        )
+        manager.listeners.append(monitor.on_turn)
+        relay = TurnRelay(
+            redis=redis, backplane=backplane, manager=manager, prefix=settings.redis_prefix
+        )
+        stack.push_async_callback(relay.aclose)
+        await monitor.start()
+        stack.push_async_callback(monitor.aclose)
+        await backplane.start()  # after every subscriber registered
     except BaseException:
         await stack.aclose()
         raise
@@ -188,7 +240,10 @@ async def build_services(settings: Settings) -> Services:
         bgg=bgg,
         manager=manager,
         chat=chat,
-        connections=Connections(settings.ws_max_connections_per_user),
+        connections=connections,
+        registry=registry,
+        monitor=monitor,
+        relay=relay,
         instance_id=instance_id,
     )
     services._stack = stack  # type: ignore[attr-defined]
@@ -197,6 +252,6 @@ async def build_services(settings: Settings) -> Services:
 
 async def close_services(services: Services) -> None:
     """Finish running turns (up to the shutdown grace), then close every client."""
-    await services.manager.shutdown(services.settings.shutdown_grace)
+    await services.drain(services.settings.shutdown_grace)
     stack: contextlib.AsyncExitStack = services._stack  # type: ignore[attr-defined]
     await stack.aclose()

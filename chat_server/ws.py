@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .auth import Principal
-from .errors import ChatServerError, Forbidden, InvalidInput, NotFound, SessionRequired
+from .errors import (
+    ChatServerError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    SessionRequired,
+    TurnInProgress,
+)
 from .errors import Unauthorized as UnauthorizedError
 from .frames import (
     AuthFrame,
@@ -35,7 +42,7 @@ from .frames import (
 from .sessions.chat import Attached, Who
 from .sessions.limits import AbuseCounter, TokenBucket
 from .sessions.outbox import Outbox, SlowClient
-from .storage.ids import new_id
+from .storage.ids import new_id, utcnow
 
 if TYPE_CHECKING:
     from .services import Services
@@ -80,6 +87,10 @@ class Connection:
         self.attached: Attached | None = None
         self.turn_id: str | None = None
         self.close_code: int | None = None
+        self.connected_at = utcnow()
+        self.last_activity_at = self.connected_at
+        self.turns = 0
+        self._relay: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._refreshed = asyncio.Event()
         now = time.monotonic()
@@ -87,6 +98,60 @@ class Connection:
             self.settings.ws_max_frames_per_second, self.settings.ws_frame_burst, now
         )
         self.abuse = AbuseCounter(limit=10, window=60.0)
+
+    @property
+    def session_id(self) -> str | None:
+        return self.attached.session["id"] if self.attached else None
+
+    def snapshot(self) -> dict[str, Any]:
+        """This connection's live session, as ``GET /admin/sessions`` lists it."""
+        assert self.attached is not None and self.principal is not None
+        live = self.services.manager.get(self.turn_id) if self.turn_id else None
+        turn = live.turn if live is not None and not live.turn.done else None
+        first = turn.completed_frame()["timing"]["first_token_ms"] if turn else None
+        return {
+            "id": self.attached.session["id"],
+            "user_id": self.principal.user_id,
+            "game_id": self.attached.session["game_id"],
+            "instance": self.services.instance_id,
+            "connection_id": self.id,
+            "connected_at": self.connected_at,
+            "last_activity_at": self.last_activity_at,
+            "turns": self.turns,
+            "streaming": turn is not None,
+            "provider": self.attached.session["provider"],
+            "turn_id": turn.id if turn else None,
+            "tokens": turn.tokens if turn else 0,
+            "first_token_ms": first,
+        }
+
+    def _attach(self, attached: Attached) -> None:
+        self._detach_session()
+        self.attached = attached
+        self.services.registry.put(attached.session["id"], self.snapshot)
+        self.services.monitor.session_event("session.started", self.snapshot())
+
+    def _detach_session(self) -> None:
+        self._detach_turn()
+        if self.attached is not None:
+            snapshot = self.snapshot()
+            self.services.registry.remove(snapshot["id"], self.snapshot)
+            self.services.monitor.session_event("session.ended", snapshot)
+            self.attached = None
+
+    async def kill(self) -> None:
+        """An admin ended this session: cancel the turn now (no grace), close 4000."""
+        live = self.services.manager.get(self.turn_id) if self.turn_id else None
+        if live is not None:
+            self.services.manager.cancel(live.turn.id)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await live.done.wait()
+        self.close(CLOSE_KILLED)
+
+    def shutdown(self) -> None:
+        """The server is restarting: close 1012 once the running turn has ended."""
+        self.close(CLOSE_RESTART)
 
     @property
     def who(self) -> Who:
@@ -132,8 +197,9 @@ class Connection:
                         await self.ws.close(self.close_code)
         finally:
             self.services.connections.remove(self)
-            if self.turn_id is not None:
-                self.services.manager.detach(self.turn_id, self.outbox)
+            if self._relay is not None:
+                self._relay.cancel()
+            self._detach_session()
             self.outbox.close()
 
     def close(self, code: int | None) -> None:
@@ -223,6 +289,7 @@ class Connection:
                 self.close(None)
                 return
             now = time.monotonic()
+            self.last_activity_at = utcnow()
             if not self.bucket.allow(now):
                 self.put(error_frame("rate_limited", "too many frames; slow down"))
                 if self.abuse.hit(now):
@@ -254,34 +321,83 @@ class Connection:
         elif isinstance(frame, MessageFrame):
             if self.attached is None:
                 raise SessionRequired()
+            if self._relay is not None and not self._relay.done():
+                raise TurnInProgress()
             turn = await self.services.chat.start_turn(self.who, self.attached, frame, self.outbox)
             self.turn_id = turn.id
+            self.turns += 1
         elif isinstance(frame, CancelFrame):
             live = self.services.manager.get(self.turn_id) if self.turn_id else None
+            if live is None and self._relay is not None and not self._relay.done():
+                # The turn runs on another instance: leaving it there lets its grace
+                # period run out, which cancels it like a cancel frame.
+                raise NotFound(
+                    "this turn runs on another instance; it ends by itself",
+                    error_code="TURN_REMOTE",
+                )
             if live is None or (frame.turn_id and frame.turn_id != live.turn.id):
                 raise NotFound("no running turn to cancel", error_code="TURN_NOT_FOUND")
             self.services.manager.cancel(live.turn.id)
         elif isinstance(frame, SessionStartFrame):
-            self._detach_turn()
-            self.attached, ready = await self.services.chat.start_session(self.who, frame)
+            attached, ready = await self.services.chat.start_session(self.who, frame)
+            self._attach(attached)
             self.put(ready)
         elif isinstance(frame, SessionResumeFrame):
-            self._detach_turn()
-            self.attached, ready, resumed = await self.services.chat.resume_session(
+            self._detach_session()
+            attached, ready, resumed = await self.services.chat.resume_session(
                 self.who, frame, self.outbox
             )
-            if resumed is None:
-                self.put(ready)
+            self._attach(attached)
             self.turn_id = resumed
+            if resumed is None and not self._follow_remote(frame, ready):
+                self.put(ready)
         elif isinstance(frame, AuthFrame):
             await self._reauth(frame)
         else:  # pragma: no cover - parse_frame returns only the types above
             raise Forbidden("unexpected frame")
 
     def _detach_turn(self) -> None:
+        if self._relay is not None:
+            self._relay.cancel()
+            self._relay = None
         if self.turn_id is not None:
             self.services.manager.detach(self.turn_id, self.outbox)
             self.turn_id = None
+
+    def _follow_remote(self, frame: SessionResumeFrame, ready: dict[str, Any]) -> bool:
+        """The resumed turn may run on another instance: relay it from there.
+
+        Sends ``session.ready`` once the owner answered, or alone if nobody did.
+        Returns False when there is nothing to follow (``ready`` is still to be sent).
+        """
+        relay = self.services.relay
+        turn_id = frame.turn_id
+        streaming = any(
+            m.get("turn_id") == turn_id and m["status"] == "streaming" for m in ready["history"]
+        )
+        if not (relay.enabled and turn_id and streaming):
+            return False
+
+        sent = False
+
+        async def on_attached() -> None:
+            nonlocal sent
+            sent = True
+            self.put(ready)
+
+        async def follow() -> None:
+            try:
+                await relay.follow(turn_id, frame.after_seq or 0, self.put, on_attached)
+            except ChatServerError as exc:
+                if not sent:
+                    self.put(ready)
+                self.put(error_from(exc))
+                return
+            if not sent:
+                self.put(ready)
+
+        self._relay = asyncio.create_task(follow(), name=f"follow-{turn_id}")
+        return True
 
     # -- frames out ------------------------------------------------------------------
     async def _writer(self) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import admin_games, flags, games, health, me, usage
+from . import admin_games, admin_page, admin_sessions, flags, games, health, me, usage
 
 api_router = APIRouter()
-for module in (health, games, admin_games, flags, usage, me):
+for module in (health, games, admin_games, admin_sessions, admin_page, flags, usage, me):
     api_router.include_router(module.router)

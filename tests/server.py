@@ -14,12 +14,11 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import uvicorn
-
 from chat_server.app import create_app
 from chat_server.auth import mint_token
 from chat_server.config import Settings, load_settings
 from chat_server.services import Services
+from chat_server.serving import ChatServer, uvicorn_config
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 
@@ -60,20 +59,10 @@ class RunningServer:
         self.settings = settings
         self.port = free_port()
         self.app = create_app(settings)
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            ws="websockets-sansio",
-            ws_max_size=settings.ws_max_frame_bytes,
-            ws_per_message_deflate=False,
-            ws_ping_interval=settings.ws_ping_interval,
-            ws_ping_timeout=settings.ws_ping_timeout,
-            lifespan="on",
-            timeout_graceful_shutdown=5,
+        config = uvicorn_config(
+            self.app, settings, host="127.0.0.1", port=self.port, log_level="warning"
         )
-        self.server = uvicorn.Server(config)
+        self.server = ChatServer(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.server_loop: asyncio.AbstractEventLoop | None = None
 

@@ -13,7 +13,14 @@ from typing import Any
 
 from ..access import can_see_game
 from ..config import Settings
-from ..errors import FeatureDisabled, InvalidInput, NotFound, QuotaExceeded, TurnInProgress
+from ..errors import (
+    FeatureDisabled,
+    InvalidInput,
+    NotFound,
+    QuotaExceeded,
+    ShuttingDown,
+    TurnInProgress,
+)
 from ..flag_cache import FlagCache
 from ..frames import MessageFrame, SessionResumeFrame, SessionStartFrame
 from ..providers.base import ChatMessage, Provider, ProviderRequest
@@ -67,6 +74,7 @@ class ChatService:
         self.providers = providers
         self.manager = manager
         self.instance_id = instance_id
+        self.draining = False
 
     # -- sessions --------------------------------------------------------------
     async def _visible_game(self, who: Who, game_id: str) -> dict[str, Any]:
@@ -174,6 +182,8 @@ class ChatService:
 
         Puts ``turn.started`` into ``sink`` before any delta can follow.
         """
+        if self.draining:
+            raise ShuttingDown()
         if len(frame.text) > self.settings.ws_max_text_chars:
             raise InvalidInput(f"text is longer than {self.settings.ws_max_text_chars} characters")
         session, game = attached.session, attached.game

@@ -41,6 +41,7 @@ class Turn:
     passages: list[Passage] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
     length: int = 0
+    tokens: int = 0
     seq: int = 0
     offsets: list[int] = field(default_factory=lambda: [0])
     first_token_at: float | None = None
@@ -60,6 +61,7 @@ class Turn:
             self.first_token_at = now
         self.parts.append(text)
         self.length += len(text)
+        self.tokens += 1
 
     def cite(self, ref: CitationRef) -> None:
         self.cited.setdefault(ref.passage_id, ref.quote)

@@ -29,6 +29,7 @@ __all__ = [
     "get_session",
     "history",
     "list_sessions",
+    "streaming_instances",
 ]
 
 
@@ -249,3 +250,15 @@ async def fail_stale_turns(
             .values(status="error", finish_reason="error", updated_at=utcnow())
         )
     return int(result.rowcount or 0)
+
+
+async def streaming_instances(db: Database, *, older_than: datetime) -> list[str]:
+    """Instances that own answers still ``streaming`` since before ``older_than``."""
+    query = (
+        select(chat_messages.c.instance_id)
+        .where(chat_messages.c.status == "streaming", chat_messages.c.updated_at < older_than,
+               chat_messages.c.instance_id.is_not(None))
+        .distinct()
+    )
+    async with db.read() as conn:
+        return [r[0] for r in (await conn.execute(query)).all()]

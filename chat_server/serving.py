@@ -1,0 +1,56 @@
+"""Running the app under uvicorn, with a shutdown that lets running turns finish.
+
+uvicorn's own shutdown closes every WebSocket with 1012 at once. ``ChatServer`` first
+stops accepting connections, then drains the app (new turns are refused with
+``server_shutting_down``, running turns get up to ``SHUTDOWN_GRACE`` seconds, then each
+connection is closed with 1012), and only then lets uvicorn finish.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import uvicorn
+
+from .config import Settings
+
+__all__ = ["ChatServer", "uvicorn_config"]
+
+
+def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """The uvicorn settings of ``chat-server serve``: limits, keepalive, no compression."""
+    values: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "ws": "websockets-sansio",
+        "ws_max_size": settings.ws_max_frame_bytes,
+        # permessage-deflate multiplies memory per connection for no CPU gain here.
+        "ws_per_message_deflate": False,
+        "ws_ping_interval": settings.ws_ping_interval,
+        "ws_ping_timeout": settings.ws_ping_timeout,
+        "timeout_graceful_shutdown": 5,
+        "proxy_headers": True,
+        "server_header": False,
+        "lifespan": "on",
+        "log_config": None,
+    }
+    values.update(overrides)
+    return uvicorn.Config(app, **values)
+
+
+class ChatServer(uvicorn.Server):
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        app = self.config.loaded_app if hasattr(self.config, "loaded_app") else None
+        services = _services_of(self.config.app) or _services_of(app)
+        if services is not None:
+            await services.drain(services.settings.shutdown_grace)
+        await super().shutdown(sockets)
+
+
+def _services_of(app: Any) -> Any:
+    state = getattr(app, "state", None)
+    return getattr(state, "services", None) if state is not None else None

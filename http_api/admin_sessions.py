@@ -1,0 +1,109 @@
+"""Staff: live sessions on every instance, their event feed (SSE), and ending one."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from chat_server.storage.pages import decode_cursor, encode_cursor
+
+from .deps import ServicesDep, Staff
+from .errors import ERROR_RESPONSES
+from .models import ErrorBody
+
+router = APIRouter(
+    prefix="/admin/sessions",
+    tags=["admin"],
+    responses={**ERROR_RESPONSES, 403: {"model": ErrorBody, "description": "Not staff"}},
+)
+KEEPALIVE_SECONDS = 15.0
+
+
+class LiveSessionOut(BaseModel):
+    id: str
+    user_id: str
+    game_id: str
+    instance: str
+    connection_id: str | None = None
+    connected_at: datetime
+    last_activity_at: datetime
+    turns: int
+    streaming: bool
+    provider: str
+    turn_id: str | None = None
+    tokens: int = 0
+    first_token_ms: int | None = None
+
+
+class LiveSessionsPage(BaseModel):
+    sessions: list[LiveSessionOut]
+    next_cursor: str | None
+
+
+@router.get("", response_model=LiveSessionsPage, summary="Live sessions on every instance")
+async def list_live(
+    _staff: Staff,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> LiveSessionsPage:
+    sessions = sorted(await services.registry.list(), key=lambda s: s["id"])
+    if cursor:
+        (after,) = decode_cursor(cursor, 1)
+        sessions = [s for s in sessions if s["id"] > after]
+    page = sessions[:limit]
+    next_cursor = encode_cursor(page[-1]["id"]) if len(sessions) > limit else None
+    return LiveSessionsPage(sessions=[LiveSessionOut(**s) for s in page], next_cursor=next_cursor)
+
+
+@router.get(
+    "/events",
+    summary="Live feed (Server-Sent Events): session.started, turn.started, turn.completed, "
+    "session.ended; send Last-Event-ID to resume",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "An SSE stream"}},
+)
+async def events(
+    request: Request,
+    _staff: Staff,
+    services: ServicesDep,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+) -> StreamingResponse:
+    async def stream() -> AsyncIterator[str]:
+        yield "retry: 2000\n\n"
+        async for batch in services.monitor.events.subscribe(last_event_id, wait=KEEPALIVE_SECONDS):
+            if await request.is_disconnected():
+                return
+            if not batch:
+                yield ": keep-alive\n\n"
+            for event_id, kind, data in batch:
+                yield f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.delete(
+    "/{session_id}",
+    status_code=204,
+    response_class=Response,
+    responses={404: {"model": ErrorBody, "description": "Not live"}},
+    summary="End that session's connection (close 4000) wherever it runs",
+)
+async def kill(
+    session_id: str,
+    staff: Staff,
+    services: ServicesDep,
+    reason: Annotated[str | None, Query(max_length=500)] = None,
+) -> Response:
+    await services.monitor.kill(session_id, actor_id=staff.user_id, reason=reason)
+    return Response(status_code=204)
