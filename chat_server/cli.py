@@ -137,6 +137,11 @@ def _serve(settings: Settings) -> int:
     from .app import create_app
     from .serving import ChatServer, uvicorn_config
 
+    problem = asyncio.run(_database_problem(settings))
+    if problem:
+        print(f"chat-server: {problem}", file=sys.stderr)
+        return 1
+
     class Server(ChatServer):
         """Says where it listens and how to get a token once the port is really bound."""
 
@@ -149,6 +154,25 @@ def _serve(settings: Settings) -> int:
     config = uvicorn_config(create_app(settings), settings)
     Server(config).run()
     return 0
+
+
+async def _database_problem(settings: Settings) -> str | None:
+    """One line saying why the database cannot be reached, or None."""
+    from .errors import Unavailable
+    from .services import database_url
+    from .storage.engine import Database
+
+    db = Database(
+        database_url(settings), prepared_statement_cache=settings.database_prepared_statement_cache
+    )
+    try:
+        await db.ping(timeout=10.0)
+    except Unavailable as exc:
+        cause = type(exc.__cause__).__name__ if exc.__cause__ else "timeout"
+        return f"the database is unavailable ({cause}); check DATABASE_URL"
+    finally:
+        await db.dispose()
+    return None
 
 
 def _banner(host: str, port: int) -> None:
