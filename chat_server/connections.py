@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from . import metrics
+
 if TYPE_CHECKING:
     from .ws import Connection
 
@@ -27,14 +29,16 @@ class Connections:
             return False
         mine.add(connection)
         self.empty.clear()
+        metrics.CONNECTIONS.inc()
         return True
 
     def remove(self, connection: Connection) -> None:
         if connection.principal is None:
             return
         mine = self._by_user.get(connection.principal.user_id)
-        if mine is not None:
+        if mine is not None and connection in mine:
             mine.discard(connection)
+            metrics.CONNECTIONS.dec()
             if not mine:
                 del self._by_user[connection.principal.user_id]
         if not self._by_user:

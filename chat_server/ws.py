@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from . import metrics
 from .auth import Principal
 from .errors import (
     ChatServerError,
@@ -128,6 +129,7 @@ class Connection:
     def _attach(self, attached: Attached) -> None:
         self._detach_session()
         self.attached = attached
+        metrics.SESSIONS.inc()
         self.services.registry.put(attached.session["id"], self.snapshot)
         self.services.monitor.session_event("session.started", self.snapshot())
 
@@ -138,12 +140,13 @@ class Connection:
             self.services.registry.remove(snapshot["id"], self.snapshot)
             self.services.monitor.session_event("session.ended", snapshot)
             self.attached = None
+            metrics.SESSIONS.dec()
 
     async def kill(self) -> None:
         """An admin ended this session: cancel the turn now (no grace), close 4000."""
         live = self.services.manager.get(self.turn_id) if self.turn_id else None
         if live is not None:
-            self.services.manager.cancel(live.turn.id)
+            self.services.manager.cancel(live.turn.id, "admin")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     await live.done.wait()
@@ -349,7 +352,11 @@ class Connection:
             )
             self._attach(attached)
             self.turn_id = resumed
-            if resumed is None and not self._follow_remote(frame, ready):
+            following = resumed is None and self._follow_remote(frame, ready)
+            if frame.turn_id:
+                outcome = "local" if resumed else "remote" if following else "not_running"
+                metrics.RESUMES.labels(outcome).inc()
+            if resumed is None and not following:
                 self.put(ready)
         elif isinstance(frame, AuthFrame):
             await self._reauth(frame)

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .. import metrics
 from ..access import can_see_game
 from ..config import Settings
 from ..errors import (
@@ -197,6 +198,7 @@ class ChatService:
             section=game.get("section"),
         )
         if not decision.enabled:
+            metrics.DENIALS.labels("feature_disabled").inc()
             raise FeatureDisabled(
                 "chat is not enabled for you on this game", error_code="FEATURE_DISABLED"
             )
@@ -211,6 +213,7 @@ class ChatService:
             now=now,
         )
         if not reservation.granted:
+            metrics.DENIALS.labels("quota_exceeded").inc()
             raise QuotaExceeded(context=reservation.quota.to_dict())
         try:
             history = await chat_store.history(

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from .. import metrics
 from ..errors import ChatServerError, ProviderError
 from ..frames import error_frame
 from ..providers.base import (
@@ -101,11 +102,15 @@ class TurnManager:
         self._notify("turn.started", turn)
         return live
 
-    def cancel(self, turn_id: str) -> bool:
-        """Stop the turn's provider stream now; ``turn.completed`` follows."""
+    def cancel(self, turn_id: str, cause: str = "client") -> bool:
+        """Stop the turn's provider stream now; ``turn.completed`` follows.
+
+        ``cause`` (client, disconnect, admin, shutdown) only labels the metric.
+        """
         live = self._live.get(turn_id)
-        if live is None or live.turn.done:
+        if live is None or live.turn.done or live.turn.cancel_requested:
             return False
+        metrics.CANCELS.labels(cause).inc()
         live.turn.cancel_requested = True
         if live.inner is not None:
             live.inner.cancel()
@@ -118,10 +123,10 @@ class TurnManager:
             return
         live.sink = None
         if self.resume_grace <= 0:
-            self.cancel(turn_id)
+            self.cancel(turn_id, "disconnect")
         else:
             loop = asyncio.get_running_loop()
-            live.grace = loop.call_later(self.resume_grace, self.cancel, turn_id)
+            live.grace = loop.call_later(self.resume_grace, self.cancel, turn_id, "disconnect")
 
     def attach(self, turn_id: str, sink: Outbox, after_seq: int) -> LiveTurn | None:
         """A client resumes: send what it missed after ``after_seq``, then go on live."""
@@ -146,7 +151,7 @@ class TurnManager:
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=grace)
             for live in list(self._live.values()):
-                self.cancel(live.turn.id)
+                self.cancel(live.turn.id, "shutdown")
             if pending:
                 await asyncio.wait(pending, timeout=5.0)
         for live in list(self._live.values()):
@@ -186,6 +191,7 @@ class TurnManager:
                 live.inner.cancel()
                 raise
             except ProviderError as exc:
+                metrics.PROVIDER_ERRORS.labels(provider.name, exc.code).inc()
                 last = index + 1 >= len(live.chain)
                 if turn.has_text or last or turn.cancel_requested:
                     live.error = exc
@@ -210,10 +216,18 @@ class TurnManager:
             first_token=self._first_token_timeout,
             idle=self._idle_timeout,
         )
+        gaps = metrics.INTER_TOKEN_GAP.labels(provider.name)
+        last = 0.0
         try:
             async for event in events:
                 if isinstance(event, TextDelta):
-                    turn.add_text(event.text, time.monotonic())
+                    now = time.monotonic()
+                    if turn.tokens % metrics.GAP_SAMPLE_EVERY == 1:
+                        gaps.observe(now - last)
+                    last = now
+                    if turn.cancel_requested:
+                        metrics.TOKENS_AFTER_CANCEL.inc()
+                    turn.add_text(event.text, now)
                     if live.sink is not None:
                         live.sink.pull(turn)
                 elif isinstance(event, CitationRef):
@@ -229,6 +243,7 @@ class TurnManager:
         turn = live.turn
         if live.grace is not None:
             live.grace.cancel()
+        _observe(turn)
         try:
             await self._persist(turn)
         except Exception:
@@ -258,3 +273,15 @@ class TurnManager:
                 listener(event, turn)
             except Exception:
                 log.exception("turn listener failed")
+
+
+def _observe(turn: Turn) -> None:
+    """A finished turn's metrics, in one place."""
+    provider = turn.provider
+    metrics.TURNS.labels(provider, turn.finish_reason or "error").inc()
+    if turn.first_token_at is not None:
+        metrics.FIRST_TOKEN.labels(provider).observe(turn.first_token_at - turn.started_at)
+    if turn.finished_at is not None:
+        metrics.TURN_DURATION.labels(provider).observe(turn.finished_at - turn.started_at)
+    metrics.TOKENS.labels(provider, "input").inc(turn.usage.input_tokens)
+    metrics.TOKENS.labels(provider, "output").inc(turn.usage.output_tokens)
