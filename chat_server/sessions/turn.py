@@ -40,6 +40,7 @@ class Turn:
     started_at: float
     passages: list[Passage] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
+    pending_parts: list[str] = field(default_factory=list)
     length: int = 0
     tokens: int = 0
     seq: int = 0
@@ -60,6 +61,7 @@ class Turn:
         if self.first_token_at is None:
             self.first_token_at = now
         self.parts.append(text)
+        self.pending_parts.append(text)
         self.length += len(text)
         self.tokens += 1
 
@@ -85,7 +87,12 @@ class Turn:
         start = self.offsets[-1]
         if self.length <= start:
             return None
-        text = self.text[start:]
+        # O(pending) in the common case; a rewound delivery (resume) slices the whole text.
+        pending = self.pending_parts
+        text = "".join(pending) if pending else self.text[start:]
+        if len(text) != self.length - start:
+            text = self.text[start:]
+        pending.clear()
         self.seq += 1
         self.offsets.append(self.length)
         return {"type": "turn.delta", "turn_id": self.id, "seq": self.seq, "text": text}
@@ -95,6 +102,7 @@ class Turn:
         keep = max(0, min(after_seq, self.seq))
         del self.offsets[keep + 1 :]
         self.seq = keep
+        self.pending_parts.clear()  # the next delta is sliced from the whole text
 
     # -- ending ----------------------------------------------------------------
     @property
