@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from starlette.routing import WebSocketRoute
 
 from http_api import api_router
+from http_api.body_limit import BodyLimit
 from http_api.errors import install_error_handlers
 
 from . import __version__
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.http_max_body_bytes)
     app.include_router(api_router)
     app.router.routes.append(WebSocketRoute("/ws/chat", chat_endpoint))
     return app

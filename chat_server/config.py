@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     ws_max_text_chars: int = Field(default=4000, ge=1, le=1_000_000)
     ws_max_frames_per_second: float = Field(default=20.0, gt=0, le=10_000)
     ws_frame_burst: int = Field(default=40, ge=1, le=100_000)
+    ws_max_connections: int = Field(default=10_000, ge=1, le=1_000_000)
+    http_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024**3)
     ws_max_connections_per_user: int = Field(default=10, ge=1, le=100_000)
     ws_resume_grace: float = Field(default=20.0, ge=0, le=3600)
     ws_send_timeout: float = Field(default=30.0, gt=0, le=3600)

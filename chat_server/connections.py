@@ -16,18 +16,23 @@ __all__ = ["Connections"]
 class Connections:
     """Authenticated connections by user; ``add`` refuses past ``per_user``."""
 
-    def __init__(self, per_user: int) -> None:
+    def __init__(self, per_user: int, total: int = 10_000) -> None:
         self.per_user = per_user
+        self.total = total
+        self._count = 0
         self._by_user: dict[str, set[Connection]] = {}
         self.empty = asyncio.Event()
         self.empty.set()
 
     def add(self, connection: Connection) -> bool:
         assert connection.principal is not None
+        if self._count >= self.total:
+            return False
         mine = self._by_user.setdefault(connection.principal.user_id, set())
         if len(mine) >= self.per_user:
             return False
         mine.add(connection)
+        self._count += 1
         self.empty.clear()
         metrics.CONNECTIONS.inc()
         return True
@@ -38,6 +43,7 @@ class Connections:
         mine = self._by_user.get(connection.principal.user_id)
         if mine is not None and connection in mine:
             mine.discard(connection)
+            self._count -= 1
             metrics.CONNECTIONS.dec()
             if not mine:
                 del self._by_user[connection.principal.user_id]
@@ -45,7 +51,7 @@ class Connections:
             self.empty.set()
 
     def __len__(self) -> int:
-        return sum(len(c) for c in self._by_user.values())
+        return self._count
 
     def all(self) -> list[Connection]:
         return [c for conns in self._by_user.values() for c in conns]

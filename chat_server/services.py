@@ -190,7 +190,7 @@ async def build_services(settings: Settings) -> Services:
             manager=manager,
             instance_id=instance_id,
         )
-        connections = Connections(settings.ws_max_connections_per_user)
+        connections = Connections(settings.ws_max_connections_per_user, settings.ws_max_connections)
         registry: Registry
         events: EventFeed
         if redis is not None:
