@@ -20,6 +20,7 @@ from http_api.errors import install_error_handlers
 
 from . import __version__
 from .config import Settings, load_settings
+from .logs import RequestContext
 from .services import build_services, close_services, with_local_secret
 from .ws import chat_endpoint
 
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.http_max_body_bytes)
+    app.add_middleware(RequestContext)  # outermost: a request id on every log line
     app.include_router(api_router)
     app.router.routes.append(WebSocketRoute("/ws/chat", chat_endpoint))
     return app

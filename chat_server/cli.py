@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import socket
 import sys
 from collections.abc import Sequence
 
 from .config import ConfigError, Settings, load_settings
 from .errors import ChatServerError
+from .logs import configure_logging
 
 __all__ = ["main"]
 
@@ -56,11 +56,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"chat-server: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging(settings.log_level)
     command = args.command or "serve"
+    if command == "serve" and settings.is_prod and not (
+        settings.supabase_jwt_secret or settings.jwks_url
+    ):
+        print(
+            "chat-server: invalid configuration: SUPABASE_URL, SUPABASE_JWKS_URL or "
+            "SUPABASE_JWT_SECRET is required when ENVIRONMENT is prod",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     if command == "migrate":
         return _migrate(settings, sql=args.sql)
     if command == "token":

@@ -215,7 +215,7 @@ class RedisQuotaCounter:
                 async with self._slots:
                     return await make()
         except (RedisError, OSError, TimeoutError) as exc:
-            raise Unavailable("Redis is unavailable", context={"store": "redis"}) from exc
+            raise Unavailable("Redis is unavailable", context={"service": "redis"}) from exc
 
     def _key(self, *, user_id: str, feature: str, game_id: str, now: datetime) -> str:
         return quota_key(

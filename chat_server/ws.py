@@ -40,6 +40,7 @@ from .frames import (
     error_from,
     parse_frame,
 )
+from .logs import add_context, bind
 from .sessions.chat import Attached, Who
 from .sessions.limits import AbuseCounter, TokenBucket
 from .sessions.outbox import Outbox, SlowClient
@@ -65,14 +66,15 @@ async def chat_endpoint(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
     await websocket.accept()
     connection = Connection(websocket, services)
-    try:
-        await connection.run()
-    except WebSocketDisconnect:
-        pass
-    except Exception:
-        log.exception("connection %s failed", connection.id)
-        with contextlib.suppress(Exception):
-            await websocket.close(CLOSE_ERROR)
+    with bind(connection_id=connection.id):
+        try:
+            await connection.run()
+        except WebSocketDisconnect:
+            pass
+        except Exception:
+            log.exception("connection failed")
+            with contextlib.suppress(Exception):
+                await websocket.close(CLOSE_ERROR)
 
 
 class Connection:
@@ -92,6 +94,7 @@ class Connection:
         self.last_activity_at = self.connected_at
         self.turns = 0
         self._relay: asyncio.Task[None] | None = None
+        self._relay_turn: str | None = None
         self._closing = asyncio.Event()
         self._refreshed = asyncio.Event()
         now = time.monotonic()
@@ -129,6 +132,7 @@ class Connection:
     def _attach(self, attached: Attached) -> None:
         self._detach_session()
         self.attached = attached
+        add_context(session_id=attached.session["id"], game_id=attached.game["id"])
         metrics.SESSIONS.inc()
         self.services.registry.put(attached.session["id"], self.snapshot)
         self.services.monitor.session_event("session.started", self.snapshot())
@@ -167,6 +171,7 @@ class Connection:
             return
         assert self.principal is not None
         user_id = self.principal.user_id
+        add_context(user_id=user_id)
         if not self.services.connections.add(self):
             await self._send_now(
                 error_frame(
@@ -332,12 +337,9 @@ class Connection:
         elif isinstance(frame, CancelFrame):
             live = self.services.manager.get(self.turn_id) if self.turn_id else None
             if live is None and self._relay is not None and not self._relay.done():
-                # The turn runs on another instance: leaving it there lets its grace
-                # period run out, which cancels it like a cancel frame.
-                raise NotFound(
-                    "this turn runs on another instance; it ends by itself",
-                    error_code="TURN_REMOTE",
-                )
+                assert self._relay_turn is not None
+                await self.services.relay.cancel(self._relay_turn)
+                return
             if live is None or (frame.turn_id and frame.turn_id != live.turn.id):
                 raise NotFound("no running turn to cancel", error_code="TURN_NOT_FOUND")
             self.services.manager.cancel(live.turn.id)
@@ -404,6 +406,7 @@ class Connection:
                 self.put(ready)
 
         self._relay = asyncio.create_task(follow(), name=f"follow-{turn_id}")
+        self._relay_turn = turn_id
         return True
 
     # -- frames out ------------------------------------------------------------------

@@ -9,12 +9,33 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from chat_server.access import is_staff
 from chat_server.auth import Principal
-from chat_server.errors import Forbidden, Unauthorized
+from chat_server.errors import Forbidden, InvalidInput, Unauthorized
+from chat_server.logs import add_context
 from chat_server.services import Services
 
-__all__ = ["Caller", "ServicesDep", "Staff", "get_services"]
+__all__ = ["Caller", "ServicesDep", "Staff", "get_services", "refuse_nul"]
 
 _bearer = HTTPBearer(auto_error=False, description="A Supabase access token (JWT)")
+
+
+async def refuse_nul(request: Request) -> None:
+    """Refuse NUL characters in path and query parameters with 422.
+
+    PostgreSQL cannot store or even compare text holding NUL (the driver raises), so such
+    a value is invalid input, never a 500; SQLite behaves the same way through this check.
+    """
+    errors = [
+        {"loc": [where, name], "msg": "must not contain NUL characters", "type": "nul_character"}
+        for where, items in (
+            ("path", list(request.path_params.items())),
+            ("query", request.query_params.multi_items()),
+        )
+        for name, value in items
+        if "\x00" in name or (isinstance(value, str) and "\x00" in value)
+    ]
+    if errors:
+        where = errors[0]["loc"][1].replace("\x00", "\\0")
+        raise InvalidInput(f"{where}: {errors[0]['msg']}", context={"errors": errors})
 
 
 def get_services(request: Request) -> Services:
@@ -32,7 +53,9 @@ async def caller(
     """Verify the bearer token; every path but health, metrics and docs needs one."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token", error_code="UNAUTHORIZED")
-    return await services.verifier.verify(credentials.credentials)
+    principal = await services.verifier.verify(credentials.credentials)
+    add_context(user_id=principal.user_id)
+    return principal
 
 
 Caller = Annotated[Principal, Depends(caller)]

@@ -391,3 +391,12 @@ def test_port_in_use_fails_without_a_banner(workdir: Path, data_dir: Path) -> No
     assert result.returncode != 0
     assert "address already in use" in result.stderr
     assert "listening on" not in result.stderr
+
+
+def test_prod_without_any_token_key_stops_in_one_line(workdir: Path, data_dir: Path) -> None:
+    """ENVIRONMENT=prod with no way to verify tokens: one line naming the variables, exit 2."""
+    result = run_cli(workdir, clean_env(data_dir, ENVIRONMENT="prod", PORT="0"), "serve")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "SUPABASE_JWT_SECRET" in lines[0]

@@ -234,21 +234,22 @@ async def test_event_feed_orders_a_turn_and_resumes_with_last_event_id(
     async with asyncio.timeout(10):
         await ready.wait()
     async with ws_client(b.ws_url, b.token("alice")) as client:
-        await client.start(game)
+        session_id = (await client.start(game))["session"]["id"]
         await client.ask("robber")
         async with asyncio.timeout(15):
             await reader
-        first_id = received[0][0]
-        kinds = [k for _i, k, _d in received]
-        assert kinds[:3] == ["session.started", "turn.started", "turn.completed"]
+        mine = [(i, k) for i, k, d in received if d.get("session_id") == session_id]
+        assert [k for _i, k in mine][:3] == ["session.started", "turn.started", "turn.completed"]
+        first_id = mine[0][0]
         await client.ask("how do I win")
     received_before = len(received)
     ready = asyncio.Event()
     async with asyncio.timeout(15):
         await read_feed(b, first_id, "turn.completed", ready)
-    again = [k for _i, k, _d in received[received_before:]]
-    assert again[:2] == ["turn.started", "turn.completed"]
-    assert received[received_before][0] != first_id
+    again = [(i, k) for i, k, d in received[received_before:] if d.get("session_id") == session_id]
+    # Resumed right after the first event: the next one is the first turn's start.
+    assert [k for _i, k in again][:2] == ["turn.started", "turn.completed"]
+    assert again[0][0] == mine[1][0]
 
 
 async def test_killed_instance_leaves_the_listing_and_its_answer_is_marked(
@@ -337,3 +338,34 @@ class RunningServerToken:
         from tests.server import SECRET
 
         return mint_token(secret=SECRET, user_id=user, role=role)
+
+
+async def test_cancel_after_resuming_on_another_instance_stops_the_turn(
+    pair: tuple[RunningServer, RunningServer],
+    upstream: OpenAIUpstream,
+) -> None:
+    """A client that resumed on B can cancel the turn that runs on A: A closes the
+    upstream and B's client gets turn.completed cancelled."""
+    a, b = pair
+    upstream.script = Script(tokens=[f"z{i} " for i in range(3000)], token_delay=0.01)
+    game = await catan(a)
+    async with ws_client(a.ws_url, a.token("alice")) as client:
+        session_id = (await client.start(game))["session"]["id"]
+        await client.send({"type": "message", "text": "robber"})
+        turn_id = (await client.expect("turn.started"))["turn_id"]
+        first = await client.expect("turn.delta")
+    async with ws_client(b.ws_url, b.token("alice")) as client:
+        await client.send(
+            {
+                "type": "session.resume",
+                "session_id": session_id,
+                "turn_id": turn_id,
+                "after_seq": first["seq"],
+            }
+        )
+        await client.expect("session.ready")
+        await client.expect("turn.delta")
+        await client.send({"type": "cancel"})
+        frames = await client.until("turn.completed")
+    assert frames[-1]["finish_reason"] == "cancelled"
+    assert upstream.disconnected.wait(2)

@@ -45,3 +45,27 @@ async def test_redis_stopped_mid_run_then_started(tmp_path: Path) -> None:
                     assert again[0]["quota"]["used"] == 1
                     ready = await http.get(f"{server.url}/readyz")
                     assert ready.status_code == 200
+
+
+async def test_quota_fail_open_serves_uncounted_turns_while_redis_is_down(
+    tmp_path: Path,
+) -> None:
+    """With QUOTA_FAIL_OPEN, a turn still streams when Redis is down (uncounted)."""
+    with private_redis(tmp_path) as redis:
+        settings = make_settings(
+            tmp_path, redis_url=redis.url, redis_timeout=0.5, quota_fail_open=True
+        )
+        with running_server(settings) as server:
+            token = server.token("alice")
+            async with httpx.AsyncClient(timeout=5) as http:
+                games = (
+                    await http.get(
+                        f"{server.url}/games", headers={"Authorization": f"Bearer {token}"}
+                    )
+                ).json()
+            async with ws_client(server.ws_url, token) as client:
+                await client.start(games["games"][0]["id"])
+                redis.stop()
+                frames = await client.ask("How do I win?")
+    assert frames[-1]["finish_reason"] == "stop"
+    assert frames[0]["quota"]["used"] == 0

@@ -20,7 +20,8 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
     }
     timeouts = {
         "connect_timeout": settings.provider_connect_timeout,
-        "read_timeout": settings.provider_idle_timeout,
+        "read_timeout": max(settings.provider_first_token_timeout, settings.provider_idle_timeout)
+        + 5.0,
     }
     if settings.openai_api_key or settings.openai_base_url:
         from .openai import OpenAIProvider

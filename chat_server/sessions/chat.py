@@ -7,6 +7,7 @@ sockets: it takes validated frames and an ``Outbox`` and returns frames to send.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,11 +22,12 @@ from ..errors import (
     QuotaExceeded,
     ShuttingDown,
     TurnInProgress,
+    Unavailable,
 )
 from ..flag_cache import FlagCache
 from ..frames import MessageFrame, SessionResumeFrame, SessionStartFrame
 from ..providers.base import ChatMessage, Provider, ProviderRequest
-from ..quotas import Quota, QuotaCounter
+from ..quotas import Quota, QuotaCounter, Reservation, next_midnight
 from ..storage import chat as chat_store
 from ..storage.documents import retrieve
 from ..storage.engine import Database
@@ -38,6 +40,7 @@ from .turn import Turn
 __all__ = ["Attached", "ChatService", "Who"]
 
 FEATURE = "chat"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,7 @@ class ChatService:
             )
         if not self._provider_allowed(who, name, game):
             raise FeatureDisabled(f"provider {name!r} is switched off for you")
+        quota = await self.quota(who, game)  # before writing: Redis down leaves nothing
         session = await chat_store.create_session(
             self.db,
             user_id=who.user_id,
@@ -116,7 +120,7 @@ class ChatService:
             model=self.providers[name].model,
         )
         attached = Attached(session, game)
-        return attached, await self._ready(who, attached, [])
+        return attached, self._ready(attached, [], quota)
 
     async def resume_session(
         self, who: Who, frame: SessionResumeFrame, sink: Outbox
@@ -138,15 +142,15 @@ class ChatService:
             for message in history:
                 if message["id"] == live.turn.message_id:
                     message.update(live.turn.live_message())
-        ready = await self._ready(who, attached, history)
+        ready = self._ready(attached, history, await self.quota(who, game))
         if live is not None and frame.turn_id == live.turn.id:
             resumed = live.turn.id
             sink.put(ready)
             self.manager.attach(live.turn.id, sink, frame.after_seq or 0)
         return attached, ready, resumed
 
-    async def _ready(
-        self, who: Who, attached: Attached, history: list[dict[str, Any]]
+    def _ready(
+        self, attached: Attached, history: list[dict[str, Any]], quota: Quota
     ) -> dict[str, Any]:
         session = attached.session
         public = {
@@ -156,7 +160,7 @@ class ChatService:
             "type": "session.ready",
             "session": public,
             "history": history,
-            "quota": (await self.quota(who, attached.game)).to_dict(),
+            "quota": quota.to_dict(),
         }
 
     async def quota(self, who: Who, game: dict[str, Any]) -> Quota:
@@ -204,14 +208,30 @@ class ChatService:
             )
         turn_id = new_id()
         now = utcnow()
-        reservation = await self.quotas.reserve(
-            feature=FEATURE,
-            user_id=who.user_id,
-            game_id=game["id"],
-            turn_id=turn_id,
-            limit=decision.daily_limit,
-            now=now,
-        )
+        try:
+            reservation = await self.quotas.reserve(
+                feature=FEATURE,
+                user_id=who.user_id,
+                game_id=game["id"],
+                turn_id=turn_id,
+                limit=decision.daily_limit,
+                now=now,
+            )
+        except Unavailable:
+            if not self.settings.quota_fail_open:
+                metrics.DENIALS.labels("unavailable").inc()
+                raise
+            # QUOTA_FAIL_OPEN: serve the turn uncounted rather than refuse it.
+            log.warning("quota store unavailable: turn allowed uncounted (QUOTA_FAIL_OPEN)")
+            reservation = Reservation(
+                granted=True,
+                quota=Quota(
+                    feature=FEATURE,
+                    daily_limit=decision.daily_limit,
+                    used=0,
+                    resets_at=next_midnight(now),
+                ),
+            )
         if not reservation.granted:
             metrics.DENIALS.labels("quota_exceeded").inc()
             raise QuotaExceeded(context=reservation.quota.to_dict())
@@ -263,7 +283,11 @@ class ChatService:
             for n in names
             if n in self.providers and self._provider_allowed(who, n, game)
         ]
-        return chain or [self.providers[first]]
+        if not chain:
+            raise FeatureDisabled(
+                f"provider {first!r} is switched off for you", error_code="PROVIDER_DISABLED"
+            )
+        return chain
 
     async def _request(
         self,

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from .. import metrics
 from ..errors import ChatServerError, ProviderError
 from ..frames import error_frame
+from ..logs import add_context
 from ..providers.base import (
     CitationRef,
     Finish,
@@ -136,10 +137,9 @@ class TurnManager:
         if live.grace is not None:
             live.grace.cancel()
             live.grace = None
-        old = live.sink
+        # A connection that still had the turn simply stops getting it (the newest
+        # resume wins); it stays open for everything else.
         live.sink = sink
-        if old is not None and old is not sink:
-            old.close()
         live.turn.resume(after_seq)
         if live.turn.pending:
             sink.pull(live.turn)
@@ -163,6 +163,9 @@ class TurnManager:
     # -- the turn itself -------------------------------------------------------
     async def _run(self, live: LiveTurn) -> None:
         turn = live.turn
+        add_context(
+            turn_id=turn.id, session_id=turn.session_id, user_id=turn.user_id, game_id=turn.game_id
+        )
         try:
             await self._stream(live)
         except asyncio.CancelledError:
@@ -253,6 +256,16 @@ class TurnManager:
                 await self._refund(turn)
             except Exception:
                 log.warning("turn %s: quota refund failed", turn.id, exc_info=True)
+        log.info(
+            "turn completed",
+            extra={
+                "finish_reason": turn.finish_reason,
+                "provider": turn.provider,
+                "error_code": turn.error_code,
+                "output_tokens": turn.usage.output_tokens,
+                "first_token_ms": turn.record().first_token_ms,
+            },
+        )
         self._live.pop(turn.id, None)
         if self._by_session.get(turn.session_id) == turn.id:
             del self._by_session[turn.session_id]

@@ -70,6 +70,9 @@ class TurnRelay:
     async def _on_request(self, _channel: str, message: str) -> None:
         request = json.loads(message)
         stream = request["stream"]
+        if request.get("op") == "cancel":
+            self._manager.cancel(request["turn_id"], "client")
+            return
         if request.get("op") == "detach":
             owned = self._owned.get(stream)
             if owned is not None:
@@ -160,6 +163,11 @@ class TurnRelay:
                 with contextlib.suppress(Exception):
                     await self._backplane.publish(CHANNEL, json.dumps({**request, "op": "detach"}))
             raise
+
+    async def cancel(self, turn_id: str) -> None:
+        """Cancel a turn that runs on another instance (its owner closes the upstream)."""
+        message = {"op": "cancel", "turn_id": turn_id, "stream": ""}
+        await self._backplane.publish(CHANNEL, json.dumps(message))
 
     async def aclose(self) -> None:
         for sink, task in list(self._owned.values()):

@@ -1,0 +1,300 @@
+"""``chat-server chat``: a terminal client that streams answers as they arrive.
+
+It speaks the public WebSocket protocol (CONTRACT §2) like any other client: it signs
+in with ``--token`` (or a dev token minted with the local secret, never in prod),
+starts or resumes a session, then reads questions line by line. Each answer is
+printed delta by delta; a footer gives the finish reason, tokens and citations.
+
+Ctrl-C while an answer streams sends ``cancel`` (the turn ends as ``cancelled`` and
+the prompt comes back); Ctrl-C or Ctrl-D at the prompt leaves with status 0. Stdin is
+read through the event loop (``add_reader``), so no thread is left blocked on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from .config import Settings
+
+__all__ = ["chat_url", "run_chat"]
+
+T = TypeVar("T")
+
+DEV_TOKEN_TTL = 12 * 3600
+OPEN_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 5.0
+REPLY_TIMEOUT = 30.0  # for session.ready and ready; a turn may take longer between deltas
+MAX_FRAME = 16 * 1024 * 1024  # session.ready carries the whole history
+PROMPT = "> "
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+def run_chat(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the client until the user leaves; the process exit status."""
+    token = args.token or _dev_token(settings, args.user)
+    if token is None:
+        return 1
+    url = chat_url(settings, args.url)
+    try:
+        return asyncio.run(_Client(url, token, args).run())
+    except KeyboardInterrupt:  # Ctrl-C before the prompt was up
+        print(file=sys.stderr)
+        return 130
+
+
+def chat_url(settings: Settings, url: str | None) -> str:
+    """``--url`` as a ``/ws/chat`` URL (``http://host:port`` is accepted too)."""
+    if not url:
+        host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        host = f"[{host}]" if ":" in host else host
+        return f"ws://{host}:{settings.port}/ws/chat"
+    parts = urlsplit(url if "://" in url else f"ws://{url}")
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path if parts.path not in ("", "/") else "/ws/chat"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def _dev_token(settings: Settings, user: str) -> str | None:
+    from .auth import mint_token
+    from .services import with_local_secret
+
+    if settings.is_prod:
+        _fail("pass --token: dev tokens are not minted when ENVIRONMENT is prod")
+        return None
+    secret = with_local_secret(settings).supabase_jwt_secret
+    if not secret:
+        _fail("pass --token: there is no SUPABASE_JWT_SECRET to mint a dev token with")
+        return None
+    return mint_token(
+        secret=secret, user_id=user, role="basic", ttl=DEV_TOKEN_TTL, issuer=settings.jwt_issuer
+    )
+
+
+def _reason(exc: Exception) -> str:
+    """A connect failure in a few words (asyncio's own text names addresses, not causes)."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {OPEN_TIMEOUT:.0f} s"
+    if isinstance(exc, OSError):
+        code = exc.errno or next((int(n) for n in re.findall(r"\[Errno (\d+)\]", str(exc))), 0)
+        if code == errno.ECONNREFUSED:
+            return "connection refused (is `chat-server serve` running?)"
+        if isinstance(exc, socket.gaierror):
+            return f"unknown host ({exc.strerror})"
+        if code:
+            return os.strerror(code)
+    return str(exc) or type(exc).__name__
+
+
+def _fail(message: str) -> None:
+    print(f"chat-server chat: {message}", file=sys.stderr, flush=True)
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+class _Lines:
+    """Lines from a file descriptor, read through the event loop (one reader at a time).
+
+    Cancelling ``readline`` is safe: what was read stays buffered for the next call.
+    A descriptor the loop cannot watch (a regular file) is read directly: it never blocks.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+        self.eof = False
+        self.watchable = True
+        self.tty = os.isatty(fd)
+
+    async def readline(self) -> str | None:
+        while b"\n" not in self.buffer and not self.eof:
+            data = await self._read()
+            self.eof = not data
+            self.buffer += data
+        if not self.buffer:
+            return None
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode(errors="replace")
+
+    async def _read(self) -> bytes:
+        if not self.watchable:
+            return os.read(self.fd, 65536)
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        try:
+            loop.add_reader(self.fd, _wake, ready)
+        except PermissionError:
+            self.watchable = False
+            return os.read(self.fd, 65536)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(self.fd)
+        return os.read(self.fd, 65536)
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
+
+
+class _Client:
+    def __init__(self, url: str, token: str, args: argparse.Namespace) -> None:
+        self.url = url
+        self.token = token
+        self.args = args
+        self.interrupted = asyncio.Event()
+
+    async def run(self) -> int:
+        host = urlsplit(self.url).hostname or ""
+        try:
+            ws = await connect(
+                self.url,
+                additional_headers={"Authorization": f"Bearer {self.token}"},
+                compression=None,
+                open_timeout=OPEN_TIMEOUT,
+                close_timeout=CLOSE_TIMEOUT,
+                max_size=MAX_FRAME,
+                proxy=None if host in _LOOPBACK else True,
+            )
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            _fail(f"cannot connect to {self.url}: {_reason(exc)}")
+            return 1
+        try:
+            async with ws:
+                return await self._session(ws)
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else "no close frame"
+            _fail(f"the server closed the connection ({code})")
+            return 1
+
+    async def _session(self, ws: ClientConnection) -> int:
+        ready = await self._reply(ws)
+        if ready.get("type") != "ready":
+            return 1
+        if self.args.session:
+            start: dict[str, Any] = {"type": "session.resume", "session_id": self.args.session}
+        else:
+            start = {"type": "session.start", "game_id": self.args.game}
+            start["language"] = self.args.language
+            if self.args.provider:
+                start["provider"] = self.args.provider
+        await ws.send(json.dumps(start))
+        frame = await self._reply(ws)
+        if frame.get("type") != "session.ready":
+            return 1
+        session = frame["session"]
+        for message in frame.get("history") or []:
+            who = "you" if message.get("role") == "user" else "assistant"
+            status = message.get("status")
+            note = f" [{status}]" if status and status != "complete" else ""
+            _out(f"{who}{note}: {message.get('content', '')}\n\n")
+        _out(
+            f"session {session['id']} ({session['provider']}, {session['model']}); "
+            f"resume with --session {session['id']}. Ctrl-C stops an answer, Ctrl-D quits.\n"
+        )
+        return await self._prompt_loop(ws, _Lines(sys.stdin.fileno()))
+
+    async def _reply(self, ws: ClientConnection) -> dict[str, Any]:
+        """The next frame; an error frame is printed (the caller sees its type)."""
+        async with asyncio.timeout(REPLY_TIMEOUT):
+            frame: dict[str, Any] = json.loads(await ws.recv())
+        if frame.get("type") == "error":
+            _out(f"error: {frame.get('code')}: {frame.get('message')}\n")
+        return frame
+
+    async def _prompt_loop(self, ws: ClientConnection, lines: _Lines) -> int:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
+            loop.add_signal_handler(signal.SIGINT, self.interrupted.set)
+        try:
+            while True:
+                _out(PROMPT)
+                line = await self._unless_interrupted(lines.readline())
+                if line is None:  # Ctrl-D, or Ctrl-C at the prompt
+                    _out("\n")
+                    return 0
+                if not lines.tty:  # show piped questions as if typed
+                    _out(line + "\n")
+                if line.strip():
+                    await ws.send(json.dumps({"type": "message", "text": line.strip()}))
+                    await self._turn(ws)
+        finally:
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(signal.SIGINT)
+
+    async def _unless_interrupted(self, aw: Awaitable[T]) -> T | None:
+        """``aw``'s result, or None (``aw`` cancelled) when Ctrl-C comes first."""
+        work = asyncio.ensure_future(aw)
+        stop = asyncio.ensure_future(self.interrupted.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+        self.interrupted.clear()
+        return work.result() if not work.cancelled() else None
+
+    async def _turn(self, ws: ClientConnection) -> None:
+        """Print one turn's frames until ``turn.completed`` (or an error that ends it)."""
+        started = want_cancel = cancel_sent = False
+        at_line_start = True
+        while True:
+            if started and want_cancel and not cancel_sent:
+                await ws.send(json.dumps({"type": "cancel"}))
+                cancel_sent = True
+            raw = await self._unless_interrupted(ws.recv())
+            if raw is None:  # Ctrl-C: cancel the turn (once it has started)
+                want_cancel = True
+                continue
+            frame: dict[str, Any] = json.loads(raw)
+            kind = frame.get("type")
+            if kind == "turn.started":
+                started = True
+            elif kind == "turn.delta":
+                text = str(frame.get("text", ""))
+                _out(text)
+                at_line_start = text.endswith("\n") if text else at_line_start
+            elif kind == "error":
+                _out(("" if at_line_start else "\n") + f"error: {frame.get('code')}: ")
+                _out(f"{frame.get('message')}\n")
+                at_line_start = True
+                if not started:  # refused before a turn began (quota, flag, ...)
+                    return
+            elif kind == "turn.completed":
+                _out(("" if at_line_start else "\n") + _footer(frame))
+                return
+
+
+def _footer(frame: dict[str, Any]) -> str:
+    usage = frame.get("usage") or {}
+    timing = frame.get("timing") or {}
+    seconds = (timing.get("total_ms") or 0) / 1000
+    lines = [
+        f"-- {frame.get('finish_reason')} · {usage.get('input_tokens', 0)} tokens in, "
+        f"{usage.get('output_tokens', 0)} out · {seconds:.1f} s"
+    ]
+    for c in frame.get("citations") or []:
+        where = f"{c.get('title')} — {c['heading']}" if c.get("heading") else c.get("title")
+        lines.append(f"   [{c.get('passage_id')}] {where}")
+    return "\n".join(lines) + "\n"
