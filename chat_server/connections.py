@@ -14,10 +14,12 @@ __all__ = ["Connections"]
 
 
 class Connections:
-    """Authenticated connections by user; ``add`` refuses past ``per_user``."""
+    """This instance's authenticated connections; ``add`` refuses past ``total``.
 
-    def __init__(self, per_user: int, total: int = 10_000) -> None:
-        self.per_user = per_user
+    The per-user limit spans every instance: ``user_slots.py``.
+    """
+
+    def __init__(self, total: int = 10_000) -> None:
         self.total = total
         self._count = 0
         self._by_user: dict[str, set[Connection]] = {}
@@ -29,8 +31,6 @@ class Connections:
         if self._count >= self.total:
             return False
         mine = self._by_user.setdefault(connection.principal.user_id, set())
-        if len(mine) >= self.per_user:
-            return False
         mine.add(connection)
         self._count += 1
         self.empty.clear()

@@ -40,6 +40,7 @@ from .storage.engine import default_sqlite_url
 from .storage.ids import new_id, utcnow
 from .storage.migrate import upgrade
 from .storage.profiles import get_role
+from .user_slots import MemorySlots, RedisSlots, UserSlots
 
 __all__ = ["Services", "build_services", "close_services", "database_url", "local_secret"]
 
@@ -60,6 +61,7 @@ class Services:
     manager: TurnManager
     chat: ChatService
     connections: Connections
+    slots: UserSlots
     registry: Registry
     monitor: Monitor
     relay: TurnRelay
@@ -190,7 +192,19 @@ async def build_services(settings: Settings) -> Services:
             manager=manager,
             instance_id=instance_id,
         )
-        connections = Connections(settings.ws_max_connections_per_user, settings.ws_max_connections)
+        connections = Connections(settings.ws_max_connections)
+        slots: UserSlots
+        if redis is not None:
+            slots = RedisSlots(
+                redis,
+                settings.ws_max_connections_per_user,
+                prefix=settings.redis_prefix,
+                timeout=settings.redis_timeout,
+            )
+        else:
+            slots = MemorySlots(settings.ws_max_connections_per_user)
+        await slots.start()
+        stack.push_async_callback(slots.aclose)
         registry: Registry
         events: EventFeed
         if redis is not None:
@@ -241,6 +255,7 @@ async def build_services(settings: Settings) -> Services:
         manager=manager,
         chat=chat,
         connections=connections,
+        slots=slots,
         registry=registry,
         monitor=monitor,
         relay=relay,

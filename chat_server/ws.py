@@ -172,14 +172,10 @@ class Connection:
         assert self.principal is not None
         user_id = self.principal.user_id
         add_context(user_id=user_id)
-        if not self.services.connections.add(self):
-            await self._send_now(
-                error_frame(
-                    "rate_limited",
-                    f"at most {self.settings.ws_max_connections_per_user} connections per user",
-                )
-            )
-            await self.ws.close(CLOSE_ABUSE)
+        refusal = await self._take_slots(user_id)
+        if refusal:
+            await self._send_now(refusal)
+            await self.ws.close(CLOSE_ABUSE if refusal["code"] == "rate_limited" else CLOSE_ERROR)
             return
         try:
             await self._send_now(
@@ -205,10 +201,26 @@ class Connection:
                         await self.ws.close(self.close_code)
         finally:
             self.services.connections.remove(self)
+            await self.services.slots.release(user_id, self.id)
             if self._relay is not None:
                 self._relay.cancel()
             self._detach_session()
             self.outbox.close()
+
+    async def _take_slots(self, user_id: str) -> dict[str, Any] | None:
+        """Claim this instance's and this user's connection slots; the refusal if any."""
+        if not self.services.connections.add(self):
+            return error_frame("rate_limited", "this instance is at its connection limit")
+        try:
+            granted = await self.services.slots.take(user_id, self.id)
+        except ChatServerError as exc:
+            self.services.connections.remove(self)
+            return error_from(exc)
+        if not granted:
+            self.services.connections.remove(self)
+            limit = self.settings.ws_max_connections_per_user
+            return error_frame("rate_limited", f"at most {limit} connections per user")
+        return None
 
     def close(self, code: int | None) -> None:
         """Send what is queued, then close with ``code`` (None: the peer is gone)."""

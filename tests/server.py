@@ -81,6 +81,7 @@ class RunningServer:
 
     def call(self, coro: Any, timeout: float = 10.0) -> Any:
         """Run a coroutine on the server's own event loop (to read its state)."""
+        assert self.server_loop is not None, "the server is not running"
         return asyncio.run_coroutine_threadsafe(coro, self.server_loop).result(timeout)
 
     def token(self, user: str = "user-1", role: str | None = "basic", ttl: int = 3600) -> str:

@@ -369,3 +369,22 @@ async def test_cancel_after_resuming_on_another_instance_stops_the_turn(
         frames = await client.until("turn.completed")
     assert frames[-1]["finish_reason"] == "cancelled"
     assert upstream.disconnected.wait(2)
+
+
+async def test_connections_per_user_count_across_instances(
+    tmp_path: Path, postgres_url: str, redis_url: str
+) -> None:
+    """WS_MAX_CONNECTIONS_PER_USER spans instances: two on A and one on B is three."""
+    settings = cluster_settings(tmp_path, postgres_url, redis_url, ws_max_connections_per_user=2)
+    with running_server(settings) as a, running_server(settings) as b:
+        token = a.token("greedy")
+        async with (
+            ws_client(a.ws_url, token),
+            ws_client(b.ws_url, token),
+            ws_client(b.ws_url, token, ready=False) as third,
+        ):
+            assert (await third.expect("error"))["code"] == "rate_limited"
+            assert await third.closed() == 1008
+        async with ws_client(b.ws_url, token) as again:
+            await again.send({"type": "ping", "id": 1})
+            await again.expect("pong")
