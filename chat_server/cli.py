@@ -58,8 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     configure_logging(settings.log_level)
     command = args.command or "serve"
-    if command == "serve" and settings.is_prod and not (
-        settings.supabase_jwt_secret or settings.jwks_url
+    if (
+        command == "serve"
+        and settings.is_prod
+        and not (settings.supabase_jwt_secret or settings.jwks_url)
     ):
         print(
             "chat-server: invalid configuration: SUPABASE_URL, SUPABASE_JWKS_URL or "

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 
 from .engine import Database
 from .ids import as_utc, new_id, utcnow
 from .pages import decode_cursor, encode_cursor
 from .schema import chat_messages, chat_sessions, usage_events
+from .upsert import upsert
 
 __all__ = [
     "TurnRecord",
@@ -206,23 +207,32 @@ async def finish_turn(db: Database, record: TurnRecord) -> None:
                 updated_at=now,
             )
         )
+        usage = {
+            "turn_id": record.turn_id,
+            "session_id": record.session_id,
+            "user_id": record.user_id,
+            "game_id": record.game_id,
+            "provider": record.provider,
+            "model": record.model,
+            "input_tokens": record.input_tokens,
+            "output_tokens": record.output_tokens,
+            "cache_read_tokens": record.cache_read_tokens,
+            "cache_creation_tokens": record.cache_creation_tokens,
+            "first_token_ms": record.first_token_ms,
+            "total_ms": record.total_ms,
+            "finish_reason": record.finish_reason,
+            "error_code": record.error_code,
+            "created_at": now,
+        }
+        # An upsert: should the sweep of dead instances have closed this turn already,
+        # what the turn really did replaces its guess (still one row per turn).
         await conn.execute(
-            usage_events.insert().values(
-                turn_id=record.turn_id,
-                session_id=record.session_id,
-                user_id=record.user_id,
-                game_id=record.game_id,
-                provider=record.provider,
-                model=record.model,
-                input_tokens=record.input_tokens,
-                output_tokens=record.output_tokens,
-                cache_read_tokens=record.cache_read_tokens,
-                cache_creation_tokens=record.cache_creation_tokens,
-                first_token_ms=record.first_token_ms,
-                total_ms=record.total_ms,
-                finish_reason=record.finish_reason,
-                error_code=record.error_code,
-                created_at=now,
+            upsert(
+                db.dialect,
+                usage_events,
+                usage,
+                keys=["turn_id"],
+                update=[k for k in usage if k != "turn_id"],
             )
         )
 
@@ -232,32 +242,73 @@ async def fail_stale_turns(
 ) -> int:
     """Give ``error`` to ``streaming`` placeholders left by a dead instance.
 
-    ``instance_id``: every placeholder of that instance (this process's previous life on
-    a single instance); ``older_than``: every placeholder not touched since then (turns
-    cannot run that long).
+    ``instance_id``: only placeholders of that instance; ``older_than``: only those not
+    touched since then (turns cannot run that long); both: both must hold; neither:
+    nothing is touched. Each such turn gets its ``usage_events`` row (``error``,
+    ``internal_error``) so usage counts every started turn. Safe to run from several
+    instances at once: a placeholder is closed once.
     """
     conditions = []
     if instance_id is not None:
         conditions.append(chat_messages.c.instance_id == instance_id)
     if older_than is not None:
-        conditions.append(chat_messages.c.updated_at < older_than)
+        conditions.append(chat_messages.c.updated_at < as_utc(older_than))
     if not conditions:
         return 0
+    now = utcnow()
     async with db.write() as conn:
-        result = await conn.execute(
-            update(chat_messages)
-            .where(and_(chat_messages.c.status == "streaming", or_(*conditions)))
-            .values(status="error", finish_reason="error", updated_at=utcnow())
-        )
-    return int(result.rowcount or 0)
+        closed = (
+            await conn.execute(
+                update(chat_messages)
+                .where(chat_messages.c.status == "streaming", *conditions)
+                .values(status="error", finish_reason="error", updated_at=now)
+                .returning(
+                    chat_messages.c.turn_id,
+                    chat_messages.c.session_id,
+                    chat_messages.c.created_at,
+                )
+            )
+        ).all()
+        if closed:
+            sessions = {
+                r.id: r
+                for r in await conn.execute(
+                    select(chat_sessions).where(
+                        chat_sessions.c.id.in_({c.session_id for c in closed})
+                    )
+                )
+            }
+            await conn.execute(
+                usage_events.insert(),
+                [
+                    {
+                        "turn_id": c.turn_id,
+                        "session_id": c.session_id,
+                        "user_id": sessions[c.session_id].user_id,
+                        "game_id": sessions[c.session_id].game_id,
+                        "provider": sessions[c.session_id].provider,
+                        "model": sessions[c.session_id].model,
+                        "first_token_ms": None,
+                        "total_ms": 0,
+                        "finish_reason": "error",
+                        "error_code": "internal_error",
+                        "created_at": as_utc(c.created_at),
+                    }
+                    for c in closed
+                ],
+            )
+    return len(closed)
 
 
 async def streaming_instances(db: Database, *, older_than: datetime) -> list[str]:
     """Instances that own answers still ``streaming`` since before ``older_than``."""
     query = (
         select(chat_messages.c.instance_id)
-        .where(chat_messages.c.status == "streaming", chat_messages.c.updated_at < older_than,
-               chat_messages.c.instance_id.is_not(None))
+        .where(
+            chat_messages.c.status == "streaming",
+            chat_messages.c.updated_at < older_than,
+            chat_messages.c.instance_id.is_not(None),
+        )
         .distinct()
     )
     async with db.read() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from .fulltext import index_passages, search_passage_ids
 from .ids import new_id, utcnow
 from .schema import document_passages, game_documents
 
-__all__ = ["Retrieval", "add_document", "retrieve"]
+__all__ = ["Retrieval", "add_document", "retrieve", "serving_language"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,22 @@ class Retrieval:
     passages: list[Passage]
     matched: bool
     has_documents: bool
+
+
+def serving_language(wanted: str, available: Iterable[str]) -> str | None:
+    """The stored language that serves a session in ``wanted``, or None for "all of them".
+
+    Case is ignored and a regional variant is served by its base language and the
+    other way round (``en-GB`` by ``en``, ``fr`` by ``fr-CA``).
+    """
+    by_lower = {a.lower(): a for a in sorted(available)}
+    want = wanted.lower()
+    if want in by_lower:
+        return by_lower[want]
+    base = want.split("-")[0]
+    if base in by_lower:
+        return by_lower[base]
+    return next((a for low, a in by_lower.items() if low.split("-")[0] == base), None)
 
 
 async def add_document(
@@ -84,8 +101,9 @@ async def retrieve(
 ) -> Retrieval:
     """The game's passages that best match ``question`` in ``language``.
 
-    Falls back to the game's other languages when it has no document in this one, and
-    to the rulebook's opening passages when nothing matches the question.
+    Searches the stored language that serves ``language`` (see ``serving_language``),
+    else every language of the game; when nothing matches the question, answers with
+    the rulebook's opening passages (``matched`` False).
     """
     async with db.read() as conn:
         counts: dict[str, int] = dict(
@@ -99,7 +117,7 @@ async def retrieve(
         )
         if not counts:
             return Retrieval([], matched=False, has_documents=False)
-        lang = language if language in counts else None
+        lang = serving_language(language, counts)
         ids = await search_passage_ids(
             conn, db.dialect, game_id=game_id, language=lang, question=question, limit=limit
         )

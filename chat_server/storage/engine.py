@@ -2,8 +2,8 @@
 
 ``Database`` is made in the app's lifespan (never at import) and shared. ``read()`` and
 ``write()`` hand out a connection (``write()`` inside a transaction) and turn "the
-database is not there" failures into ``Unavailable``, so callers never see a driver
-exception for an outage.
+database is not there" failures into ``Unavailable`` (and text Postgres cannot hold,
+NUL, into ``InvalidInput``), so callers never see a driver exception for those.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ..errors import Unavailable
+from ..errors import InvalidInput, Unavailable
 
 __all__ = ["Database", "async_url", "sync_url"]
 
 CONNECT_TIMEOUT = 5.0
+NUL_IN_TEXT = "22021"  # Postgres: character_not_in_repertoire
 
 
 def async_url(url: str) -> str:
@@ -99,10 +100,7 @@ class Database:
                 "the database is unavailable", context={"service": "database"}
             ) from exc
         except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise Unavailable(
-                    "the database is unavailable", context={"service": "database"}
-                ) from exc
+            _raise_mapped(exc)
             raise
 
     @asynccontextmanager
@@ -116,10 +114,7 @@ class Database:
                 "the database is unavailable", context={"service": "database"}
             ) from exc
         except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise Unavailable(
-                    "the database is unavailable", context={"service": "database"}
-                ) from exc
+            _raise_mapped(exc)
             raise
 
     async def ping(self, timeout: float = 2.0) -> None:
@@ -137,6 +132,15 @@ class Database:
         await self.engine.dispose()
 
 
+def _raise_mapped(exc: DBAPIError) -> None:
+    """Raise our error for a driver error that is not a bug of ours; else return."""
+    if exc.connection_invalidated:
+        raise Unavailable("the database is unavailable", context={"service": "database"}) from exc
+    if getattr(exc.orig, "sqlstate", None) == NUL_IN_TEXT:
+        # Postgres text cannot hold U+0000, in a stored value or in a lookup key.
+        raise InvalidInput("text must not contain NUL characters") from exc
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -144,3 +148,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=15000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    # SQLite's own lower() folds ASCII only ("É" stays "É"); Postgres folds every
+    # letter. Replacing it makes case-insensitive search agree on both databases.
+    dbapi_conn.create_function("lower", 1, _unicode_lower, deterministic=True)
+
+
+def _unicode_lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value

@@ -2,7 +2,9 @@
 
 Postgres: ``document_passages.search`` is a tsvector built with the passage language's
 text-search configuration (``english``, ``french``, …; ``simple`` otherwise) and
-queried with an OR of the question's words, ranked by ``ts_rank``.
+queried with an OR of the question's words, ranked by ``ts_rank``; searching every
+language of a game (no document in the session's), each passage is matched with its
+own language's configuration.
 SQLite: the FTS5 table ``document_passages_fts`` (porter stemming, unicode folding),
 ranked by ``bm25``.
 """
@@ -15,7 +17,20 @@ from collections.abc import Sequence
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["delete_document", "index_passages", "pg_config", "search_passage_ids"]
+__all__ = [
+    "PG_SEARCH_COLUMN",
+    "PG_SEARCH_INDEX",
+    "SQLITE_FTS_TABLE",
+    "delete_document",
+    "index_passages",
+    "pg_config",
+    "search_passage_ids",
+]
+
+# The database objects that exist on one database only (created by the migrations).
+PG_SEARCH_COLUMN = "search"
+PG_SEARCH_INDEX = "ix_document_passages_search"
+SQLITE_FTS_TABLE = "document_passages_fts"
 
 PG_CONFIGS = {
     "da": "danish",
@@ -36,6 +51,14 @@ PG_CONFIGS = {
 }
 _WORD = re.compile(r"\w+", re.UNICODE)
 MAX_TERMS = 32
+
+
+# pg_config() in SQL, for a row's own ``language`` (built from PG_CONFIGS, no input).
+_PG_ROW_CONFIG = (
+    "CAST(CASE lower(split_part(language, '-', 1)) "
+    + " ".join(f"WHEN '{code}' THEN '{name}'" for code, name in PG_CONFIGS.items())
+    + " ELSE 'simple' END AS regconfig)"
+)
 
 
 def pg_config(language: str) -> str:
@@ -108,17 +131,21 @@ async def search_passage_ids(
     if not words:
         return []
     if dialect == "postgresql":
-        lang_clause = "AND language = :language" if language else ""
-        config = pg_config(language or "simple")
+        if language:
+            lang_clause, config = "AND language = :language", "CAST(:config AS regconfig)"
+        else:
+            # Every language of the game, each question parsed with its passage's
+            # configuration: the index holds French stems for French passages.
+            lang_clause, config = "", _PG_ROW_CONFIG
         result = await conn.execute(
             text(
                 "SELECT id FROM document_passages, "
-                "to_tsquery(CAST(:config AS regconfig), :query) AS q "
+                f"to_tsquery({config}, :query) AS q "
                 f"WHERE game_id = :game_id {lang_clause} AND search @@ q "
                 "ORDER BY ts_rank(search, q) DESC, ordinal LIMIT :limit"
             ),
             {
-                "config": config,
+                "config": pg_config(language or "simple"),
                 "query": " | ".join(words),
                 "game_id": game_id,
                 "language": language,

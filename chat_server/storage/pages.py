@@ -22,6 +22,10 @@ def decode_cursor(cursor: str, size: int) -> list[Any]:
         key = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput("cursor is not valid", error_code="INVALID_CURSOR") from exc
-    if not isinstance(key, list) or len(key) != size or not all(isinstance(k, str) for k in key):
+    if (
+        not isinstance(key, list)
+        or len(key) != size
+        or not all(isinstance(k, str) and "\x00" not in k for k in key)
+    ):
         raise InvalidInput("cursor is not valid", error_code="INVALID_CURSOR")
     return key

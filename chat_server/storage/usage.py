@@ -9,6 +9,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 
 from .engine import Database
+from .ids import as_utc
 from .schema import usage_events
 
 __all__ = ["aggregate_usage"]
@@ -26,10 +27,13 @@ async def aggregate_usage(
 ) -> list[dict[str, Any]]:
     """One row per key: turns (every started turn), tokens, errors, cancels, p50 first token.
 
-    The median is computed here rather than in SQL so that both databases give the same
-    figure (SQLite has no percentile function).
+    The period is ``start <= created_at < end``, aware datetimes in any offset (naive ones
+    are taken as UTC). The median is computed here rather than in SQL so that both
+    databases give the same figure (SQLite has no percentile function).
     """
     key_col = _COLUMNS[group_by]
+    # SQLite stores datetimes as UTC text and ignores an offset in a bound value.
+    start, end = as_utc(start), as_utc(end)
     query = select(
         key_col.label("key"),
         usage_events.c.input_tokens,

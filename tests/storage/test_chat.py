@@ -1,0 +1,344 @@
+"""Chat sessions and messages in storage: sessions newest first, a turn's two writes,
+history order, and closing the answers of dead instances."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from chat_server.errors import InvalidInput
+from chat_server.storage import Database
+from chat_server.storage.chat import (
+    TurnRecord,
+    begin_turn,
+    create_session,
+    fail_stale_turns,
+    finish_turn,
+    get_session,
+    history,
+    list_sessions,
+)
+from chat_server.storage.games import create_game
+from chat_server.storage.ids import new_id
+from chat_server.storage.schema import chat_messages, usage_events
+
+from .conftest import WAIT
+
+USER = "user-1"
+
+
+async def new_session(db: Database, game_id: str, user_id: str = USER) -> dict[str, Any]:
+    return await create_session(
+        db, user_id=user_id, game_id=game_id, language="en", provider="local", model="rules"
+    )
+
+
+async def start_turn(
+    db: Database, session_id: str, text: str, instance_id: str = "i-1"
+) -> tuple[str, str]:
+    """Begin a turn; return its id and the assistant message id."""
+    turn_id = new_id()
+    _user, assistant_id = await begin_turn(
+        db, session_id=session_id, turn_id=turn_id, text=text, instance_id=instance_id
+    )
+    return turn_id, assistant_id
+
+
+def record(session: dict[str, Any], turn_id: str, message_id: str, **changes: Any) -> TurnRecord:
+    base = TurnRecord(
+        message_id=message_id,
+        turn_id=turn_id,
+        session_id=session["id"],
+        user_id=session["user_id"],
+        game_id=session["game_id"],
+        provider="local",
+        model="rules",
+        content="Roll both dice.",
+        status="complete",
+        finish_reason="stop",
+        citations=[{"passage_id": "p1", "quote": "dice"}],
+        input_tokens=120,
+        output_tokens=8,
+        cache_read_tokens=3,
+        cache_creation_tokens=1,
+        first_token_ms=40,
+        total_ms=90,
+        error_code=None,
+    )
+    return replace(base, **changes)
+
+
+async def usage_rows(db: Database) -> list[Any]:
+    async with db.read() as conn:
+        return list((await conn.execute(select(usage_events).order_by(usage_events.c.id))).all())
+
+
+async def age_messages(db: Database, message_ids: list[str], when: datetime) -> None:
+    """Pretend these messages were last touched at ``when``."""
+    async with db.write() as conn:
+        await conn.execute(
+            update(chat_messages)
+            .where(chat_messages.c.id.in_(message_ids))
+            .values(updated_at=when, created_at=when)
+        )
+
+
+async def test_create_and_get_session(db: Database, game: dict[str, Any]) -> None:
+    """A created session reads back the same, with a UTC creation time."""
+    async with asyncio.timeout(WAIT):
+        made = await new_session(db, game["id"])
+        got = await get_session(db, made["id"])
+        missing = await get_session(db, "no-such-session")
+    assert got == made
+    assert got["created_at"].utcoffset() == timedelta(0)
+    assert (got["user_id"], got["game_id"], got["language"]) == (USER, game["id"], "en")
+    assert (got["provider"], got["model"]) == ("local", "rules")
+    assert missing is None
+
+
+async def test_sessions_are_listed_newest_first_by_page(db: Database, game: dict[str, Any]) -> None:
+    """A user's sessions page newest first, per game on request, never another user's."""
+    async with asyncio.timeout(WAIT):
+        other_game = await create_game(db, {"name": "Azul"})
+        mine = []
+        for i in range(8):
+            mine.append(await new_session(db, game["id"] if i % 2 else other_game["id"]))
+            await new_session(db, game["id"], user_id="user-2")
+        pages, cursor = [], None
+        while True:
+            page, cursor = await list_sessions(
+                db, user_id=USER, game_id=None, limit=3, cursor=cursor
+            )
+            pages.append([s["id"] for s in page])
+            if cursor is None:
+                break
+        only_game, end = await list_sessions(
+            db, user_id=USER, game_id=game["id"], limit=10, cursor=None
+        )
+    assert [len(p) for p in pages] == [3, 3, 2]
+    assert [sid for p in pages for sid in p] == [s["id"] for s in reversed(mine)]
+    assert [s["id"] for s in only_game] == [
+        s["id"] for s in reversed(mine) if s["game_id"] == game["id"]
+    ]
+    assert end is None
+
+
+async def test_begin_turn_stores_question_and_placeholder(
+    db: Database, game: dict[str, Any]
+) -> None:
+    """Starting a turn stores the question (complete) and an empty streaming answer."""
+    async with asyncio.timeout(WAIT):
+        session = await new_session(db, game["id"])
+        turn_id = new_id()
+        user_message, assistant_id = await begin_turn(
+            db, session_id=session["id"], turn_id=turn_id, text="How do I win?", instance_id="i-1"
+        )
+        messages = await history(db, session["id"])
+        usage = await usage_rows(db)
+    assert [m["id"] for m in messages] == [user_message["id"], assistant_id]
+    question, answer = messages
+    assert question == user_message
+    assert (question["role"], question["status"], question["content"]) == (
+        "user",
+        "complete",
+        "How do I win?",
+    )
+    assert (answer["role"], answer["status"], answer["content"]) == ("assistant", "streaming", "")
+    assert answer["citations"] == [] and answer["finish_reason"] is None
+    assert question["turn_id"] == answer["turn_id"] == turn_id
+    assert usage == []
+
+
+async def test_finish_turn_stores_the_answer_and_one_usage_row(
+    db: Database, game: dict[str, Any]
+) -> None:
+    """Finishing a turn stores the final answer and exactly one usage row for it."""
+    async with asyncio.timeout(WAIT):
+        session = await new_session(db, game["id"])
+        turn_id, assistant_id = await start_turn(db, session["id"], "How do I win?")
+        await finish_turn(db, record(session, turn_id, assistant_id))
+        messages = await history(db, session["id"])
+        usage = await usage_rows(db)
+    answer = messages[-1]
+    assert answer["id"] == assistant_id
+    assert (answer["content"], answer["status"], answer["finish_reason"]) == (
+        "Roll both dice.",
+        "complete",
+        "stop",
+    )
+    assert answer["citations"] == [{"passage_id": "p1", "quote": "dice"}]
+    assert len(usage) == 1
+    row = usage[0]
+    assert (row.turn_id, row.session_id, row.user_id, row.game_id) == (
+        turn_id,
+        session["id"],
+        USER,
+        game["id"],
+    )
+    assert (row.provider, row.model, row.finish_reason, row.error_code) == (
+        "local",
+        "rules",
+        "stop",
+        None,
+    )
+    assert (row.input_tokens, row.output_tokens, row.cache_read_tokens) == (120, 8, 3)
+    assert (row.cache_creation_tokens, row.first_token_ms, row.total_ms) == (1, 40, 90)
+
+
+async def test_a_failed_turn_keeps_its_partial_text(db: Database, game: dict[str, Any]) -> None:
+    """An answer cut by an error keeps what was streamed, with status and error code."""
+    async with asyncio.timeout(WAIT):
+        session = await new_session(db, game["id"])
+        turn_id, assistant_id = await start_turn(db, session["id"], "Why?")
+        await finish_turn(
+            db,
+            record(
+                session,
+                turn_id,
+                assistant_id,
+                content="Because the",
+                status="error",
+                finish_reason="error",
+                citations=[],
+                error_code="provider_error",
+                first_token_ms=None,
+            ),
+        )
+        answer = (await history(db, session["id"]))[-1]
+        (row,) = await usage_rows(db)
+    assert (answer["content"], answer["status"], answer["finish_reason"]) == (
+        "Because the",
+        "error",
+        "error",
+    )
+    assert (row.finish_reason, row.error_code, row.first_token_ms) == (
+        "error",
+        "provider_error",
+        None,
+    )
+
+
+async def test_history_is_oldest_first_and_limited_to_the_latest(
+    db: Database, game: dict[str, Any]
+) -> None:
+    """History lists a session's messages in order; a limit keeps the latest ones."""
+    async with asyncio.timeout(WAIT):
+        session = await new_session(db, game["id"])
+        other = await new_session(db, game["id"])
+        await start_turn(db, other["id"], "elsewhere")
+        for i in range(4):
+            turn_id, assistant_id = await start_turn(db, session["id"], f"question {i}")
+            await finish_turn(db, record(session, turn_id, assistant_id, content=f"answer {i}"))
+        everything = await history(db, session["id"])
+        latest = await history(db, session["id"], limit=3)
+    expected = [text for i in range(4) for text in (f"question {i}", f"answer {i}")]
+    assert [m["content"] for m in everything] == expected
+    assert [m["role"] for m in everything] == ["user", "assistant"] * 4
+    assert [m["content"] for m in latest] == expected[-3:]
+
+
+async def test_fail_stale_turns_closes_only_old_streaming_answers(
+    db: Database, game: dict[str, Any]
+) -> None:
+    """Only answers still streaming since before the cutoff become errors, and are counted."""
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(minutes=10)
+    async with asyncio.timeout(WAIT):
+        session = await new_session(db, game["id"])
+        stale_turn, stale = await start_turn(db, session["id"], "old, never answered")
+        done_turn, done = await start_turn(db, session["id"], "old, answered")
+        await finish_turn(db, record(session, done_turn, done))
+        _fresh_turn, fresh = await start_turn(db, session["id"], "still running")
+        await age_messages(db, [stale, done], now - timedelta(hours=1))
+        # The cutoff may come in any offset: it is the same instant.
+        closed = await fail_stale_turns(
+            db, older_than=cutoff.astimezone(timezone(timedelta(hours=5)))
+        )
+        again = await fail_stale_turns(db, older_than=cutoff)
+        nothing = await fail_stale_turns(db)
+        status = {m["id"]: m["status"] for m in await history(db, session["id"])}
+        usage = {r.turn_id: r for r in await usage_rows(db)}
+    assert (closed, again, nothing) == (1, 0, 0)
+    assert status[stale] == "error"
+    assert status[done] == "complete"
+    assert status[fresh] == "streaming"
+    # Every started turn that ended has its one usage row; the closed one counts as an error.
+    assert set(usage) == {stale_turn, done_turn}
+    assert (usage[stale_turn].finish_reason, usage[stale_turn].error_code) == (
+        "error",
+        "internal_error",
+    )
+    assert usage[stale_turn].user_id == USER and usage[stale_turn].provider == "local"
+
+
+async def test_fail_stale_turns_of_one_instance(db: Database, game: dict[str, Any]) -> None:
+    """With an instance and a cutoff, only that instance's old streaming answers close."""
+    now = datetime.now(UTC)
+    async with asyncio.timeout(WAIT):
+        session = await new_session(db, game["id"])
+        _t1, dead_old = await start_turn(db, session["id"], "a", instance_id="dead")
+        _t2, dead_new = await start_turn(db, session["id"], "b", instance_id="dead")
+        _t3, alive_old = await start_turn(db, session["id"], "c", instance_id="alive")
+        await age_messages(db, [dead_old, alive_old], now - timedelta(hours=1))
+        closed = await fail_stale_turns(
+            db, instance_id="dead", older_than=now - timedelta(minutes=10)
+        )
+        status = {m["id"]: m["status"] for m in await history(db, session["id"])}
+        everything_of_dead = await fail_stale_turns(db, instance_id="dead")
+    assert closed == 1
+    assert (status[dead_old], status[dead_new], status[alive_old]) == (
+        "error",
+        "streaming",
+        "streaming",
+    )
+    assert everything_of_dead == 1
+
+
+async def test_a_late_finish_replaces_the_sweeps_guess(db: Database, game: dict[str, Any]) -> None:
+    """A turn closed by the sweep that then finishes keeps one usage row, with its real figures."""
+    async with asyncio.timeout(WAIT):
+        session = await new_session(db, game["id"])
+        turn_id, assistant_id = await start_turn(db, session["id"], "slow")
+        assert await fail_stale_turns(db, instance_id="i-1") == 1
+        await finish_turn(db, record(session, turn_id, assistant_id))
+        rows = await usage_rows(db)
+        async with db.read() as conn:
+            count = (await conn.execute(select(func.count()).select_from(usage_events))).scalar()
+    assert count == 1
+    assert (rows[0].finish_reason, rows[0].error_code, rows[0].output_tokens) == ("stop", None, 8)
+
+
+async def test_concurrent_sweeps_close_each_answer_once(db: Database, game: dict[str, Any]) -> None:
+    """Several instances sweeping at once close each dead answer once, one usage row each."""
+    async with asyncio.timeout(WAIT):
+        session = await new_session(db, game["id"])
+        for i in range(5):
+            await start_turn(db, session["id"], f"q{i}", instance_id="dead")
+        counts = await asyncio.gather(*(fail_stale_turns(db, instance_id="dead") for _ in range(4)))
+        rows = await usage_rows(db)
+    assert sum(counts) == 5
+    assert len(rows) == 5
+
+
+async def test_text_holding_nul_is_refused_or_kept_intact(
+    db: Database, game: dict[str, Any]
+) -> None:
+    """NUL in a message or a lookup never surfaces a driver error: Postgres refuses it as
+    invalid input (storing nothing), SQLite keeps it as sent."""
+    async with asyncio.timeout(WAIT):
+        session = await new_session(db, game["id"])
+        if db.is_postgres:
+            with pytest.raises(InvalidInput):
+                await start_turn(db, session["id"], "how\x00 to win")
+            with pytest.raises(InvalidInput):
+                await get_session(db, "a\x00")
+            assert await history(db, session["id"]) == []
+        else:
+            await start_turn(db, session["id"], "how\x00 to win")
+            assert await get_session(db, "a\x00") is None
+            assert (await history(db, session["id"]))[0]["content"] == "how\x00 to win"

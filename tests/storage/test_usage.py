@@ -1,0 +1,178 @@
+"""Usage aggregates for staff: turns, tokens, errors, cancels and median first token, by
+game, user or provider, over a period."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from chat_server.storage import Database
+from chat_server.storage.chat import begin_turn, create_session, fail_stale_turns
+from chat_server.storage.ids import new_id
+from chat_server.storage.schema import usage_events
+from chat_server.storage.usage import aggregate_usage
+
+from .conftest import WAIT
+
+DAY = datetime(2026, 3, 14, tzinfo=UTC)
+_turns = itertools.count()
+
+
+def event(
+    *,
+    game: str = "catan",
+    user: str = "ann",
+    provider: str = "openai",
+    at: datetime = DAY + timedelta(hours=12),
+    finish: str = "stop",
+    first_ms: int | None = 100,
+    tokens: tuple[int, int] = (10, 5),
+) -> dict[str, Any]:
+    return {
+        "turn_id": f"turn-{next(_turns)}",
+        "session_id": "s",
+        "user_id": user,
+        "game_id": game,
+        "provider": provider,
+        "model": "m",
+        "input_tokens": tokens[0],
+        "output_tokens": tokens[1],
+        "first_token_ms": first_ms,
+        "total_ms": 500,
+        "finish_reason": finish,
+        "error_code": "provider_error" if finish == "error" else None,
+        "created_at": at,
+    }
+
+
+async def store(db: Database, events: list[dict[str, Any]]) -> None:
+    async with db.write() as conn:
+        await conn.execute(usage_events.insert(), events)
+
+
+async def day_rows(db: Database, group_by: Any) -> dict[str, dict[str, Any]]:
+    rows = await aggregate_usage(db, start=DAY, end=DAY + timedelta(days=1), group_by=group_by)
+    return {r["key"]: r for r in rows}
+
+
+async def test_rows_by_game_user_and_provider(db: Database) -> None:
+    """Each grouping sums turns and tokens per key and counts errors and cancels."""
+    async with asyncio.timeout(WAIT):
+        await store(
+            db,
+            [
+                event(game="catan", user="ann", provider="openai", tokens=(10, 5)),
+                event(game="catan", user="bob", provider="anthropic", tokens=(20, 7)),
+                event(game="catan", user="ann", provider="openai", finish="error", tokens=(3, 0)),
+                event(game="azul", user="ann", provider="openai", finish="cancelled"),
+                event(game="azul", user="bob", provider="local", finish="length"),
+            ],
+        )
+        by_game = await day_rows(db, "game")
+        by_user = await day_rows(db, "user")
+        by_provider = await day_rows(db, "provider")
+    assert set(by_game) == {"catan", "azul"}
+    catan = by_game["catan"]
+    assert (catan["turns"], catan["input_tokens"], catan["output_tokens"]) == (3, 33, 12)
+    assert (catan["errors"], catan["cancelled"]) == (1, 0)
+    azul = by_game["azul"]
+    assert (azul["turns"], azul["errors"], azul["cancelled"]) == (2, 0, 1)
+    assert {k: r["turns"] for k, r in by_user.items()} == {"ann": 3, "bob": 2}
+    assert (by_user["ann"]["errors"], by_user["ann"]["cancelled"]) == (1, 1)
+    assert {k: r["turns"] for k, r in by_provider.items()} == {
+        "openai": 3,
+        "anthropic": 1,
+        "local": 1,
+    }
+    assert set(catan) == {
+        "key",
+        "turns",
+        "input_tokens",
+        "output_tokens",
+        "errors",
+        "cancelled",
+        "first_token_ms_p50",
+    }
+
+
+async def test_rows_are_busiest_first(db: Database) -> None:
+    """Rows come busiest first, ties by key."""
+    async with asyncio.timeout(WAIT):
+        await store(db, [event(game=g) for g in ["b", "a", "c", "c", "a", "c"]])
+        rows = await aggregate_usage(db, start=DAY, end=DAY + timedelta(days=1), group_by="game")
+    assert [(r["key"], r["turns"]) for r in rows] == [("c", 3), ("a", 2), ("b", 1)]
+
+
+async def test_median_first_token(db: Database) -> None:
+    """The p50 of first-token times is the median of the turns that had a first token."""
+    async with asyncio.timeout(WAIT):
+        await store(
+            db,
+            [event(game="odd", first_ms=ms) for ms in (300, 100, 200)]
+            + [event(game="even", first_ms=ms) for ms in (10, 40, 20, 30)]
+            + [event(game="even", first_ms=None, finish="error")]
+            + [event(game="none", first_ms=None, finish="error")],
+        )
+        rows = await day_rows(db, "game")
+    assert rows["odd"]["first_token_ms_p50"] == 200
+    assert rows["even"]["first_token_ms_p50"] == 25
+    assert rows["even"]["turns"] == 5
+    assert rows["none"]["first_token_ms_p50"] is None
+
+
+async def test_only_the_period_counts(db: Database) -> None:
+    """The period includes its start and excludes its end, in whatever offset it is given."""
+    async with asyncio.timeout(WAIT):
+        await store(
+            db,
+            [
+                event(at=DAY - timedelta(microseconds=1), tokens=(1, 0)),
+                event(at=DAY, tokens=(2, 0)),
+                event(at=DAY + timedelta(hours=23, minutes=59), tokens=(4, 0)),
+                event(at=DAY + timedelta(days=1), tokens=(8, 0)),
+            ],
+        )
+        (utc_row,) = await aggregate_usage(
+            db, start=DAY, end=DAY + timedelta(days=1), group_by="game"
+        )
+        paris = timezone(timedelta(hours=1))
+        (offset_row,) = await aggregate_usage(
+            db,
+            start=DAY.astimezone(paris),
+            end=(DAY + timedelta(days=1)).astimezone(paris),
+            group_by="game",
+        )
+        (naive_row,) = await aggregate_usage(
+            db,
+            start=DAY.replace(tzinfo=None),
+            end=(DAY + timedelta(days=1)).replace(tzinfo=None),
+            group_by="game",
+        )
+        late = await aggregate_usage(
+            db, start=DAY + timedelta(hours=12), end=DAY + timedelta(days=2), group_by="game"
+        )
+    assert (utc_row["turns"], utc_row["input_tokens"]) == (2, 6)
+    assert offset_row == utc_row
+    assert naive_row == utc_row  # naive means UTC
+    assert [(r["turns"], r["input_tokens"]) for r in late] == [(2, 12)]
+
+
+async def test_every_started_turn_counts(db: Database, game: dict[str, Any]) -> None:
+    """A turn whose instance died before it finished still counts, as an error."""
+    async with asyncio.timeout(WAIT):
+        session = await create_session(
+            db, user_id="ann", game_id=game["id"], language="en", provider="gemini", model="g"
+        )
+        await begin_turn(
+            db, session_id=session["id"], turn_id=new_id(), text="?", instance_id="dead"
+        )
+        now = datetime.now(UTC)
+        period = {"start": now - timedelta(hours=1), "end": now + timedelta(hours=1)}
+        before = await aggregate_usage(db, group_by="provider", **period)
+        assert await fail_stale_turns(db, instance_id="dead") == 1
+        (after,) = await aggregate_usage(db, group_by="provider", **period)
+    assert before == []
+    assert (after["key"], after["turns"], after["errors"]) == ("gemini", 1, 1)
+    assert after["first_token_ms_p50"] is None
