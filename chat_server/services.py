@@ -174,7 +174,7 @@ async def build_services(settings: Settings) -> Services:
             with contextlib.suppress(Unavailable):
                 stale = await fail_stale_turns(db, older_than=utcnow())
                 if stale:
-                    log.warning("marked %d interrupted answers as error", stale)
+                    log.warning("marked %d interrupted answers as error", len(stale))
         chat: ChatService
         manager = TurnManager(
             persist=lambda turn: chat.persist(turn),
@@ -228,6 +228,7 @@ async def build_services(settings: Settings) -> Services:
             events=events,
             backplane=backplane,
             connections=connections,
+            quotas=quotas,
             sweep_interval=settings.orphan_sweep_interval,
             orphan_age=settings.registry_ttl + 5,
         )

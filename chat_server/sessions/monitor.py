@@ -11,9 +11,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..backplane import Backplane
-from ..errors import NotFound
+from ..errors import NotFound, Unavailable
+from ..quotas import QuotaCounter
 from ..storage.audit import record_action
-from ..storage.chat import fail_stale_turns, streaming_instances
+from ..storage.chat import ClosedTurn, fail_stale_turns, streaming_instances
 from ..storage.engine import Database
 from ..storage.ids import utcnow
 from .events import EventFeed
@@ -38,10 +39,12 @@ class Monitor:
         events: EventFeed,
         backplane: Backplane,
         connections: Connections,
+        quotas: QuotaCounter,
         sweep_interval: float = 30.0,
         orphan_age: float = 20.0,
     ) -> None:
         self.db = db
+        self.quotas = quotas
         self.registry = registry
         self.events = events
         self.backplane = backplane
@@ -124,10 +127,26 @@ class Monitor:
         count = 0
         for instance in await streaming_instances(self.db, older_than=cutoff):
             if instance not in alive:
-                count += await fail_stale_turns(self.db, instance_id=instance, older_than=cutoff)
+                closed = await fail_stale_turns(self.db, instance_id=instance, older_than=cutoff)
+                count += len(closed)
+                await self._refund(closed)
         if count:
             log.warning("marked %d answers of dead instances as error", count)
         return count
+
+    async def _refund(self, closed: list[ClosedTurn]) -> None:
+        """A turn cut short by a dead instance is our failure: its quota is given back."""
+        for turn in closed:
+            try:
+                await self.quotas.refund(
+                    feature="chat",
+                    user_id=turn.user_id,
+                    game_id=turn.game_id,
+                    turn_id=turn.turn_id,
+                    now=turn.started_at,
+                )
+            except Unavailable:
+                log.warning("could not give back the quota of turn %s", turn.turn_id)
 
     async def aclose(self) -> None:
         if self._sweeper is not None:

@@ -22,6 +22,7 @@ from .schema import chat_messages, chat_sessions, usage_events
 from .upsert import upsert
 
 __all__ = [
+    "ClosedTurn",
     "TurnRecord",
     "begin_turn",
     "create_session",
@@ -237,9 +238,19 @@ async def finish_turn(db: Database, record: TurnRecord) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ClosedTurn:
+    """A turn ``fail_stale_turns`` closed: enough to give its quota back."""
+
+    turn_id: str
+    user_id: str
+    game_id: str
+    started_at: datetime
+
+
 async def fail_stale_turns(
     db: Database, *, instance_id: str | None = None, older_than: datetime | None = None
-) -> int:
+) -> list[ClosedTurn]:
     """Give ``error`` to ``streaming`` placeholders left by a dead instance.
 
     ``instance_id``: only placeholders of that instance; ``older_than``: only those not
@@ -254,7 +265,7 @@ async def fail_stale_turns(
     if older_than is not None:
         conditions.append(chat_messages.c.updated_at < as_utc(older_than))
     if not conditions:
-        return 0
+        return []
     now = utcnow()
     async with db.write() as conn:
         closed = (
@@ -297,7 +308,16 @@ async def fail_stale_turns(
                     for c in closed
                 ],
             )
-    return len(closed)
+            return [
+                ClosedTurn(
+                    turn_id=c.turn_id,
+                    user_id=sessions[c.session_id].user_id,
+                    game_id=sessions[c.session_id].game_id,
+                    started_at=as_utc(c.created_at),
+                )
+                for c in closed
+            ]
+    return []
 
 
 async def streaming_instances(db: Database, *, older_than: datetime) -> list[str]:
