@@ -38,7 +38,7 @@ class FlagCache:
         backplane: Backplane,
         redis: Redis | None,
         prefix: str = "chat",
-        poll_interval: float = 1.0,
+        poll_interval: float = 0.5,
     ) -> None:
         self._db = db
         self._environment = environment

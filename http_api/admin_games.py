@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from chat_server.bgg import BggGame
-from chat_server.errors import NotFound
+from chat_server.errors import Conflict, NotFound
 from chat_server.storage import games as store
 from chat_server.storage.documents import add_document
 from chat_server.storage.ids import utcnow
@@ -90,10 +90,16 @@ async def import_game(
     if body.section is not None:
         data["section"] = body.section
     existing = await store.get_game_by_bgg_id(services.db, body.bgg_id)
-    if existing is not None:
-        response.status_code = 200
-        return GameOut(**await store.update_game(services.db, existing["id"], data))
-    return GameOut(**await store.create_game(services.db, data))
+    if existing is None:
+        try:
+            return GameOut(**await store.create_game(services.db, data))
+        except Conflict:
+            # Another import of the same game won the race: refresh what it made.
+            existing = await store.get_game_by_bgg_id(services.db, body.bgg_id)
+            if existing is None:
+                raise
+    response.status_code = 200
+    return GameOut(**await store.update_game(services.db, existing["id"], data))
 
 
 @router.post(

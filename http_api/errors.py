@@ -35,6 +35,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
         401: "Missing, invalid or expired token",
+        413: "Request body larger than HTTP_MAX_BODY_BYTES",
         422: "Invalid request",
         500: "Internal error",
         503: "Database or Redis unavailable",
@@ -61,20 +62,28 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = [
             {
                 "loc": [str(p) for p in err.get("loc", ())],
-                "msg": str(err.get("msg", "")),
+                "msg": str(err.get("msg", "")).removeprefix("Value error, "),
                 "type": str(err.get("type", "")),
             }
             for err in exc.errors()
         ]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(first["loc"][1:] or first["loc"]) or "request"
-        msg = str(first["msg"]).removeprefix("Value error, ")
+        msg = str(first["msg"])
         return JSONResponse(
             body(f"{where}: {msg}", "VALIDATION_ERROR", {"errors": errors}), status_code=422
         )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's "error parsing the body" (a body that is not UTF-8, say) is invalid
+            # input just like malformed JSON, which FastAPI answers 422: answer the same.
+            error = {"loc": ["body"], "msg": str(exc.detail), "type": "body_unreadable"}
+            return JSONResponse(
+                body(f"body: {exc.detail}", "VALIDATION_ERROR", {"errors": [error]}),
+                status_code=422,
+            )
         code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")
         return JSONResponse(
             body(str(exc.detail), code),

@@ -3,33 +3,58 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable
+from typing import Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
+from pydantic import BaseModel
 
 from chat_server.errors import Unavailable
 
 from .deps import ServicesDep
+from .errors import body
+from .models import ErrorBody
 
 router = APIRouter(tags=["health"])
 
+Check = Literal["ok", "unavailable", "in-process"]
 
-@router.get("/healthz", summary="The process is up")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    """Every backing service answered; ``redis`` is ``in-process`` when none is configured."""
+
+    status: Literal["ok"]
+    checks: dict[str, Check]
+
+
+@router.get("/healthz", response_model=HealthOut, summary="The process is up")
+async def healthz() -> HealthOut:
+    return HealthOut(status="ok")
 
 
 @router.get(
     "/readyz",
+    response_model=ReadyOut,
     summary="Database and Redis are reachable",
-    responses={503: {"description": "Which backing service failed"}},
+    responses={
+        503: {
+            "model": ErrorBody,
+            "description": "A backing service failed: ``context.failed`` names which, "
+            "``context.checks`` gives every result",
+        }
+    },
 )
 async def readyz(services: ServicesDep) -> JSONResponse:
-    checks: dict[str, Any] = {}
+    checks: dict[str, Check] = {}
 
-    async def check(name: str, probe: Any) -> None:
+    async def check(name: str, probe: Awaitable[None]) -> None:
         try:
             await probe
             checks[name] = "ok"
@@ -42,11 +67,21 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     else:
         checks["redis"] = "in-process"
     await asyncio.gather(*probes)
-    failed = [k for k, v in checks.items() if v == "unavailable"]
-    body = {"status": "unavailable" if failed else "ok", "checks": checks, "failed": failed}
-    return JSONResponse(body, status_code=503 if failed else 200)
+    checks = dict(sorted(checks.items()))
+    failed = [name for name, result in checks.items() if result == "unavailable"]
+    if failed:
+        detail = f"not ready: {', '.join(failed)} unavailable"
+        context = {"checks": checks, "failed": failed}
+        return JSONResponse(body(detail, "UNAVAILABLE", context), status_code=503)
+    return JSONResponse(ReadyOut(status="ok", checks=checks).model_dump(), status_code=200)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text format; OpenMetrics when the scraper asks for it)",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics(request: Request) -> Response:
+    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encoder(REGISTRY), headers={"Content-Type": content_type})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -30,11 +31,11 @@ Count = Annotated[int, Field(ge=0, le=100_000)]
 
 
 class ErrorBody(BaseModel):
-    """Every error, 422 included."""
+    """Every error, 422 included; every field is always sent (``context`` may be ``{}``)."""
 
-    detail: str
-    error_code: str
-    context: dict[str, Any] = Field(default_factory=dict)
+    detail: str = Field(description="Human-readable text")
+    error_code: str = Field(description="Stable code, e.g. GAME_NOT_FOUND")
+    context: dict[str, Any] = Field(description="Machine-readable details; may be empty")
 
 
 class GameOut(BaseModel):
@@ -58,7 +59,34 @@ class GamesPage(BaseModel):
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Request bodies take exactly what the schema says: no unknown field, no coercion
+    ("5" is not 5, "yes" is not true), so a schema-driven client meets no surprise."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        """Refuse (422) what no database stores: text holding NUL (PostgreSQL refuses it)
+        and NaN or infinite numbers (not JSON; PostgreSQL refuses them, SQLite makes them
+        null)."""
+        problem = _unstorable(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+def _unstorable(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "must not contain NUL characters" if "\x00" in value else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "numbers must be finite"
+    if isinstance(value, dict):
+        items: list[Any] = [*value.keys(), *value.values()]
+        return next((p for p in map(_unstorable, items) if p), None)
+    if isinstance(value, list):
+        return next((p for p in map(_unstorable, value) if p), None)
+    return None
 
 
 class GameCreate(_In):

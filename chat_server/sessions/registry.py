@@ -170,7 +170,11 @@ class RedisRegistry:
 
     async def start(self) -> None:
         if self._task is None:
-            await self._flush(full=True)
+            try:
+                await self._flush(full=True)
+            except (RedisError, OSError, TimeoutError) as exc:
+                # Start anyway: /readyz names Redis, and the flusher catches up later.
+                log.warning("registry: Redis unreachable at start (%s)", type(exc).__name__)
             self._task = asyncio.create_task(self._run(), name="registry-flusher")
 
     async def _run(self) -> None:

@@ -1,0 +1,1 @@
+"""End-to-end tests of the REST side (CONTRACT §1, §3) against a running server."""
