@@ -27,9 +27,9 @@ async def test_declared_and_streamed_oversized_bodies_get_413(tmp_path: Path) ->
                     yield b"y" * 1000
                 yield b'"}'
 
-            streamed = await http.post(url, headers={**headers,
-                                                     "content-type": "application/json"},
-                                       content=chunks())
+            streamed = await http.post(
+                url, headers={**headers, "content-type": "application/json"}, content=chunks()
+            )
             assert streamed.status_code == 413
             small = await http.post(url, headers=headers, json={"name": "Small game"})
             assert small.status_code == 201

@@ -34,8 +34,9 @@ async def test_a_turn_and_a_cancelled_turn_move_the_metrics(tmp_path: Path) -> N
     with running_server(make_settings(tmp_path, local_token_delay=0.02)) as server:
         token = server.token("alice")
         async with httpx.AsyncClient(timeout=5) as http:
-            games = await http.get(f"{server.url}/games",
-                                   headers={"Authorization": f"Bearer {token}"})
+            games = await http.get(
+                f"{server.url}/games", headers={"Authorization": f"Bearer {token}"}
+            )
         game = games.json()["games"][0]["id"]
         before = await scrape(server)
         async with ws_client(server.ws_url, token) as client:
@@ -57,5 +58,5 @@ async def test_a_turn_and_a_cancelled_turn_move_the_metrics(tmp_path: Path) -> N
     assert delta(after, before, 'chat_cancels_total{cause="client"}') == 1
     assert delta(after, before, 'chat_first_token_seconds_count{provider="local"}') == 2
     assert delta(after, before, 'chat_tokens_total{direction="output",provider="local"}') > 0
-    assert 'chat_tokens_after_cancel_total' in after
+    assert "chat_tokens_after_cancel_total" in after
     assert all("alice" not in key and game not in key for key in after)
