@@ -9,6 +9,7 @@ NUL, into ``InvalidInput``), so callers never see a driver exception for those.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -58,8 +59,13 @@ class Database:
         pool_size: int = 10,
         echo: bool = False,
     ) -> None:
-        self.url = async_url(url)
-        parsed = make_url(self.url)
+        parsed = make_url(async_url(url))
+        if parsed.get_backend_name() == "postgresql" and "sslmode" in parsed.query:
+            # libpq spells it sslmode (Supabase's connection strings do); asyncpg, ssl.
+            query = dict(parsed.query)
+            query.setdefault("ssl", query.pop("sslmode"))
+            parsed = parsed.set(query=query)
+        self.url = parsed.render_as_string(hide_password=False)
         self.dialect = "postgresql" if parsed.get_backend_name() == "postgresql" else "sqlite"
         kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": False}
         if self.dialect == "postgresql":
@@ -69,6 +75,7 @@ class Database:
                 # keep prepared statements across transactions.
                 connect_args["statement_cache_size"] = 0
                 connect_args["prepared_statement_cache_size"] = 0
+                connect_args["prepared_statement_name_func"] = _statement_name
             kwargs.update(
                 pool_size=pool_size,
                 max_overflow=pool_size,
@@ -139,6 +146,11 @@ def _raise_mapped(exc: DBAPIError) -> None:
     if getattr(exc.orig, "sqlstate", None) == NUL_IN_TEXT:
         # Postgres text cannot hold U+0000, in a stored value or in a lookup key.
         raise InvalidInput("text must not contain NUL characters") from exc
+
+
+def _statement_name() -> str:
+    """Unique prepared-statement names, so a pooler's shared backends never collide."""
+    return f"__chat_{uuid.uuid4().hex}__"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

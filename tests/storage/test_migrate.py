@@ -214,3 +214,17 @@ async def test_concurrent_upgrades_in_one_process_do_not_collide(database_url: s
     finally:
         for db in dbs:
             await db.dispose()
+
+
+async def test_supabase_style_urls_and_the_pooler_setting_connect(postgres_url: str) -> None:
+    """``?sslmode=disable`` (libpq spelling) and the transaction-pooler setting both work."""
+    url = postgres_url + "?sslmode=disable"
+    db = Database(url, prepared_statement_cache=False)
+    try:
+        async with asyncio.timeout(WAIT):
+            await upgrade(db)
+            for _ in range(3):  # the same statement again: no name clash, no cache
+                async with db.read() as conn:
+                    assert (await conn.execute(sa.text("SELECT 1"))).scalar() == 1
+    finally:
+        await db.dispose()
