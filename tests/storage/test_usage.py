@@ -171,7 +171,7 @@ async def test_every_started_turn_counts(db: Database, game: dict[str, Any]) -> 
         now = datetime.now(UTC)
         period = {"start": now - timedelta(hours=1), "end": now + timedelta(hours=1)}
         before = await aggregate_usage(db, group_by="provider", **period)
-        assert await fail_stale_turns(db, instance_id="dead") == 1
+        assert len(await fail_stale_turns(db, instance_id="dead")) == 1
         (after,) = await aggregate_usage(db, group_by="provider", **period)
     assert before == []
     assert (after["key"], after["turns"], after["errors"]) == ("gemini", 1, 1)
