@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from .. import metrics
@@ -26,13 +27,14 @@ from ..errors import (
 )
 from ..flag_cache import FlagCache
 from ..frames import MessageFrame, SessionResumeFrame, SessionStartFrame
-from ..providers.base import ChatMessage, Provider, ProviderRequest
+from ..providers.base import ChatMessage, Passage, Provider, ProviderRequest
 from ..quotas import Quota, QuotaCounter, Reservation, next_midnight
 from ..storage import chat as chat_store
 from ..storage.documents import retrieve
 from ..storage.engine import Database
 from ..storage.games import get_game
 from ..storage.ids import new_id, utcnow
+from ..tracing import TurnSpan, start_turn_span
 from .manager import TurnManager
 from .outbox import Outbox
 from .turn import Turn
@@ -185,7 +187,8 @@ class ChatService:
     ) -> Turn:
         """Check flag then quota, store the question, start streaming the answer.
 
-        Puts ``turn.started`` into ``sink`` before any delta can follow.
+        Puts ``turn.started`` into ``sink`` before any delta can follow. Whatever fails
+        before the question is stored gives the quota back and stores nothing.
         """
         if self.draining:
             raise ShuttingDown()
@@ -194,70 +197,39 @@ class ChatService:
         session, game = attached.session, attached.game
         if self.manager.running_in_session(session["id"]) is not None:
             raise TurnInProgress()
-        decision = self.flags.decide(
-            feature=FEATURE,
-            user_id=who.user_id,
-            role=who.role,
-            game_id=game["id"],
-            section=game.get("section"),
+        turn_id, now = new_id(), utcnow()
+        span = start_turn_span(
+            turn_id=turn_id, session_id=session["id"], game_id=game["id"], user_id=who.user_id
         )
-        if not decision.enabled:
-            metrics.DENIALS.labels("feature_disabled").inc()
-            raise FeatureDisabled(
-                "chat is not enabled for you on this game", error_code="FEATURE_DISABLED"
-            )
-        turn_id = new_id()
-        now = utcnow()
         try:
-            reservation = await self.quotas.reserve(
-                feature=FEATURE,
-                user_id=who.user_id,
-                game_id=game["id"],
-                turn_id=turn_id,
-                limit=decision.daily_limit,
-                now=now,
-            )
-        except Unavailable:
-            if not self.settings.quota_fail_open:
-                metrics.DENIALS.labels("unavailable").inc()
+            chain = self._chain(who, session["provider"], game)
+            reservation = await self._admit(who, game, turn_id, now, span)
+            try:
+                with span.child("chat.prepare"):
+                    found = await retrieve(
+                        self.db,
+                        game_id=game["id"],
+                        language=session["language"],
+                        question=frame.text,
+                        limit=self.settings.grounding_passages,
+                    )
+                    history = await chat_store.history(
+                        self.db, session["id"], limit=2 * self.settings.history_turns
+                    )
+                with span.child("chat.store_question"):
+                    user_message, assistant_id = await chat_store.begin_turn(
+                        self.db,
+                        session_id=session["id"],
+                        turn_id=turn_id,
+                        text=frame.text,
+                        instance_id=self.instance_id,
+                    )
+            except BaseException:
+                await self._refund_quietly(who, game, turn_id, now)
                 raise
-            # QUOTA_FAIL_OPEN: serve the turn uncounted rather than refuse it.
-            log.warning("quota store unavailable: turn allowed uncounted (QUOTA_FAIL_OPEN)")
-            reservation = Reservation(
-                granted=True,
-                quota=Quota(
-                    feature=FEATURE,
-                    daily_limit=decision.daily_limit,
-                    used=0,
-                    resets_at=next_midnight(now),
-                ),
-            )
-        if not reservation.granted:
-            metrics.DENIALS.labels("quota_exceeded").inc()
-            raise QuotaExceeded(context=reservation.quota.to_dict())
-        try:
-            history = await chat_store.history(
-                self.db, session["id"], limit=2 * self.settings.history_turns
-            )
-            user_message, assistant_id = await chat_store.begin_turn(
-                self.db,
-                session_id=session["id"],
-                turn_id=turn_id,
-                text=frame.text,
-                instance_id=self.instance_id,
-            )
-        except BaseException:
-            await self.quotas.refund(
-                feature=FEATURE, user_id=who.user_id, game_id=game["id"], turn_id=turn_id, now=now
-            )
+        except BaseException as exc:
+            span.end(error=getattr(exc, "code", type(exc).__name__))
             raise
-        if self.manager.running_in_session(session["id"]) is not None:
-            # Another connection of this user started a turn while we stored ours.
-            await self.quotas.refund(
-                feature=FEATURE, user_id=who.user_id, game_id=game["id"], turn_id=turn_id, now=now
-            )
-            raise TurnInProgress()
-        chain = self._chain(who, session["provider"], game)
         turn = Turn(
             id=turn_id,
             session_id=session["id"],
@@ -270,11 +242,67 @@ class ChatService:
             client_id=frame.client_id,
             started_at=time.monotonic(),
             quota_at=now,
+            passages=found.passages,
         )
         sink.put(turn.started_frame(reservation.quota.to_dict()))
-        request = await self._request(session, game, history, frame.text, turn)
-        self.manager.start(turn, chain, request, sink)
+        request = self._request(session, game, history, frame.text, found.passages)
+        self.manager.start(turn, chain, request, sink, span)
         return turn
+
+    async def _admit(
+        self, who: Who, game: dict[str, Any], turn_id: str, now: datetime, span: TurnSpan
+    ) -> Reservation:
+        """The ``chat`` flag, then the daily quota: one Redis round trip in all."""
+        with span.child("chat.flag_check"):
+            decision = self.flags.decide(
+                feature=FEATURE,
+                user_id=who.user_id,
+                role=who.role,
+                game_id=game["id"],
+                section=game.get("section"),
+            )
+        if not decision.enabled:
+            metrics.DENIALS.labels("feature_disabled").inc()
+            raise FeatureDisabled(
+                "chat is not enabled for you on this game", error_code="FEATURE_DISABLED"
+            )
+        try:
+            with span.child("chat.quota_reserve", daily_limit=decision.daily_limit):
+                reservation = await self.quotas.reserve(
+                    feature=FEATURE,
+                    user_id=who.user_id,
+                    game_id=game["id"],
+                    turn_id=turn_id,
+                    limit=decision.daily_limit,
+                    now=now,
+                )
+        except Unavailable:
+            if not self.settings.quota_fail_open:
+                metrics.DENIALS.labels("unavailable").inc()
+                raise
+            # QUOTA_FAIL_OPEN: serve the turn uncounted rather than refuse it.
+            log.warning("quota store unavailable: turn allowed uncounted (QUOTA_FAIL_OPEN)")
+            quota = Quota(
+                feature=FEATURE,
+                daily_limit=decision.daily_limit,
+                used=0,
+                resets_at=next_midnight(now),
+            )
+            return Reservation(granted=True, quota=quota)
+        if not reservation.granted:
+            metrics.DENIALS.labels("quota_exceeded").inc()
+            raise QuotaExceeded(context=reservation.quota.to_dict())
+        return reservation
+
+    async def _refund_quietly(
+        self, who: Who, game: dict[str, Any], turn_id: str, now: datetime
+    ) -> None:
+        try:
+            await self.quotas.refund(
+                feature=FEATURE, user_id=who.user_id, game_id=game["id"], turn_id=turn_id, now=now
+            )
+        except Unavailable:
+            log.warning("could not give back the quota of turn %s", turn_id)
 
     def _chain(self, who: Who, first: str, game: dict[str, Any]) -> list[Provider]:
         names = [first] + [n for n in self.settings.fallback_providers if n != first]
@@ -289,22 +317,15 @@ class ChatService:
             )
         return chain
 
-    async def _request(
+    def _request(
         self,
         session: dict[str, Any],
         game: dict[str, Any],
         history: list[dict[str, Any]],
         question: str,
-        turn: Turn,
+        passages: list[Passage],
     ) -> ProviderRequest:
-        found = await retrieve(
-            self.db,
-            game_id=game["id"],
-            language=session["language"],
-            question=question,
-            limit=self.settings.grounding_passages,
-        )
-        turn.passages = found.passages
+        """The conversation sent to a provider: the latest turns within a budget."""
         messages: list[ChatMessage] = []
         budget = self.settings.history_chars
         for message in reversed(history):
@@ -322,7 +343,7 @@ class ChatService:
             model="",  # each provider of the fallback chain uses its own model
             system="",  # providers build the grounded prompt from the passages themselves
             messages=messages,
-            passages=found.passages,
+            passages=passages,
             language=session["language"],
             game_name=game["name"],
             max_output_tokens=self.settings.provider_max_output_tokens,

@@ -33,6 +33,7 @@ from ..providers.base import (
     UsageReport,
 )
 from ..providers.timing import with_timeouts
+from ..tracing import TurnSpan
 from .outbox import Outbox, SlowClient
 from .turn import Turn
 
@@ -51,6 +52,7 @@ class LiveTurn:
     chain: list[Provider]
     request: ProviderRequest
     sink: Outbox | None
+    span: TurnSpan = field(default_factory=lambda: TurnSpan(None))
     task: asyncio.Task[None] | None = None
     inner: asyncio.Task[None] | None = None
     grace: asyncio.TimerHandle | None = None
@@ -93,10 +95,17 @@ class TurnManager:
 
     # -- lifecycle -------------------------------------------------------------
     def start(
-        self, turn: Turn, chain: list[Provider], request: ProviderRequest, sink: Outbox | None
+        self,
+        turn: Turn,
+        chain: list[Provider],
+        request: ProviderRequest,
+        sink: Outbox | None,
+        span: TurnSpan | None = None,
     ) -> LiveTurn:
         """Run the turn in a task owned by the manager; returns at once."""
         live = LiveTurn(turn=turn, chain=chain, request=request, sink=sink)
+        if span is not None:
+            live.span = span
         self._live[turn.id] = live
         self._by_session[turn.session_id] = turn.id
         live.task = asyncio.create_task(self._run(live), name=f"turn-{turn.id}")
@@ -185,7 +194,8 @@ class TurnManager:
                 turn.provider, turn.model = provider.name, provider.model
             live.inner = asyncio.create_task(self._consume(live, provider))
             try:
-                await live.inner
+                with live.span.child("chat.provider", provider=provider.name, model=provider.model):
+                    await live.inner
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if turn.cancel_requested and not (task and task.cancelling()):
@@ -247,6 +257,12 @@ class TurnManager:
         if live.grace is not None:
             live.grace.cancel()
         _observe(turn)
+        live.span.end(
+            error=turn.error_code if turn.finish_reason == "error" else None,
+            finish_reason=turn.finish_reason,
+            provider=turn.provider,
+            output_tokens=turn.usage.output_tokens,
+        )
         try:
             await self._persist(turn)
         except Exception:
