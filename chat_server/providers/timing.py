@@ -4,6 +4,11 @@ A provider that sends nothing for ``first_token`` seconds after the request, or 
 quiet for ``idle`` seconds between events, is ``ProviderUnavailable``. Leaving the
 wrapper (timeout, cancel, or the consumer's ``aclose``) closes the inner stream, which
 closes the upstream request.
+
+The clock is one watchdog timer per stream, not one per token: each event only moves
+a deadline (a float); the timer, when it fires, re-arms itself at the current
+deadline or, if that has passed, cancels the consuming task. So a token costs no
+timer handle, context manager or ``current_task()`` lookup.
 """
 
 from __future__ import annotations
@@ -17,30 +22,72 @@ from .base import StreamEvent, TextDelta
 __all__ = ["with_timeouts"]
 
 
+class _Watchdog:
+    """Cancels ``task`` once ``deadline`` (loop time) passes without being moved."""
+
+    __slots__ = ("armed_at", "deadline", "fired", "handle", "loop", "task")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[object], deadline: float
+    ) -> None:
+        self.loop = loop
+        self.task = task
+        self.deadline = deadline
+        self.fired = False
+        self.armed_at = deadline
+        self.handle = loop.call_at(deadline, self._check)
+
+    def move(self, deadline: float) -> None:
+        """Cheap: only an earlier deadline than the armed one re-arms the timer."""
+        self.deadline = deadline
+        if deadline < self.armed_at:
+            self.handle.cancel()
+            self.armed_at = deadline
+            self.handle = self.loop.call_at(deadline, self._check)
+
+    def _check(self) -> None:
+        if self.loop.time() >= self.deadline:
+            self.fired = True
+            self.task.cancel()
+        else:
+            self.armed_at = self.deadline
+            self.handle = self.loop.call_at(self.deadline, self._check)
+
+    def stop(self) -> None:
+        self.handle.cancel()
+
+
 async def with_timeouts(
     events: AsyncIterator[StreamEvent], *, first_token: float, idle: float
 ) -> AsyncGenerator[StreamEvent, None]:
-    """Yield ``events``, raising ``ProviderUnavailable`` on a stall."""
-    iterator = aiter(events)
+    """Yield ``events``, raising ``ProviderUnavailable`` on a stall.
+
+    Must be consumed by a single task (the one that first iterates it).
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    watchdog = _Watchdog(loop, task, loop.time() + first_token)
     seen_text = False
     try:
-        while True:
-            timeout = idle if seen_text else first_token
-            try:
-                async with asyncio.timeout(timeout):
-                    event = await anext(iterator)
-            except StopAsyncIteration:
-                return
-            except TimeoutError as exc:
-                what = "between tokens" if seen_text else "before the first token"
-                raise ProviderUnavailable(
-                    f"the provider sent nothing for {timeout:g} s {what}",
-                    error_code="PROVIDER_TIMEOUT",
-                ) from exc
-            if isinstance(event, TextDelta):
+        async for event in events:
+            if seen_text:
+                watchdog.deadline = loop.time() + idle
+            elif isinstance(event, TextDelta):
                 seen_text = True
+                watchdog.move(loop.time() + idle)
             yield event
+    except asyncio.CancelledError as exc:
+        if watchdog.fired and task.uncancel() == 0:
+            what = "between tokens" if seen_text else "before the first token"
+            wait = idle if seen_text else first_token
+            raise ProviderUnavailable(
+                f"the provider sent nothing for {wait:g} s {what}",
+                error_code="PROVIDER_TIMEOUT",
+            ) from exc
+        raise
     finally:
-        aclose = getattr(iterator, "aclose", None)
+        watchdog.stop()
+        aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
