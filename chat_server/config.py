@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         description="Turn off for Supabase's transaction pooler (port 6543).",
     )
     database_pool_size: int = Field(default=10, ge=1, le=1000)
+    database_timeout: float = Field(
+        default=2.5,
+        gt=0,
+        le=600,
+        description="Deadline for one unit of database work on the request path.",
+    )
     auto_migrate: bool = True
     seed_demo: bool | None = Field(
         default=None, description="Seed demo games; default: only on the embedded SQLite."

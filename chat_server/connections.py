@@ -14,22 +14,34 @@ __all__ = ["Connections"]
 
 
 class Connections:
-    """This instance's authenticated connections; ``add`` refuses past ``total``.
+    """This instance's sockets and authenticated connections.
 
-    The per-user limit spans every instance: ``user_slots.py``.
+    ``open_socket`` counts every accepted socket, authenticated or not, against
+    ``total`` (a socket waiting to authenticate holds memory too); ``add`` indexes an
+    authenticated one by user. The per-user limit spans every instance:
+    ``user_slots.py``.
     """
 
     def __init__(self, total: int = 10_000) -> None:
         self.total = total
+        self.sockets = 0
         self._count = 0
         self._by_user: dict[str, set[Connection]] = {}
         self.empty = asyncio.Event()
         self.empty.set()
 
+    def open_socket(self) -> bool:
+        """Count a new socket; False (and not counted) when the instance is full."""
+        if self.sockets >= self.total:
+            return False
+        self.sockets += 1
+        return True
+
+    def close_socket(self) -> None:
+        self.sockets -= 1
+
     def add(self, connection: Connection) -> bool:
         assert connection.principal is not None
-        if self._count >= self.total:
-            return False
         mine = self._by_user.setdefault(connection.principal.user_id, set())
         mine.add(connection)
         self._count += 1

@@ -49,6 +49,8 @@ Concurrency
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -58,6 +60,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from chat_server.errors import Unavailable
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MemoryQuotaCounter",
@@ -163,6 +167,12 @@ class QuotaCounter(Protocol):
         """Raise ``Unavailable`` when the counter's store cannot be reached."""
         ...
 
+    async def start(self) -> None:
+        """Start background work (paying refunds owed during an outage)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
 
 # KEYS[1] the day's set; ARGV: turn id, limit (-1 = unlimited), expiry (unix seconds).
 # Returns {granted (0/1), used}.
@@ -203,6 +213,13 @@ class RedisQuotaCounter:
         self._timeout = timeout
         self._slots = asyncio.Semaphore(max_in_flight)
         self._reserve = redis.register_script(_RESERVE_LUA)
+        # Refunds owed while Redis could not be reached: (key, turn id). SREM is
+        # idempotent, so paying one twice, or one whose reservation never landed, is
+        # harmless. Bounded: past the bound the oldest debts are dropped (and logged).
+        self._owed: dict[tuple[str, str], None] = {}
+        self._owed_limit = 100_000
+        self._payer: asyncio.Task[None] | None = None
+        self._owed_event = asyncio.Event()
 
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
         """Run one Redis call within ``timeout``; any failure becomes ``Unavailable``.
@@ -236,18 +253,72 @@ class RedisQuotaCounter:
         key = self._key(user_id=user_id, feature=feature, game_id=game_id, now=now)
         expire_at = int((next_midnight(now) + _EXPIRY_GRACE).timestamp())
         arg_limit = -1 if limit is None else max(limit, 0)
-        granted, used = await self._call(
-            lambda: self._reserve(keys=[key], args=[turn_id, arg_limit, expire_at])
-        )
+        try:
+            granted, used = await self._call(
+                lambda: self._reserve(keys=[key], args=[turn_id, arg_limit, expire_at])
+            )
+        except Unavailable:
+            # The script may still run when a hung Redis wakes up: the turn was refused,
+            # so whatever place it may take is owed back.
+            self._owe(key, turn_id)
+            raise
         quota = Quota(feature, limit, int(used), next_midnight(now))
         return Reservation(granted=bool(granted), quota=quota)
 
     async def refund(
         self, *, feature: str, user_id: str, game_id: str, turn_id: str, now: datetime
     ) -> None:
-        """Give back ``turn_id``'s place on ``now``'s day; a second refund does nothing."""
+        """Give back ``turn_id``'s place on ``now``'s day; a second refund does nothing.
+
+        Never fails: with Redis unreachable the refund is owed and paid when it is back.
+        """
         key = self._key(user_id=user_id, feature=feature, game_id=game_id, now=now)
-        await self._call(lambda: self._redis.srem(key, turn_id))
+        try:
+            await self._call(lambda: self._redis.srem(key, turn_id))
+        except Unavailable:
+            self._owe(key, turn_id)
+
+    def _owe(self, key: str, turn_id: str) -> None:
+        if len(self._owed) >= self._owed_limit:
+            oldest = next(iter(self._owed))
+            del self._owed[oldest]
+            log.warning("quota: dropped an owed refund (more than %d owed)", self._owed_limit)
+        self._owed[(key, turn_id)] = None
+        self._owed_event.set()
+
+    @property
+    def owed(self) -> int:
+        """Refunds waiting for Redis to come back."""
+        return len(self._owed)
+
+    async def start(self) -> None:
+        """Start paying owed refunds in the background."""
+        if self._payer is None:
+            self._payer = asyncio.create_task(self._pay_forever(), name="quota-refunds")
+
+    async def _pay_forever(self) -> None:
+        while True:
+            await self._owed_event.wait()
+            self._owed_event.clear()
+            while self._owed:
+                batch = list(self._owed)[:500]
+                pipe = self._redis.pipeline(transaction=False)
+                for key, turn_id in batch:
+                    pipe.srem(key, turn_id)
+                try:
+                    await self._call(pipe.execute)
+                except Unavailable:
+                    await asyncio.sleep(1.0)
+                    continue
+                for item in batch:
+                    self._owed.pop(item, None)
+
+    async def aclose(self) -> None:
+        if self._payer is not None:
+            self._payer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._payer
+            self._payer = None
 
     async def usage(
         self, *, feature: str, user_id: str, game_id: str, limit: int | None, now: datetime
@@ -332,3 +403,9 @@ class MemoryQuotaCounter:
 
     async def ping(self) -> None:
         """Always reachable: the counts live in this process."""
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

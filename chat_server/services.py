@@ -110,6 +110,7 @@ async def build_services(settings: Settings) -> Services:
         database_url(settings),
         prepared_statement_cache=settings.database_prepared_statement_cache,
         pool_size=settings.database_pool_size,
+        timeout=settings.database_timeout,
     )
     stack = contextlib.AsyncExitStack()
     stack.push_async_callback(db.dispose)
@@ -142,6 +143,8 @@ async def build_services(settings: Settings) -> Services:
             backplane = MemoryBackplane()
             quotas = MemoryQuotaCounter(prefix=settings.redis_prefix)
         stack.push_async_callback(backplane.aclose)
+        await quotas.start()
+        stack.push_async_callback(quotas.aclose)
 
         async def role_lookup(user_id: str) -> str | None:
             return await get_role(db, user_id)

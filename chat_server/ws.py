@@ -65,16 +65,25 @@ CLOSE_AUTH_TIMEOUT = 4408
 async def chat_endpoint(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
     await websocket.accept()
+    if not services.connections.open_socket():
+        with contextlib.suppress(Exception):
+            message = "this instance is at its connection limit; try another or retry"
+            await websocket.send_text(encode(error_frame("rate_limited", message)))
+            await websocket.close(CLOSE_ABUSE)
+        return
     connection = Connection(websocket, services)
-    with bind(connection_id=connection.id):
-        try:
-            await connection.run()
-        except WebSocketDisconnect:
-            pass
-        except Exception:
-            log.exception("connection failed")
-            with contextlib.suppress(Exception):
-                await websocket.close(CLOSE_ERROR)
+    try:
+        with bind(connection_id=connection.id):
+            try:
+                await connection.run()
+            except WebSocketDisconnect:
+                pass
+            except Exception:
+                log.exception("connection failed")
+                with contextlib.suppress(Exception):
+                    await websocket.close(CLOSE_ERROR)
+    finally:
+        services.connections.close_socket()
 
 
 class Connection:
@@ -209,8 +218,7 @@ class Connection:
 
     async def _take_slots(self, user_id: str) -> dict[str, Any] | None:
         """Claim this instance's and this user's connection slots; the refusal if any."""
-        if not self.services.connections.add(self):
-            return error_frame("rate_limited", "this instance is at its connection limit")
+        self.services.connections.add(self)
         try:
             granted = await self.services.slots.take(user_id, self.id)
         except ChatServerError as exc:

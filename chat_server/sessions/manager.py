@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import metrics
 from ..errors import ChatServerError, ProviderError
@@ -40,6 +41,7 @@ from .turn import Turn
 __all__ = ["LiveTurn", "TurnManager"]
 
 log = logging.getLogger(__name__)
+PERSIST_RETRY_FOR = 600.0
 
 Persist = Callable[[Turn], Awaitable[None]]
 Refund = Callable[[Turn], Awaitable[None]]
@@ -79,6 +81,7 @@ class TurnManager:
         self._idle_timeout = idle_timeout
         self.resume_grace = resume_grace
         self._live: dict[str, LiveTurn] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._by_session: dict[str, str] = {}
         self.listeners: list[Listener] = []
 
@@ -168,6 +171,10 @@ class TurnManager:
                 live.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await live.task
+        for task in list(self._background):  # unstored answers: the next start sweeps them
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     # -- the turn itself -------------------------------------------------------
     async def _run(self, live: LiveTurn) -> None:
@@ -265,8 +272,15 @@ class TurnManager:
         )
         try:
             await self._persist(turn)
-        except Exception:
-            log.exception("turn %s: storing the answer failed", turn.id)
+        except Exception as exc:
+            # The client still gets its turn.completed; the answer is stored as soon as
+            # the database is back (its placeholder is never left `streaming` for good).
+            log.warning(
+                "turn %s: storing the answer failed (%s); retrying in the background",
+                turn.id,
+                type(exc).__name__,
+            )
+            self._spawn(self._persist_later(turn))
         if turn.finish_reason == "error" and not turn.has_text:
             try:
                 await self._refund(turn)
@@ -295,6 +309,25 @@ class TurnManager:
                 sink.close()
         live.done.set()
         self._notify("turn.completed", turn)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _persist_later(self, turn: Turn) -> None:
+        """Retry storing a finished turn with backoff for up to ``PERSIST_RETRY_FOR``."""
+        delay, deadline = 0.25, time.monotonic() + PERSIST_RETRY_FOR
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            try:
+                await self._persist(turn)
+                log.info("turn %s: stored after a retry", turn.id)
+                return
+            except Exception as exc:
+                log.warning("turn %s: storing still fails (%s)", turn.id, type(exc).__name__)
+                delay = min(delay * 2, 5.0)
+        log.error("turn %s: gave up storing the answer; the orphan sweep will close it", turn.id)
 
     def _notify(self, event: str, turn: Turn) -> None:
         for listener in self.listeners:

@@ -17,6 +17,8 @@ from .schema import document_passages, game_documents
 
 __all__ = ["Retrieval", "add_document", "retrieve", "serving_language"]
 
+BULK_TIMEOUT = 120.0  # a big rulebook: thousands of passages to insert and index
+
 
 @dataclass(frozen=True, slots=True)
 class Retrieval:
@@ -69,7 +71,7 @@ async def add_document(
         }
         for i, p in enumerate(split_passages(content, fmt))
     ]
-    async with db.write() as conn:
+    async with db.write(timeout=BULK_TIMEOUT) as conn:
         await conn.execute(
             game_documents.insert().values(
                 id=doc_id,

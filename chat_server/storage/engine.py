@@ -58,7 +58,9 @@ class Database:
         prepared_statement_cache: bool = True,
         pool_size: int = 10,
         echo: bool = False,
+        timeout: float = 5.0,
     ) -> None:
+        self.timeout = timeout
         parsed = make_url(async_url(url))
         if parsed.get_backend_name() == "postgresql" and "sslmode" in parsed.query:
             # libpq spells it sslmode (Supabase's connection strings do); asyncpg, ssl.
@@ -88,7 +90,8 @@ class Database:
             if db_path and db_path != ":memory:":
                 Path(db_path).parent.mkdir(parents=True, exist_ok=True)
             kwargs.update(connect_args={"timeout": 15})
-        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        # hide_parameters: a failed statement's message must not carry user text.
+        self.engine: AsyncEngine = create_async_engine(self.url, hide_parameters=True, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
 
@@ -97,10 +100,15 @@ class Database:
         return self.dialect == "postgresql"
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads; outages become ``Unavailable``."""
+    async def read(self, timeout: float | None = None) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads; outages become ``Unavailable``.
+
+        The whole block (getting a connection and every query in it) has a deadline:
+        ``timeout`` or the database's default, so a hung server is ``Unavailable`` in
+        seconds, not after a driver's own half-minute timeout.
+        """
         try:
-            async with self.engine.connect() as conn:
+            async with asyncio.timeout(timeout or self.timeout), self.engine.connect() as conn:
                 yield conn
         except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
             raise Unavailable(
@@ -111,10 +119,10 @@ class Database:
             raise
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A connection inside a transaction, committed on success."""
+    async def write(self, timeout: float | None = None) -> AsyncIterator[AsyncConnection]:
+        """A connection inside a transaction, committed on success; deadline as ``read``."""
         try:
-            async with self.engine.begin() as conn:
+            async with asyncio.timeout(timeout or self.timeout), self.engine.begin() as conn:
                 yield conn
         except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
             raise Unavailable(

@@ -27,6 +27,7 @@ __all__ = ["alembic_config", "offline_sql", "upgrade"]
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 LOCK_KEY = 0x63686174  # "chat"
+MIGRATE_TIMEOUT = 600.0  # waiting for another instance's migration included
 
 
 def alembic_config(url: str, stdout: Any = None) -> Config:
@@ -45,7 +46,7 @@ async def upgrade(db: Database) -> None:
     """Bring the schema to head; a no-op when it is there already."""
     cfg = alembic_config(db.url)
     if db.is_postgres:
-        async with db.write() as conn:
+        async with db.write(timeout=MIGRATE_TIMEOUT) as conn:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
             await conn.run_sync(_run_upgrade, cfg)
         return
@@ -53,7 +54,7 @@ async def upgrade(db: Database) -> None:
     lock_path = None if database == ":memory:" else Path(database + ".migrate.lock")
     with _file_lock_cm(lock_path) as acquire:
         await asyncio.to_thread(acquire)
-        async with db.write() as conn:
+        async with db.write(timeout=MIGRATE_TIMEOUT) as conn:
             await conn.run_sync(_run_upgrade, cfg)
 
 

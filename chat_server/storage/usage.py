@@ -43,7 +43,7 @@ async def aggregate_usage(
     ).where(usage_events.c.created_at >= start, usage_events.c.created_at < end)
     rows: dict[str, dict[str, Any]] = {}
     firsts: dict[str, list[int]] = {}
-    async with db.read() as conn:
+    async with db.read(timeout=60.0) as conn:  # a report, not the chat path
         result = await conn.execute(query)
         for r in result:
             row = rows.setdefault(
