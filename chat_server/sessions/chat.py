@@ -7,6 +7,8 @@ sockets: it takes validated frames and an ``Outbox`` and returns frames to send.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -203,19 +205,31 @@ class ChatService:
         )
         try:
             chain = self._chain(who, session["provider"], game)
-            reservation = await self._admit(who, game, turn_id, now, span)
+            # The admission check and the two reads the turn needs are independent:
+            # run them together (one Redis and two database round trips in parallel).
+            admit = asyncio.ensure_future(self._admit(who, game, turn_id, now, span))
             try:
                 with span.child("chat.prepare"):
-                    found = await retrieve(
-                        self.db,
-                        game_id=game["id"],
-                        language=session["language"],
-                        question=frame.text,
-                        limit=self.settings.grounding_passages,
+                    found, history = await asyncio.gather(
+                        retrieve(
+                            self.db,
+                            game_id=game["id"],
+                            language=session["language"],
+                            question=frame.text,
+                            limit=self.settings.grounding_passages,
+                        ),
+                        chat_store.history(
+                            self.db, session["id"], limit=2 * self.settings.history_turns
+                        ),
                     )
-                    history = await chat_store.history(
-                        self.db, session["id"], limit=2 * self.settings.history_turns
-                    )
+            except BaseException:
+                admit.cancel()
+                with contextlib.suppress(BaseException):
+                    await admit
+                await self._refund_quietly(who, game, turn_id, now)
+                raise
+            reservation = await admit
+            try:
                 with span.child("chat.store_question"):
                     user_message, assistant_id = await chat_store.begin_turn(
                         self.db,
