@@ -1,0 +1,426 @@
+"""The load client: K WebSocket clients speaking our protocol, in their own process.
+
+``python bench/loadclient.py '<json config>'`` prints one ``RESULT {...}`` line.
+
+Stream mode: every client connects (``Authorization: Bearer`` with a token minted for
+its own user id), sends ``session.start``, then runs ``turns`` turns of ``message`` →
+``turn.delta``… → ``turn.completed``. Client ``i`` starts ``i/K`` of an answer's
+duration late, so streams are spread evenly; the measured window is the steady part
+(from one answer's duration after the start to ``turns`` durations), when every
+client is streaming. Per turn it records the first-token latency (from sending
+``message`` to the first ``turn.delta``, minus the upstream's own first-token delay)
+and the gaps between deltas; server and load CPU are read from ``/proc`` at the
+window's edges.
+
+Idle mode: C clients connect, start a session and run one short turn (a bounded
+number at a time), then stay idle; the server's VmRSS is read before and after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import math
+import os
+import resource
+import signal
+import sys
+import time
+from collections import Counter
+from typing import Any
+from urllib.parse import urlsplit
+
+from wsproto_client import WSClient
+
+TOKEN_CHARS = 4
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+QUESTION = "How do I win, and when do I roll the dice to build a settlement?"
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """utime + stime of ``pid`` from /proc/<pid>/stat, in seconds."""
+    if not pid:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cores_busy() -> list[float]:
+    """Busy seconds of each core (everything but idle and iowait), from /proc/stat."""
+    busy = []
+    with open("/proc/stat") as fh:
+        for line in fh:
+            if line.startswith("cpu") and line[3].isdigit():
+                ticks = [int(v) for v in line.split()[1:]]
+                busy.append((sum(ticks[:8]) - ticks[3] - ticks[4]) / CLK_TCK)
+    return busy
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    """Nearest-rank quantile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
+
+
+class TurnRec:
+    __slots__ = (
+        "chars",
+        "done",
+        "first",
+        "reason",
+        "sent",
+        "server_first",
+        "started",
+        "times",
+        "widths",
+    )
+
+    def __init__(self, sent: float, done: asyncio.Future[None]) -> None:
+        self.sent = sent
+        self.first: float | None = None
+        self.started: float | None = None  # when turn.started arrived
+        self.times: list[float] = []
+        self.widths: list[int] = []
+        self.chars = 0
+        self.reason: str | None = None
+        self.server_first: float | None = None  # the product's own timing.first_token_ms
+        self.done = done
+
+
+class Agent:
+    """One client connection and its turns."""
+
+    def __init__(self, index: int, cfg: dict[str, Any], errors: Counter[str]) -> None:
+        self.index = index
+        self.cfg = cfg
+        self.errors = errors
+        self.ws: WSClient | None = None
+        self.turn: TurnRec | None = None
+        self.turns: list[TurnRec] = []
+        self.control: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+
+    def on_text(self, payload: bytes, now: float) -> None:
+        msg = json.loads(payload)
+        kind = msg.get("type")
+        turn = self.turn
+        if kind == "turn.delta":
+            if turn is not None:
+                if turn.first is None:
+                    turn.first = now
+                width = len(msg.get("text") or "")
+                turn.times.append(now)
+                turn.widths.append(width)
+                turn.chars += width
+            return
+        if kind == "turn.completed" and turn is not None:
+            turn.reason = msg.get("finish_reason")
+            timing = msg.get("timing")
+            if isinstance(timing, dict):
+                turn.server_first = timing.get("first_token_ms")
+            if turn.reason != "stop":
+                self.errors[f"finish_{turn.reason}"] += 1
+            if not turn.done.done():
+                turn.done.set_result(None)
+            return
+        if kind == "error":
+            self.errors[str(msg.get("code"))] += 1
+            if turn is not None and not msg.get("turn_id") and not turn.done.done():
+                turn.reason = "refused"
+                turn.done.set_result(None)
+            return
+        if kind == "turn.started":
+            if turn is not None:
+                turn.started = now
+            return
+        if kind == "pong":
+            return
+        if not self.control.full():
+            self.control.put_nowait(msg)
+
+    async def expect(self, kind: str, timeout: float = 30.0) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await self.control.get()
+                if msg.get("type") == kind:
+                    return msg
+
+    async def open(self, token: str | None) -> None:
+        url = urlsplit(self.cfg["url"])
+        loop = asyncio.get_running_loop()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        ws = WSClient(
+            url.netloc, url.path, headers, self.on_text, deflate=bool(self.cfg.get("deflate"))
+        )
+        async with asyncio.timeout(30.0):
+            await loop.create_connection(lambda: ws, url.hostname, url.port)
+            await ws.opened
+        self.ws = ws
+        await self.expect("ready")
+        ws.send_text(json.dumps({"type": "session.start", "game_id": self.cfg["game_id"]}))
+        await self.expect("session.ready")
+
+    async def ask(self, tokens: int, gap_ms: float, first_ms: float) -> TurnRec:
+        assert self.ws is not None
+        loop = asyncio.get_running_loop()
+        text = f"{QUESTION} [bench tokens={tokens} gap_ms={gap_ms:g} first_ms={first_ms:g}]"
+        turn = TurnRec(time.perf_counter(), loop.create_future())
+        self.turn = turn
+        self.turns.append(turn)
+        self.ws.send_text(json.dumps({"type": "message", "text": text}))
+        budget = 30.0 + 3 * (first_ms + tokens * gap_ms) / 1000
+        try:
+            async with asyncio.timeout(budget):
+                await turn.done
+        except TimeoutError:
+            self.errors["turn_timeout"] += 1
+            turn.reason = "timeout"
+        finally:
+            self.turn = None
+        return turn
+
+
+class Sampler:
+    """CPU of the server, the upstream and this process at chosen instants."""
+
+    def __init__(self, server_pid: int, upstream_pid: int | None) -> None:
+        self.server_pid, self.upstream_pid = server_pid, upstream_pid
+
+    def sample(self) -> dict[str, Any]:
+        return {
+            "t": time.perf_counter(),
+            "server": cpu_seconds(self.server_pid),
+            "load": cpu_seconds(self.upstream_pid) + time.process_time(),
+            "cores": cores_busy(),
+        }
+
+
+def others(s0: dict[str, Any], s1: dict[str, Any], server_core: int, load_core: int) -> float:
+    """Share of the two bench cores used by anything but the server and the load."""
+    window = max(1e-9, s1["t"] - s0["t"])
+    c0, c1 = s0.get("cores") or [], s1.get("cores") or []
+    if len(c0) <= max(server_core, load_core) or len(c1) != len(c0):
+        return 0.0
+    used = sum(c1[i] - c0[i] for i in (server_core, load_core))
+    ours = (s1["server"] - s0["server"]) + (s1["load"] - s0["load"])
+    return max(0.0, used - ours) / window
+
+
+async def open_all(agents: list[Agent], cfg: dict[str, Any], errors: Counter[str]) -> None:
+    secret = cfg.get("secret")
+    mint = None
+    if secret:
+        from chat_server.auth import mint_token
+
+        mint = mint_token
+    gate = asyncio.Semaphore(int(cfg.get("connect_concurrency", 100)))
+
+    async def one(agent: Agent) -> None:
+        token = None
+        if mint is not None:
+            user = f"{cfg.get('user_prefix', 'bench-user-')}{agent.index}"
+            token = mint(secret=str(secret), user_id=user, role="basic", ttl=4 * 3600)
+        async with gate:
+            try:
+                await agent.open(token)
+            except (OSError, TimeoutError) as exc:
+                errors[f"connect_{type(exc).__name__}"] += 1
+                agent.ws = None
+
+    await asyncio.gather(*(one(a) for a in agents))
+
+
+async def close_all(agents: list[Agent]) -> None:
+    live = [a.ws for a in agents if a.ws is not None]
+    for ws in live:
+        ws.close()
+    pending = [ws.closed for ws in live if not ws.closed.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=10.0)
+    for ws in live:
+        ws.close_now()
+
+
+async def stream_mode(cfg: dict[str, Any]) -> dict[str, Any]:
+    errors: Counter[str] = Counter()
+    k, m = int(cfg["clients"]), int(cfg["turns"])
+    n, gap, first = int(cfg["tokens"]), float(cfg["gap_ms"]), float(cfg.get("first_ms", 0))
+    agents = [Agent(i, cfg, errors) for i in range(k)]
+    sampler = Sampler(int(cfg["server_pid"]), cfg.get("upstream_pid"))
+    await open_all(agents, cfg, errors)
+    ready = [a for a in agents if a.ws is not None]
+    dur = (first + n * gap) / 1000
+    stagger = bool(cfg.get("stagger", True)) and k > 1
+    go = time.perf_counter()
+    steady = stagger and m >= 2 and dur > 0
+    start_at, end_at = (go + dur, go + m * dur) if steady else (go, math.inf)
+    samples: list[dict[str, Any]] = []
+
+    async def sampler_task() -> None:
+        await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
+        samples.append(sampler.sample())
+        if end_at < math.inf:
+            await asyncio.sleep(max(0.0, end_at - time.perf_counter()))
+            samples.append(sampler.sample())
+
+    async def run(agent: Agent) -> None:
+        if stagger:
+            await asyncio.sleep(dur * agent.index / k)
+        for _ in range(m):
+            turn = await agent.ask(n, gap, first)
+            if turn.reason in ("timeout", "refused") and agent.ws and agent.ws.closed.done():
+                return
+
+    task = asyncio.create_task(sampler_task())
+    await asyncio.gather(*(run(a) for a in ready))
+    if len(samples) < 2:
+        task.cancel()
+        samples.append(sampler.sample())
+        if len(samples) < 2:
+            samples.insert(0, {"t": go, "server": samples[0]["server"], "load": 0.0, "cores": []})
+    await close_all(agents)
+    t0, t1 = samples[0]["t"], samples[1]["t"]
+    turns = [t for a in agents for t in a.turns]
+    chars = sum(w for t in turns for tt, w in zip(t.times, t.widths, strict=True) if t0 <= tt <= t1)
+    gaps = [(b - a) * 1000 for t in turns for a, b in zip(t.times, t.times[1:], strict=False)]
+    firsts = [(t.first - t.sent) * 1000 - first for t in turns if t.first is not None]
+    stalls = stall_events(turns, go)
+    window = max(1e-9, t1 - t0)
+    tokens = chars / TOKEN_CHARS
+    server_cpu = samples[1]["server"] - samples[0]["server"]
+    return {
+        "clients": k,
+        "connected": len(ready),
+        "turns": len(turns),
+        "turns_ok": sum(1 for t in turns if t.reason == "stop"),
+        "deltas": sum(len(t.times) for t in turns),
+        "tokens_total": sum(t.chars for t in turns) / TOKEN_CHARS,
+        "window_s": window,
+        "tokens_window": tokens,
+        "tokens_per_s": tokens / window,
+        "server_cpu_s": server_cpu,
+        "server_cpu_per_1k": server_cpu / tokens * 1000 if tokens else None,
+        "server_busy": server_cpu / window,
+        "load_busy": (samples[1]["load"] - samples[0]["load"]) / window,
+        "others_busy": others(samples[0], samples[1], 0, 1),
+        "first_ms_p50": quantile(firsts, 0.50),
+        "first_ms_p99": quantile(firsts, 0.99),
+        "first_ms_n": len(firsts),
+        "first_ms_each": [round(v, 2) for v in firsts[:200]],
+        # send -> turn.started: the checks and writes before the provider is called
+        "started_ms_p50": quantile(
+            [(t.started - t.sent) * 1000 for t in turns if t.started is not None], 0.5
+        ),
+        "gap_ms_p50": quantile(gaps, 0.50),
+        "gap_ms_p99": quantile(gaps, 0.99),
+        "gap_ms_max": max(gaps) if gaps else None,
+        "stalls": stalls,
+        "go": go,  # perf_counter (CLOCK_MONOTONIC): comparable with the server's GC log
+        "server_first_ms_p50": quantile([t.server_first for t in turns if t.server_first], 0.5),
+        "errors": dict(errors),
+    }
+
+
+def stall_events(turns: list[TurnRec], go: float, limit_ms: float = 50.0) -> list[list[float]]:
+    """Gaps over ``limit_ms`` grouped by when they ended (within 10 ms of each other).
+
+    Many streams stalling at the same instant is the server's event loop (or its core)
+    stopping; one stream alone is that stream. Each item: [seconds after the start,
+    longest gap ms, streams hit], at most 50.
+    """
+    ends = sorted(
+        (b, (b - a) * 1000)
+        for t in turns
+        for a, b in zip(t.times, t.times[1:], strict=False)
+        if (b - a) * 1000 > limit_ms
+    )
+    events: list[list[float]] = []
+    for end, gap in ends:
+        if events and end - go - events[-1][0] <= 0.010:
+            events[-1][1] = max(events[-1][1], round(gap, 1))
+            events[-1][2] += 1
+        else:
+            events.append([end - go, round(gap, 1), 1])
+    for event in events:
+        event[0] = round(event[0], 3)
+    return events[:50]
+
+
+async def idle_mode(cfg: dict[str, Any]) -> dict[str, Any]:
+    errors: Counter[str] = Counter()
+    pid = int(cfg["server_pid"])
+    c = int(cfg["clients"])
+    agents = [Agent(i, cfg, errors) for i in range(c)]
+    base = rss_kb(pid)
+    await open_all(agents, cfg, errors)
+    ready = [a for a in agents if a.ws is not None]
+    connected = rss_kb(pid)
+    gate = asyncio.Semaphore(int(cfg.get("turn_concurrency", 50)))
+
+    async def one(agent: Agent) -> None:
+        async with gate:
+            await agent.ask(int(cfg.get("tokens", 20)), 0.0, 0.0)
+
+    await asyncio.gather(*(one(a) for a in ready))
+    await asyncio.sleep(float(cfg.get("settle_s", 2.0)))
+    used = rss_kb(pid)
+    alive = sum(1 for a in ready if a.ws is not None and not a.ws.closed.done())
+    probe = cfg.get("memprobe_out")
+    if probe:  # bench/memprobe.py: compare allocations now, with every connection open
+        os.kill(pid, signal.SIGUSR2)
+        for _ in range(600):
+            if os.path.exists(probe):  # noqa: ASYNC240 - one local stat per half second
+                break
+            await asyncio.sleep(0.5)
+    await close_all(agents)
+    return {
+        "clients": c,
+        "connected": len(ready),
+        "alive": alive,
+        "turns_ok": sum(1 for a in ready for t in a.turns if t.reason == "stop"),
+        "rss_base_kb": base,
+        "rss_connected_kb": connected,
+        "rss_used_kb": used,
+        "rss_per_conn_kb": (used - base) / alive if alive else None,
+        "rss_per_fresh_conn_kb": (connected - base) / len(ready) if ready else None,
+        "errors": dict(errors),
+    }
+
+
+async def main_async(cfg: dict[str, Any]) -> dict[str, Any]:
+    async with asyncio.timeout(float(cfg.get("timeout_s", 600))):
+        if cfg.get("mode") == "idle":
+            return await idle_mode(cfg)
+        return await stream_mode(cfg)
+
+
+def main(argv: list[str]) -> int:
+    # A collection here would stall every stream at once and pass for a server stall;
+    # this process lives for one scenario, so it runs without the cycle collector.
+    gc.disable()
+    cfg = json.loads(argv[1])
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        import uvloop
+
+        result = uvloop.run(main_async(cfg))
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        result = asyncio.run(main_async(cfg))
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

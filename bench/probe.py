@@ -1,0 +1,116 @@
+"""The product under instruments the profiler cannot give: tracemalloc, GC pauses.
+
+Runs the product exactly as ``chat-server serve`` configures it (``uvicorn_config``
+and ``ChatServer`` from ``chat_server.serving``, on uvloop), plus:
+
+- ``MEMPROBE_OUT=path``: tracemalloc on. ``SIGUSR1`` takes the baseline snapshot;
+  ``SIGUSR2`` compares a new snapshot with it and writes the allocations that grew,
+  per connection (``MEMPROBE_CONNECTIONS``), by file and by line. Allocation tracing
+  makes the server slow; its figures are for this question only.
+- ``GC_LOG=path``: every garbage collection's generation, duration and collected
+  count, one line each (``time.perf_counter`` seconds), written at exit and on
+  ``SIGUSR2``.
+
+``run.py --memprobe`` and ``run.py --gcprobe`` use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+
+def _diff(base: tracemalloc.Snapshot, out: Path, connections: int) -> None:
+    now = tracemalloc.take_snapshot()
+    filters = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    now, base = now.filter_traces(filters), base.filter_traces(filters)
+    lines = [f"tracemalloc growth over the baseline, per connection ({connections} connections)"]
+    for key in ("filename", "lineno"):
+        stats = now.compare_to(base, key)
+        total = sum(s.size_diff for s in stats)
+        lines.append(f"\nby {key}: total {total / 1024 / max(1, connections):.1f} KB/conn")
+        for stat in stats[:30]:
+            frame = stat.traceback[0]
+            where = frame.filename.split("site-packages/")[-1].split("/work/main/")[-1]
+            if key == "lineno":
+                where = f"{where}:{frame.lineno}"
+            lines.append(
+                f"  {stat.size_diff / 1024 / max(1, connections):7.2f} KB/conn "
+                f"{stat.count_diff / max(1, connections):6.1f} blocks/conn  {where}"
+            )
+    out.write_text("\n".join(lines) + "\n")
+
+
+class GcLog:
+    """Times every collection through ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, int, float, int]] = []
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._start = now
+        else:
+            self.rows.append((now, info["generation"], now - self._start, info["collected"]))
+
+    def write(self, path: Path) -> None:
+        lines = [f"{t:.3f} gen{g} {d * 1000:.2f}ms collected={c}" for t, g, d, c in self.rows]
+        path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    gc_path = os.environ.get("GC_LOG")
+    gc_log = GcLog() if gc_path else None
+    if gc_log is not None:
+        gc.callbacks.append(gc_log)
+    if os.environ.get("MEMPROBE_OUT"):
+        tracemalloc.start(1)
+    from chat_server.app import create_app
+    from chat_server.config import load_settings
+    from chat_server.serving import ChatServer, uvicorn_config
+
+    settings = load_settings()
+    server = ChatServer(uvicorn_config(create_app(settings), settings))
+    out = Path(os.environ.get("MEMPROBE_OUT", "/tmp/chat-bench-memprobe.txt"))
+    state: dict[str, tracemalloc.Snapshot] = {}
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+
+        def baseline() -> None:
+            if tracemalloc.is_tracing():
+                state["base"] = tracemalloc.take_snapshot()
+
+        def compare() -> None:
+            if gc_log is not None and gc_path:
+                gc_log.write(Path(gc_path))
+            if "base" in state:
+                count = int(os.environ.get("MEMPROBE_CONNECTIONS", "1"))
+                _diff(state["base"], out, count)
+
+        loop.add_signal_handler(signal.SIGUSR1, baseline)
+        loop.add_signal_handler(signal.SIGUSR2, compare)
+        await server.serve()
+
+    try:
+        import uvloop  # as uvicorn's loop="auto" picks it
+
+        uvloop.run(run())
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        asyncio.run(run())
+    finally:
+        if gc_log is not None and gc_path:
+            gc_log.write(Path(gc_path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,447 @@
+"""The bench's systems and scenarios: start a server, drive the load, read the figures.
+
+``Bench`` owns the upstream and the servers under test (through ``Procs``) and runs
+each scenario as one bounded load-client process; ``run.py`` is the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from procs import Procs, free_port, wait_healthy
+from product import Product, RedisMonitor
+from profile_top import summarize
+from report import TITLES
+
+HERE = Path(__file__).resolve().parent
+
+PY = sys.executable
+SERVER_CORE, LOAD_CORE = 0, 1
+GAP_MS, TOKENS = 20.0, 200  # 50 tok/s, 200-token answers
+GAP_LIMIT_MS = 50.0
+KEEP_UP = 0.95  # a ramp step must deliver this share of the tokens the upstream sends
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, procs: Procs, product: Product | None) -> None:
+        self.args, self.procs, self.product = args, procs, product
+        self.upstream_url = ""
+        self.upstream_pid: int | None = None
+        self.data_dir = Path(procs.log_dir)
+
+    # -- processes -------------------------------------------------------------------
+    def start_upstream(self) -> None:
+        port = free_port()
+        proc = self.procs.start(
+            "upstream", [PY, str(HERE / "upstream.py"), "--port", str(port)], core=LOAD_CORE
+        )
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
+        self.upstream_url = f"http://127.0.0.1:{port}/v1"
+        self.upstream_pid = proc.pid
+
+    def start_server(self, target: str, *, probe: dict[str, str] | None = None) -> dict[str, Any]:
+        port = free_port()
+        if target == "product":
+            assert self.product is not None
+            env = self.product.env(
+                port=port, upstream=self.upstream_url, data_dir=str(self.data_dir / "data")
+            )
+            cmd = [PY, "-m", "chat_server", "serve"]
+            if probe:  # bench/probe.py: the same server, instrumented
+                cmd = [PY, str(HERE / "probe.py")]
+                env |= probe
+            proc = self.procs.start(target, cmd, core=SERVER_CORE, env=env, cwd=self.data_dir)
+        else:
+            cmd = [PY, str(HERE / "relays.py"), target, "--port", str(port)]
+            cmd += ["--upstream", self.upstream_url]
+            proc = self.procs.start(target, cmd, core=SERVER_CORE)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(f"{base}/healthz", proc)
+        except RuntimeError:
+            print(self.procs.log_tail(target), file=sys.stderr)
+            raise
+        game_id, secret = "bench-game", None
+        if target == "product":
+            assert self.product is not None
+            game_id, secret = self.product.admin_setup(base), self.product.secret
+        return {
+            "target": target,
+            "pid": proc.pid,
+            "ws": f"ws://127.0.0.1:{port}/ws/chat",
+            "game_id": game_id,
+            "secret": secret,
+        }
+
+    def load(self, server: dict[str, Any], name: str, **cfg: Any) -> dict[str, Any]:
+        """Run the load client once (bounded) and return its result."""
+        cfg = {
+            "url": server["ws"],
+            "game_id": server["game_id"],
+            "secret": server["secret"],
+            "server_pid": server["pid"],
+            "upstream_pid": self.upstream_pid,
+            "user_prefix": f"bench-{name}-{int(time.time() * 1000) % 10**8}-",
+            "deflate": self.args.deflate,
+            **cfg,
+        }
+        dur = (cfg.get("first_ms", 0) + cfg.get("tokens", 0) * cfg.get("gap_ms", 0)) / 1000
+        budget = 120 + cfg["clients"] / 20 + 3 * dur * (cfg.get("turns", 1) + 1)
+        cfg["timeout_s"] = budget
+        out = self.procs.run(
+            f"load-{name}",
+            [PY, str(HERE / "loadclient.py"), json.dumps(cfg)],
+            core=LOAD_CORE,
+            timeout=budget + 30,
+            cwd=HERE,
+        )
+        for line in out.splitlines():
+            if line.startswith("RESULT "):
+                result: dict[str, Any] = json.loads(line[7:])
+                return result
+        raise RuntimeError(f"load client gave no result:\n{out[-2000:]}")
+
+    # -- scenarios -------------------------------------------------------------------
+    def warmup(self, server: dict[str, Any]) -> None:
+        """Pay the lazy imports and fill the pools; wait for the flag to be in force."""
+        for _ in range(15):
+            r = self.load(server, "warmup", clients=5, turns=2, tokens=20, gap_ms=5, stagger=False)
+            if r["turns_ok"] == r["turns"] and r["turns"]:
+                return
+            time.sleep(1.0)
+        raise RuntimeError(f"{server['target']}: warm-up turns fail: {r['errors']}")
+
+    def one(self, server: dict[str, Any]) -> dict[str, Any]:
+        turns = 8 if self.args.quick else 20
+        return self.load(
+            server, "one", clients=1, turns=turns, tokens=50, gap_ms=GAP_MS, stagger=False
+        )
+
+    def fifty(self, server: dict[str, Any]) -> dict[str, Any]:
+        turns = 2 if self.args.quick else 3
+        return self.load(
+            server, "fifty", clients=self.args.streams, turns=turns, tokens=TOKENS, gap_ms=GAP_MS
+        )
+
+    def ramp(self, server: dict[str, Any]) -> dict[str, Any]:
+        steps: list[dict[str, Any]] = []
+        sustained = 0
+        deadline = time.monotonic() + self.args.ramp_budget
+        for clients in self.args.ramp:
+            if time.monotonic() > deadline:
+                break
+            for _attempt in range(2):  # a step fails only if it fails twice
+                r = self.load(
+                    server, f"ramp{clients}", clients=clients, turns=2, tokens=TOKENS, gap_ms=GAP_MS
+                )
+                p99 = r["gap_ms_p99"]
+                # Keeping up: the gap p99 within the limit, every turn complete, and the
+                # tokens delivered at the rate the upstream sends them (a saturated
+                # server falls behind slowly, which a short run's gaps barely show).
+                r["passed"] = bool(
+                    p99 is not None
+                    and p99 <= GAP_LIMIT_MS
+                    and r["turns_ok"] == clients * 2
+                    and r["tokens_per_s"] >= KEEP_UP * clients * 1000 / GAP_MS
+                )
+                if r["passed"]:
+                    break
+            steps.append(r)
+            print(
+                f"  ramp {clients}: gap p99 {p99 and round(p99, 1)} ms, server busy "
+                f"{r['server_busy']:.0%}, load busy {r['load_busy']:.0%}, others "
+                f"{r['others_busy']:.0%}, {r['tokens_per_s']:.0f} tok/s, ok "
+                f"{r['turns_ok']}/{clients * 2}",
+                file=sys.stderr,
+            )
+            if not r["passed"]:
+                break
+            sustained = clients
+        return {"sustained": sustained, "steps": steps}
+
+    def idle(self, target: str) -> dict[str, Any]:
+        server = self.start_server(target)
+        try:
+            self.warmup(server)
+            return self.load(
+                server,
+                "idle",
+                mode="idle",
+                clients=self.args.connections,
+                tokens=20,
+                connect_concurrency=100,
+                turn_concurrency=50,
+            )
+        finally:
+            self.procs.stop(target)
+
+    def memprobe(self) -> dict[str, Any]:
+        """The product under tracemalloc: which lines hold the memory of idle connections."""
+        out = Path(self.args.profile_dir) / "memprobe.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.unlink(missing_ok=True)
+        count = min(self.args.connections or 1000, 1000)  # tracemalloc is slow; 1000 tell
+        probe = {"MEMPROBE_OUT": str(out), "MEMPROBE_CONNECTIONS": str(count)}
+        server = self.start_server("product", probe=probe)
+        try:
+            self.warmup(server)
+            time.sleep(1.0)
+            os.kill(server["pid"], signal.SIGUSR1)
+            time.sleep(2.0)
+            result = self.load(
+                server,
+                "memprobe",
+                mode="idle",
+                clients=count,
+                tokens=20,
+                connect_concurrency=50,
+                turn_concurrency=25,
+                memprobe_out=str(out),
+            )
+        finally:
+            self.procs.stop("product")
+        print(f"  memory probe: {out}", file=sys.stderr)
+        return {"path": str(out), "rss_per_conn_kb_traced": result["rss_per_conn_kb"]}
+
+    def gcprobe(self) -> dict[str, Any]:
+        """The product's garbage-collection pauses against the stalls its streams saw."""
+        out = Path(self.args.profile_dir) / "gc.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.unlink(missing_ok=True)
+        server = self.start_server("product", probe={"GC_LOG": str(out)})
+        runs = []
+        try:
+            self.warmup(server)
+            for clients in (self.args.streams, 2 * self.args.streams):
+                runs.append(
+                    self.load(
+                        server,
+                        f"gc{clients}",
+                        clients=clients,
+                        turns=3,
+                        tokens=TOKENS,
+                        gap_ms=GAP_MS,
+                    )
+                )
+            os.kill(server["pid"], signal.SIGUSR2)
+            for _ in range(20):
+                if out.exists():
+                    break
+                time.sleep(0.5)
+        finally:
+            self.procs.stop("product")
+        rows = []
+        for line in out.read_text().splitlines() if out.exists() else []:
+            t, gen, ms, _ = line.split()
+            rows.append((float(t), int(gen[3:]), float(ms[:-2])))
+        report: dict[str, Any] = {"runs": []}
+        for r in runs:
+            start, end = r["go"], r["go"] + 3 * 4.0 + 5
+            pauses = [(t, g, ms) for t, g, ms in rows if start <= t <= end]
+            long = [(round(t - start, 3), g, ms) for t, g, ms in pauses if ms >= 20]
+            matched = sum(
+                1
+                for s in r["stalls"]
+                if any(abs(s[0] - t) < 0.3 and s[1] >= 50 for t, _, _ in long)
+            )
+            report["runs"].append(
+                {
+                    "clients": r["clients"],
+                    "gap_ms_p99": r["gap_ms_p99"],
+                    "stalls": r["stalls"][:10],
+                    "gc_pauses_over_20ms": long[:20],
+                    "gc_gen2_count": sum(1 for _, g, _ in pauses if g == 2),
+                    "gc_gen2_max_ms": max((ms for _, g, ms in pauses if g == 2), default=0.0),
+                    "gc_total_ms": round(sum(ms for _, _, ms in pauses), 1),
+                    "stalls_at_a_gc_pause": matched,
+                }
+            )
+            print(f"  gc probe {r['clients']}: {report['runs'][-1]}", file=sys.stderr)
+        return report
+
+    def accounting(self, server: dict[str, Any]) -> dict[str, Any]:
+        """Redis commands, Postgres transactions and rows, server CPU: per turn, per token.
+
+        Three runs of 5 clients: 4 turns of 200 tokens (A), 16 turns of 20 tokens (B), 4
+        turns of 20 tokens (C). B - C is what one more short turn costs (connections and
+        sessions cancel out); A - C is what 180 more tokens per turn cost.
+        """
+        product = self.product if server["target"] == "product" else None
+        plan = (("A", 4, 200), ("B", 16, 20), ("C", 4, 20))
+        counters = [product.db_counters() if product else {}]
+        runs: dict[str, dict[str, Any]] = {}
+        for name, turns, tokens in plan:
+            with (
+                RedisMonitor(product.redis_host, product.redis_port, product.redis_db)
+                if product
+                else RedisMonitor.none()
+            ) as mon:
+                r = self.load(
+                    server,
+                    f"acct{name}",
+                    clients=5,
+                    turns=turns,
+                    tokens=tokens,
+                    gap_ms=2,
+                    stagger=False,
+                )
+            counters.append(product.db_counters() if product else {})
+            before, after = counters[-2], counters[-1]
+            runs[name] = {
+                "turns": r["turns"],
+                "redis": Counter(mon.client),
+                "lua": Counter(mon.scripted),
+                "xact": after.get("xact_commit", 0) - before.get("xact_commit", 0),
+                "rows": sum(
+                    after.get(k, 0) - before.get(k, 0)
+                    for k in ("tup_inserted", "tup_updated", "tup_deleted")
+                ),
+                "cpu": r["server_cpu_s"],
+            }
+        a, b, c = runs["A"], runs["B"], runs["C"]
+        extra = max(1, b["turns"] - c["turns"])
+        marginal = {k: (b["redis"][k] - c["redis"][k]) / extra for k in b["redis"]}
+        per_token = (a["cpu"] - c["cpu"]) / max(1, a["turns"]) / 180
+        return {
+            "tokens_long": 200,
+            "tokens_short": 20,
+            "redis_per_turn": sum(marginal.values()),
+            "redis_per_turn_by_command": {k: round(v, 2) for k, v in marginal.items() if v},
+            "evalsha_per_turn": marginal.get("EVALSHA", 0.0),
+            "redis_commands_run_a": dict(a["redis"]) | {f"lua:{k}": v for k, v in a["lua"].items()},
+            "xact_per_turn": (b["xact"] - c["xact"]) / extra,
+            "rows_per_turn": (b["rows"] - c["rows"]) / extra,
+            "rows_per_turn_at_200": a["rows"] / max(1, a["turns"]),
+            "rows_per_turn_at_20": c["rows"] / max(1, c["turns"]),
+            # A turn's own cost: one more 20-token turn, less its 20 tokens.
+            "cpu_ms_per_turn": ((b["cpu"] - c["cpu"]) / extra - 20 * per_token) * 1000,
+            "cpu_ms_per_token": per_token * 1000,
+        }
+
+    def profile(self, server: dict[str, Any]) -> None:
+        """py-spy on a server under the 50-stream load (a run of its own)."""
+        import shutil
+
+        spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+        seconds = self.args.profile_seconds
+        turns = math.ceil((seconds + 10) / (TOKENS * GAP_MS / 1000)) + 1
+        out = Path(self.args.profile_dir) / server["target"]
+        out.mkdir(parents=True, exist_ok=True)
+        common = ["--pid", str(server["pid"]), "--duration", str(seconds), "--rate", "250"]
+        common += ["--gil", "--full-filenames"]  # only what holds the GIL: the CPU work
+        svg = self.procs.start(
+            "py-spy-svg", [spy, "record", "-o", str(out / "profile.svg"), *common], core=LOAD_CORE
+        )
+        time.sleep(0.5)
+        raw = self.procs.start(
+            "py-spy-raw",
+            [spy, "record", "--format", "raw", "-o", str(out / "profile.txt"), *common],
+            core=LOAD_CORE,
+        )
+        self.load(
+            server, "profile", clients=self.args.streams, turns=turns, tokens=TOKENS, gap_ms=GAP_MS
+        )
+        for proc in (svg, raw):
+            proc.wait(timeout=seconds + 60)
+        dump = subprocess.run(
+            [spy, "dump", "--pid", str(server["pid"])], capture_output=True, timeout=60, check=False
+        )
+        (out / "dump.txt").write_bytes(dump.stdout)
+        top = summarize((out / "profile.txt").read_text(), 30)
+        (out / "top.txt").write_text(top + "\n")
+        print(f"  profile: {out}/ (profile.svg, profile.txt, dump.txt, top.txt)", file=sys.stderr)
+
+    def measure(self, only: list[str], results: dict[str, Any]) -> None:
+        """Every scenario for every system; the systems take turns, run after run.
+
+        Fills ``results`` as it goes, so an interrupted run still shows what it got.
+        """
+        for target in only:
+            results[target] = {}
+        servers = {}
+        try:
+            for target in only:
+                servers[target] = self.start_server(target)
+                self.warmup(servers[target])
+            for scenario, runner in (("one", self.one), ("fifty", self.fifty)):
+                runs: dict[str, list[dict[str, Any]]] = {t: [] for t in only}
+                for _ in range(self.args.runs):
+                    for target in only:
+                        runs[target].append(runner(servers[target]))
+                for target in only:
+                    results[target][scenario] = _median(runs[target])
+                    print(
+                        f"  {TITLES[target]} {scenario}: {_brief(results[target][scenario])}",
+                        file=sys.stderr,
+                    )
+            if not self.args.no_accounting:
+                for target in only:
+                    results[target]["accounting"] = self.accounting(servers[target])
+            for target in self.args.profile:
+                if target in servers:
+                    self.profile(servers[target])
+            if self.args.ramp:
+                for target in only:
+                    print(f"== ramp {TITLES[target]}", file=sys.stderr)
+                    results[target]["ramp"] = self.ramp(servers[target])
+        finally:
+            for target in only:
+                self.procs.stop(target)
+        if self.args.connections:
+            for target in only:
+                try:
+                    results[target]["idle"] = self.idle(target)
+                except (RuntimeError, OSError) as exc:
+                    print(f"  {TITLES[target]} idle failed: {exc}", file=sys.stderr)
+                    continue
+                print(
+                    f"  {TITLES[target]} idle: {results[target]['idle']['rss_per_conn_kb']}"
+                    " KB/conn",
+                    file=sys.stderr,
+                )
+        for wanted, probe in (
+            (self.args.gcprobe, self.gcprobe),
+            (self.args.memprobe, self.memprobe),
+        ):
+            if wanted and "product" in only:
+                try:
+                    results["product"][probe.__name__] = probe()
+                except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+                    print(f"  {probe.__name__} failed: {exc}", file=sys.stderr)
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each numeric figure's median over the runs (the runs kept under ``runs``)."""
+    if len(runs) == 1:
+        return runs[0]
+    merged = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            vals = [r[key] for r in runs if r.get(key) is not None]
+            merged[key] = statistics.median(vals) if vals else None
+    merged["runs"] = runs
+    return merged
+
+
+def _brief(r: dict[str, Any]) -> str:
+    def f(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    return (
+        f"{f(r['tokens_per_s'], '.0f')} tok/s, first p50/p99 {f(r['first_ms_p50'], '.1f')}/"
+        f"{f(r['first_ms_p99'], '.1f')} ms, gap p99 {f(r['gap_ms_p99'], '.1f')} ms, "
+        f"{f(r['server_cpu_per_1k'], '.3f')} CPU-s/1k, load busy {r['load_busy']:.0%}, "
+        f"others {r['others_busy']:.0%}, "
+        f"errors {r['errors'] or 0}"
+    )
