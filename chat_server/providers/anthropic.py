@@ -23,9 +23,7 @@ or error event, and an event that is not a JSON object with a ``type``, are
 
 from __future__ import annotations
 
-import contextlib
 import json
-import ssl
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -46,25 +44,16 @@ from .base import (
     UsageReport,
 )
 from .prompt import system_instructions
+from .transport import DROPPED, close_response
 
 __all__ = ["AnthropicProvider"]
 
 _UNAVAILABLE_STATUSES = frozenset({429, 503, 529})
 _UNAVAILABLE_ERRORS = frozenset({"overloaded_error", "rate_limit_error"})
 _LENGTH_STOPS = frozenset({"max_tokens", "model_context_window_exceeded"})
-_DROPPED = (
-    httpx2.TimeoutException,
-    httpx2.NetworkError,
-    httpx2.RemoteProtocolError,
-    httpx2.ProxyError,
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    ssl.SSLError,
-    ConnectionError,
-)
+_DROPPED = DROPPED
 _FOREIGN = (anthropic.AnthropicError, httpx2.HTTPError, httpx2.StreamError, *_DROPPED)
 _MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError)
-_CLOSE_TIMEOUT = 2.0  # seconds a shielded close of the upstream response may take
 _DRAIN_TIMEOUT = 0.1  # after message_stop, wait this long for the body's end
 
 
@@ -81,14 +70,6 @@ def _translate(exc: BaseException) -> ProviderError:
     if isinstance(exc, _DROPPED):
         return ProviderUnavailable("the anthropic stream was cut off")
     return ProviderError(f"anthropic failed ({type(exc).__name__})")
-
-
-async def _close(response: httpx2.Response) -> None:
-    """Close the upstream response now, even inside a cancelled AnyIO scope."""
-    with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-        # Closing a broken connection may fail; it is gone either way.
-        with contextlib.suppress(httpx2.HTTPError, OSError):
-            await response.aclose()
 
 
 def _document_block(passages: list[Passage], game_name: str) -> dict[str, Any]:
@@ -216,7 +197,7 @@ class AnthropicProvider:
                             async for _ in lines:
                                 pass
                 finally:
-                    await _close(http)
+                    await close_response(http)
         except _FOREIGN as exc:
             raise _translate(exc) from exc
         if not done:

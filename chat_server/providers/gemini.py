@@ -22,7 +22,6 @@ and a chunk that is not the expected JSON are ``ProviderError``.
 from __future__ import annotations
 
 import contextlib
-import ssl
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any, Literal
@@ -36,21 +35,13 @@ from google.genai import types
 from ..errors import ProviderError, ProviderUnavailable
 from .base import Finish, ProviderRequest, StreamEvent, TextDelta, Usage, UsageReport
 from .prompt import system_prompt
+from .transport import CLOSE_TIMEOUT, DROPPED, close_response
 
 __all__ = ["GeminiProvider"]
 
 _UNAVAILABLE_STATUSES = frozenset({429, 503, 529})
 _LENGTH_REASONS = frozenset({"MAX_TOKENS", "CONTINUATION"})
-_DROPPED = (
-    httpx2.TimeoutException,
-    httpx2.NetworkError,
-    httpx2.RemoteProtocolError,
-    httpx2.ProxyError,
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    ssl.SSLError,
-    ConnectionError,
-)
+_DROPPED = DROPPED
 # The SDK raises its APIError family, lets httpx2 errors through unwrapped, and
 # reports a chunk it cannot parse as a ValueError (UnknownApiResponseError, or a
 # pydantic ValidationError).
@@ -65,7 +56,6 @@ _FOREIGN = (
     KeyError,
     IndexError,
 )
-_CLOSE_TIMEOUT = 2.0  # seconds a shielded close of the upstream response may take
 
 # The streaming responses opened by the current stream() call, filled by the hook.
 _open_responses: ContextVar[list[httpx2.Response] | None] = ContextVar(
@@ -88,14 +78,6 @@ def _translate(exc: BaseException) -> ProviderError:
     if isinstance(exc, (httpx2.HTTPError, httpx2.StreamError)):
         return ProviderError(f"gemini failed ({type(exc).__name__})")
     return ProviderError("gemini sent a malformed stream event")
-
-
-async def _close(response: httpx2.Response) -> None:
-    """Close the upstream response now, even inside a cancelled AnyIO scope."""
-    with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-        # Closing a broken connection may fail; it is gone either way.
-        with contextlib.suppress(httpx2.HTTPError, OSError):
-            await response.aclose()
 
 
 class GeminiProvider:
@@ -196,9 +178,9 @@ class GeminiProvider:
             # ValueError: finalised from another context, nothing of ours to restore.
             with contextlib.suppress(ValueError):
                 _open_responses.reset(token)
-            with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
                 for response in opened:
-                    await _close(response)
+                    await close_response(response)
                 if chunks is not None and hasattr(chunks, "aclose"):
                     # It may raise what the stream already raised; it is closed all the same.
                     with contextlib.suppress(*_FOREIGN):

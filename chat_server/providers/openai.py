@@ -18,9 +18,7 @@ scope cannot skip it): the server sees the connection closed.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import ssl
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -32,23 +30,14 @@ from openai.types.chat import ChatCompletionMessageParam
 from ..errors import ProviderError, ProviderUnavailable
 from .base import Finish, ProviderRequest, StreamEvent, TextDelta, Usage, UsageReport
 from .prompt import system_prompt
+from .transport import DROPPED, close_response
 
 __all__ = ["OpenAIProvider"]
 
 _UNAVAILABLE_STATUSES = frozenset({429, 503, 529})
 # A connection that broke or stalled: the provider is unreachable, not wrong.
-_DROPPED = (
-    httpx2.TimeoutException,
-    httpx2.NetworkError,
-    httpx2.RemoteProtocolError,
-    httpx2.ProxyError,
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    ssl.SSLError,
-    ConnectionError,
-)
+_DROPPED = DROPPED
 _FOREIGN = (openai.OpenAIError, httpx2.HTTPError, httpx2.StreamError, *_DROPPED)
-_CLOSE_TIMEOUT = 2.0  # seconds a shielded close of the upstream response may take
 _DRAIN_TIMEOUT = 0.1  # after [DONE], wait this long for the body's end (keeps the connection)
 
 
@@ -73,14 +62,6 @@ def _stream_error(error: Any) -> ProviderError:
     if any(word in text for word in ("overloaded", "rate_limit", "unavailable", "capacity")):
         return ProviderUnavailable("openai reported an overload mid-stream")
     return ProviderError("openai reported an error mid-stream")
-
-
-async def _close(response: httpx2.Response) -> None:
-    """Close the upstream response now, even inside a cancelled AnyIO scope."""
-    with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-        # Closing a broken connection may fail; it is gone either way.
-        with contextlib.suppress(httpx2.HTTPError, OSError):
-            await response.aclose()
 
 
 class OpenAIProvider:
@@ -181,7 +162,7 @@ class OpenAIProvider:
                             async for _ in lines:
                                 pass
                 finally:
-                    await _close(http)
+                    await close_response(http)
         except _FOREIGN as exc:
             raise _translate(exc) from exc
         if not done and finish is None:

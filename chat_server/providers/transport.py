@@ -1,0 +1,38 @@
+"""What the three SDK adapters share about the HTTP stream underneath them.
+
+The openai, anthropic and google-genai SDKs all run on httpx2; a connection dropped
+mid-stream surfaces as a raw httpx2 or anyio error, not an SDK one (``DROPPED``), and
+an upstream response must be closed at once, even inside a cancelled scope
+(``close_response``), so that a cancelled turn stops paying for tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+
+import anyio
+import httpx2
+
+__all__ = ["CLOSE_TIMEOUT", "DROPPED", "close_response"]
+
+CLOSE_TIMEOUT = 2.0  # seconds a shielded close of the upstream response may take
+
+DROPPED = (
+    httpx2.TimeoutException,
+    httpx2.NetworkError,
+    httpx2.RemoteProtocolError,
+    httpx2.ProxyError,
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    ssl.SSLError,
+    ConnectionError,
+)
+
+
+async def close_response(response: httpx2.Response) -> None:
+    """Close the upstream response now, even inside a cancelled AnyIO scope."""
+    with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+        # Closing a broken connection may fail; it is gone either way.
+        with contextlib.suppress(httpx2.HTTPError, OSError):
+            await response.aclose()
