@@ -9,7 +9,8 @@ and ``ChatServer`` from ``chat_server.serving``, on uvloop), plus:
   makes the server slow; its figures are for this question only.
 - ``GC_LOG=path``: every garbage collection's generation, duration and collected
   count, one line each (``time.perf_counter`` seconds), written at exit and on
-  ``SIGUSR2``.
+  ``SIGUSR2``. With ``GC_FREEZE=1``, ``SIGUSR1`` also runs ``gc.collect()`` and
+  ``gc.freeze()``: what the product would gain by freezing its heap after startup.
 
 ``run.py --memprobe`` and ``run.py --gcprobe`` use it.
 """
@@ -86,6 +87,9 @@ def main() -> int:
         loop = asyncio.get_running_loop()
 
         def baseline() -> None:
+            if os.environ.get("GC_FREEZE") == "1":
+                gc.collect()
+                gc.freeze()
             if tracemalloc.is_tracing():
                 state["base"] = tracemalloc.take_snapshot()
 
