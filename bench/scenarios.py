@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -21,7 +18,6 @@ from typing import Any
 
 from procs import Procs, free_port, wait_healthy
 from product import Product, RedisMonitor
-from profile_top import summarize
 from report import TITLES
 
 HERE = Path(__file__).resolve().parent
@@ -186,104 +182,6 @@ class Bench:
         finally:
             self.procs.stop(target)
 
-    def memprobe(self) -> dict[str, Any]:
-        """The product under tracemalloc: which lines hold the memory of idle connections."""
-        out = Path(self.args.profile_dir) / "memprobe.txt"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.unlink(missing_ok=True)
-        count = min(self.args.connections or 1000, 1000)  # tracemalloc is slow; 1000 tell
-        probe = {"MEMPROBE_OUT": str(out), "MEMPROBE_CONNECTIONS": str(count)}
-        server = self.start_server("product", probe=probe)
-        try:
-            self.warmup(server)
-            time.sleep(1.0)
-            os.kill(server["pid"], signal.SIGUSR1)
-            time.sleep(2.0)
-            result = self.load(
-                server,
-                "memprobe",
-                mode="idle",
-                clients=count,
-                tokens=20,
-                connect_concurrency=50,
-                turn_concurrency=25,
-                memprobe_out=str(out),
-            )
-        finally:
-            self.procs.stop("product")
-        print(f"  memory probe: {out}", file=sys.stderr)
-        return {"path": str(out), "rss_per_conn_kb_traced": result["rss_per_conn_kb"]}
-
-    def gcprobe(self) -> dict[str, Any]:
-        """The product's garbage-collection pauses against the stalls its streams saw.
-
-        Twice: as it is, and with ``gc.freeze()`` after the warm-up (what would change
-        if the product froze its startup heap).
-        """
-        return {"plain": self._gc_run(freeze=False), "frozen": self._gc_run(freeze=True)}
-
-    def _gc_run(self, *, freeze: bool) -> dict[str, Any]:
-        out = Path(self.args.profile_dir) / f"gc{'-frozen' if freeze else ''}.txt"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.unlink(missing_ok=True)
-        probe = {"GC_LOG": str(out)} | ({"GC_FREEZE": "1"} if freeze else {})
-        server = self.start_server("product", probe=probe)
-        runs = []
-        try:
-            self.warmup(server)
-            os.kill(server["pid"], signal.SIGUSR1)  # probe.py: gc.freeze() if GC_FREEZE
-            time.sleep(1.0)  # the forced collection before the freeze is not counted
-            mark = time.perf_counter()  # CLOCK_MONOTONIC, as in the server's log
-            for clients in (self.args.streams, 2 * self.args.streams):
-                runs.append(
-                    self.load(
-                        server,
-                        f"gc{clients}",
-                        clients=clients,
-                        turns=3,
-                        tokens=TOKENS,
-                        gap_ms=GAP_MS,
-                    )
-                )
-            os.kill(server["pid"], signal.SIGUSR2)
-            for _ in range(20):
-                if out.exists():
-                    break
-                time.sleep(0.5)
-        finally:
-            self.procs.stop("product")
-        rows = []
-        for line in out.read_text().splitlines() if out.exists() else []:
-            t, gen, ms, _ = line.split()
-            if float(t) >= mark:
-                rows.append((float(t), int(gen[3:]), float(ms[:-2])))
-        full = [ms for _, g, ms in rows if g == 2]
-        report: dict[str, Any] = {
-            "freeze": freeze,
-            "gen2_count": len(full),
-            "gen2_max_ms": max(full, default=0.0),
-            "gen2_ms": sorted(full)[-5:],
-            "runs": [],
-        }
-        for r in runs:
-            start = r["go"]
-            long = [(round(t - start, 3), g, ms) for t, g, ms in rows if ms >= 20]
-            matched = sum(
-                1
-                for s in r["stalls"]
-                if any(abs(s[0] - t) < 0.3 and s[1] >= 50 for t, _, _ in long)
-            )
-            report["runs"].append(
-                {
-                    "clients": r["clients"],
-                    "gap_ms_p99": r["gap_ms_p99"],
-                    "stalls": r["stalls"][:10],
-                    "stalls_at_a_gc_pause": matched,
-                }
-            )
-        print(f"  gc probe (freeze={freeze}): {report}", file=sys.stderr)
-        return report
-
     def accounting(self, server: dict[str, Any]) -> dict[str, Any]:
         """Redis commands, Postgres transactions and rows, server CPU: per turn, per token.
 
@@ -343,44 +241,13 @@ class Bench:
             "cpu_ms_per_token": per_token * 1000,
         }
 
-    def profile(self, server: dict[str, Any]) -> None:
-        """py-spy on a server under the 50-stream load (a run of its own)."""
-        import shutil
-
-        spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
-        seconds = self.args.profile_seconds
-        turns = math.ceil((seconds + 10) / (TOKENS * GAP_MS / 1000)) + 1
-        out = Path(self.args.profile_dir) / server["target"]
-        out.mkdir(parents=True, exist_ok=True)
-        common = ["--pid", str(server["pid"]), "--duration", str(seconds), "--rate", "250"]
-        common += ["--gil", "--full-filenames"]  # only what holds the GIL: the CPU work
-        svg = self.procs.start(
-            "py-spy-svg", [spy, "record", "-o", str(out / "profile.svg"), *common], core=LOAD_CORE
-        )
-        time.sleep(0.5)
-        raw = self.procs.start(
-            "py-spy-raw",
-            [spy, "record", "--format", "raw", "-o", str(out / "profile.txt"), *common],
-            core=LOAD_CORE,
-        )
-        self.load(
-            server, "profile", clients=self.args.streams, turns=turns, tokens=TOKENS, gap_ms=GAP_MS
-        )
-        for proc in (svg, raw):
-            proc.wait(timeout=seconds + 60)
-        dump = subprocess.run(
-            [spy, "dump", "--pid", str(server["pid"])], capture_output=True, timeout=60, check=False
-        )
-        (out / "dump.txt").write_bytes(dump.stdout)
-        top = summarize((out / "profile.txt").read_text(), 30)
-        (out / "top.txt").write_text(top + "\n")
-        print(f"  profile: {out}/ (profile.svg, profile.txt, dump.txt, top.txt)", file=sys.stderr)
-
     def measure(self, only: list[str], results: dict[str, Any]) -> None:
         """Every scenario for every system; the systems take turns, run after run.
 
         Fills ``results`` as it goes, so an interrupted run still shows what it got.
         """
+        import probes  # it imports this module
+
         for target in only:
             results[target] = {}
         servers = {}
@@ -404,7 +271,7 @@ class Bench:
                     results[target]["accounting"] = self.accounting(servers[target])
             for target in self.args.profile:
                 if target in servers:
-                    self.profile(servers[target])
+                    probes.profile(self, servers[target])
             if self.args.ramp:
                 for target in only:
                     print(f"== ramp {TITLES[target]}", file=sys.stderr)
@@ -425,12 +292,12 @@ class Bench:
                     file=sys.stderr,
                 )
         for wanted, probe in (
-            (self.args.gcprobe, self.gcprobe),
-            (self.args.memprobe, self.memprobe),
+            (self.args.gcprobe, probes.gcprobe),
+            (self.args.memprobe, probes.memprobe),
         ):
             if wanted and "product" in only:
                 try:
-                    results["product"][probe.__name__] = probe()
+                    results["product"][probe.__name__] = probe(self)
                 except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
                     print(f"  {probe.__name__} failed: {exc}", file=sys.stderr)
 

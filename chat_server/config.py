@@ -51,6 +51,7 @@ class Settings(BaseSettings):
         default=None, description="Seed demo games; default: only on the embedded SQLite."
     )
     redis_timeout: float = Field(default=1.0, gt=0, le=60)
+    redis_max_connections: int = Field(default=500, ge=10, le=100_000)
     redis_prefix: str = Field(default="chat", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     quota_fail_open: bool = False
     registry_ttl: float = Field(default=15.0, gt=0, le=3600)

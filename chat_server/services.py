@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from .auth import TokenVerifier
 from .backplane import Backplane, MemoryBackplane, RedisBackplane
@@ -126,12 +126,17 @@ async def build_services(settings: Settings) -> Services:
         backplane: Backplane
         quotas: QuotaCounter
         if settings.redis_url:
-            redis = Redis.from_url(
+            # redis-py 8's default pool refuses (MaxConnectionsError) past 100
+            # connections instead of waiting: a blocking pool waits up to the timeout.
+            pool = BlockingConnectionPool.from_url(
                 settings.redis_url,
+                max_connections=settings.redis_max_connections,
+                timeout=settings.redis_timeout,
                 socket_timeout=settings.redis_timeout,
                 socket_connect_timeout=settings.redis_timeout,
                 health_check_interval=15,
             )
+            redis = Redis.from_pool(pool)
             stack.push_async_callback(redis.aclose)
             backplane = RedisBackplane(
                 redis, prefix=settings.redis_prefix, timeout=settings.redis_timeout
