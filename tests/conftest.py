@@ -45,13 +45,17 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def redis_url() -> str:
-    """A real Redis, emptied for this test (its own logical database)."""
+    """A real Redis, emptied for this test (its own logical database).
+
+    ``TEST_REDIS_DB`` (default 9) picks the logical database, so two test runs on one
+    machine can use one Redis without emptying each other's keys.
+    """
     reason = services.reachable(services.REDIS_URL, 6379)
     if reason:
         services.missing("Redis", reason)
     import redis
 
-    url = services.with_database(services.REDIS_URL, "9")
+    url = services.with_database(services.REDIS_URL, services.REDIS_TEST_DB)
     client = redis.Redis.from_url(url, socket_timeout=2)
     try:
         client.flushdb()

@@ -23,6 +23,8 @@ REDIS_URL = (
     os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL") or ("redis://127.0.0.1:6379/0")
 )
 
+REDIS_TEST_DB = os.environ.get("TEST_REDIS_DB", "9")
+
 
 def in_ci() -> bool:
     return bool(os.environ.get("CI"))
