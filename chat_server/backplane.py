@@ -16,10 +16,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from .errors import Unavailable
+from .redis_client import REDIS_ERRORS, RedisClient
 
 __all__ = ["Backplane", "Handler", "MemoryBackplane", "RedisBackplane"]
 
@@ -69,7 +67,7 @@ class MemoryBackplane:
 class RedisBackplane:
     """Redis pub/sub; the listener reconnects by itself after an outage."""
 
-    def __init__(self, redis: Redis, *, prefix: str = "chat", timeout: float = 1.0) -> None:
+    def __init__(self, redis: RedisClient, *, prefix: str = "chat", timeout: float = 1.0) -> None:
         self._redis = redis
         self._prefix = prefix
         self._timeout = timeout
@@ -87,7 +85,7 @@ class RedisBackplane:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._redis.publish(self._key(channel), message)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             raise Unavailable("Redis is unavailable", context={"service": "redis"}) from exc
 
     async def start(self) -> None:
@@ -110,7 +108,7 @@ class RedisBackplane:
                         await _call(handler, channel[prefix_len:], _text(msg["data"]))
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_ERRORS as exc:
                 self.connected.clear()
                 log.warning("backplane: Redis subscription lost (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(1.0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     )
     redis_timeout: float = Field(default=1.0, gt=0, le=60)
     redis_max_connections: int = Field(default=500, ge=10, le=100_000)
+    redis_cluster: bool = Field(
+        default=False, description="REDIS_URL names one node of a Redis Cluster."
+    )
     redis_prefix: str = Field(default="chat", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     quota_fail_open: bool = False
     registry_ttl: float = Field(default=15.0, gt=0, le=3600)
@@ -157,6 +160,14 @@ class Settings(BaseSettings):
             "sqlite+aiosqlite",
         }:
             raise ValueError("must be a postgresql:// URL or sqlite:///path")
+        return value
+
+    @field_validator("redis_cluster")
+    @classmethod
+    def _check_redis_cluster(cls, value: bool, info: ValidationInfo) -> bool:
+        url = info.data.get("redis_url")
+        if value and not (url or "").startswith(("redis://", "rediss://")):
+            raise ValueError("needs REDIS_URL set to a redis:// or rediss:// URL of one node")
         return value
 
     @field_validator("redis_url")

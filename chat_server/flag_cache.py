@@ -13,11 +13,9 @@ import asyncio
 import contextlib
 import logging
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from .backplane import Backplane
 from .flags import Decision, FlagSet
+from .redis_client import REDIS_ERRORS, RedisClient
 from .storage.engine import Database
 from .storage.flags import list_flags
 
@@ -36,7 +34,7 @@ class FlagCache:
         *,
         environment: str,
         backplane: Backplane,
-        redis: Redis | None,
+        redis: RedisClient | None,
         prefix: str = "chat",
         poll_interval: float = 0.5,
     ) -> None:
@@ -85,7 +83,7 @@ class FlagCache:
             try:
                 async with asyncio.timeout(1.0):
                     await self._redis.incr(self._version_key)
-            except (RedisError, OSError, TimeoutError):
+            except REDIS_ERRORS:
                 log.warning("flags: could not bump the version in Redis; others poll")
         await self.reload()
         with contextlib.suppress(Exception):
@@ -100,7 +98,7 @@ class FlagCache:
         try:
             async with asyncio.timeout(1.0):
                 raw = await self._redis.get(self._version_key)
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_ERRORS:
             return self._version
         return int(raw) if raw is not None else 0
 

@@ -56,10 +56,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol, TypeVar
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from chat_server.errors import Unavailable
+
+from .redis_client import REDIS_ERRORS, RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +201,7 @@ class RedisQuotaCounter:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         prefix: str = "chat",
         *,
         timeout: float = 1.0,
@@ -231,7 +230,7 @@ class RedisQuotaCounter:
             async with asyncio.timeout(self._timeout):
                 async with self._slots:
                     return await make()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             raise Unavailable("Redis is unavailable", context={"service": "redis"}) from exc
 
     def _key(self, *, user_id: str, feature: str, game_id: str, now: datetime) -> str:

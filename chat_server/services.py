@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from redis.asyncio import BlockingConnectionPool, Redis
-
 from .auth import TokenVerifier
 from .backplane import Backplane, MemoryBackplane, RedisBackplane
 from .bgg import BggClient
@@ -28,6 +26,7 @@ from .errors import Unavailable
 from .flag_cache import FlagCache
 from .providers import Provider, build_providers
 from .quotas import MemoryQuotaCounter, QuotaCounter, RedisQuotaCounter
+from .redis_client import RedisClient, connect_redis, discover_cluster
 from .sessions.chat import ChatService
 from .sessions.events import EventFeed, MemoryEvents, RedisEvents
 from .sessions.manager import TurnManager
@@ -51,7 +50,7 @@ log = logging.getLogger(__name__)
 class Services:
     settings: Settings
     db: Database
-    redis: Redis | None
+    redis: RedisClient | None
     backplane: Backplane
     verifier: TokenVerifier
     quotas: QuotaCounter
@@ -122,22 +121,13 @@ async def build_services(settings: Settings) -> Services:
             added = await seed_demo_games(db, settings.environment)
             if added:
                 log.info("seeded %d demo games", added)
-        redis: Redis | None = None
+        redis: RedisClient | None = None
         backplane: Backplane
         quotas: QuotaCounter
         if settings.redis_url:
-            # redis-py 8's default pool refuses (MaxConnectionsError) past 100
-            # connections instead of waiting: a blocking pool waits up to the timeout.
-            pool = BlockingConnectionPool.from_url(
-                settings.redis_url,
-                max_connections=settings.redis_max_connections,
-                timeout=settings.redis_timeout,
-                socket_timeout=settings.redis_timeout,
-                socket_connect_timeout=settings.redis_timeout,
-                health_check_interval=15,
-            )
-            redis = Redis.from_pool(pool)
+            redis = connect_redis(settings)
             stack.push_async_callback(redis.aclose)
+            await discover_cluster(redis, settings.redis_timeout * 3)
             backplane = RedisBackplane(
                 redis, prefix=settings.redis_prefix, timeout=settings.redis_timeout
             )

@@ -16,10 +16,8 @@ import logging
 import time
 from typing import Protocol
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from .errors import Unavailable
+from .redis_client import REDIS_ERRORS, RedisClient
 
 __all__ = ["MemorySlots", "RedisSlots", "UserSlots"]
 
@@ -76,7 +74,7 @@ class MemorySlots:
 class RedisSlots:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         limit: int,
         *,
         prefix: str = "chat",
@@ -103,7 +101,7 @@ class RedisSlots:
                     keys=[self._key(user_id)],
                     args=[now, now + self._ttl, connection_id, self.limit, int(self._ttl * 1000)],
                 )
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             raise Unavailable("Redis is unavailable", context={"service": "redis"}) from exc
         if granted:
             self._held[connection_id] = user_id
@@ -111,7 +109,7 @@ class RedisSlots:
 
     async def release(self, user_id: str, connection_id: str) -> None:
         self._held.pop(connection_id, None)
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        with contextlib.suppress(*REDIS_ERRORS):
             async with asyncio.timeout(self._timeout):
                 await self._redis.zrem(self._key(user_id), connection_id)
 
@@ -132,7 +130,7 @@ class RedisSlots:
             try:
                 async with asyncio.timeout(self._timeout * 3):
                     await pipe.execute()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("user slots: refresh failed (%s)", type(exc).__name__)
 
     async def aclose(self) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests import services
+from tests.redis_cluster import RedisClusterNodes, RedisTarget, redis_cluster
 
 pytest.register_assert_rewrite("tests.providers")
 
@@ -62,6 +63,23 @@ def redis_url() -> str:
     finally:
         client.close()
     return url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A private three-primary Redis Cluster, started once for the session."""
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as nodes:
+        yield nodes
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def shared_redis(request: pytest.FixtureRequest) -> RedisTarget:
+    """Several instances on one Redis: a single server, then a Redis Cluster."""
+    if request.param == "redis":
+        return RedisTarget(str(request.getfixturevalue("redis_url")), cluster=False)
+    nodes: RedisClusterNodes = request.getfixturevalue("redis_cluster_nodes")
+    nodes.flush()
+    return RedisTarget(nodes.url, cluster=True)
 
 
 @pytest.fixture

@@ -1,5 +1,8 @@
 """Several instances as one (real Postgres and Redis): the live registry, kills, the
-event feed, resuming a turn on another instance, SIGKILL and SIGTERM."""
+event feed, resuming a turn on another instance, SIGKILL and SIGTERM.
+
+Every test that shares Redis between instances runs twice: on a single Redis and on
+a three-primary Redis Cluster."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import pytest
 
 from chat_server.storage.audit import list_actions
 from tests.processes import server_process
+from tests.redis_cluster import RedisTarget
 from tests.server import RunningServer, make_settings, running_server
 from tests.upstreams import OpenAIUpstream, Script
 from tests.wsclient import ws_client
@@ -27,10 +31,10 @@ def upstream() -> Iterator[OpenAIUpstream]:
         yield up
 
 
-def cluster_settings(tmp_path: Path, postgres_url: str, redis_url: str, **extra: Any) -> Any:
+def cluster_settings(tmp_path: Path, postgres_url: str, redis: RedisTarget, **extra: Any) -> Any:
     values: dict[str, Any] = {
         "database_url": postgres_url,
-        "redis_url": redis_url,
+        **redis.settings(),
         "seed_demo": True,
         "registry_heartbeat": 0.5,
         "registry_ttl": 3.0,
@@ -42,10 +46,10 @@ def cluster_settings(tmp_path: Path, postgres_url: str, redis_url: str, **extra:
 
 @pytest.fixture
 def pair(
-    tmp_path: Path, postgres_url: str, redis_url: str, upstream: OpenAIUpstream
+    tmp_path: Path, postgres_url: str, shared_redis: RedisTarget, upstream: OpenAIUpstream
 ) -> Iterator[tuple[RunningServer, RunningServer]]:
     settings = cluster_settings(
-        tmp_path, postgres_url, redis_url, openai_api_key="sk", openai_base_url=upstream.base_url
+        tmp_path, postgres_url, shared_redis, openai_api_key="sk", openai_base_url=upstream.base_url
     )
     with running_server(settings) as a, running_server(settings) as b:
         yield a, b
@@ -255,7 +259,7 @@ async def test_event_feed_orders_a_turn_and_resumes_with_last_event_id(
 async def test_killed_instance_leaves_the_listing_and_its_answer_is_marked(
     tmp_path: Path,
     postgres_url: str,
-    redis_url: str,
+    shared_redis: RedisTarget,
     upstream: OpenAIUpstream,
 ) -> None:
     """SIGKILL an instance mid-turn: its session leaves the listing within the TTL and
@@ -263,14 +267,14 @@ async def test_killed_instance_leaves_the_listing_and_its_answer_is_marked(
     upstream.script = Script(tokens=[f"x{i} " for i in range(1000)], token_delay=0.02)
     env = {
         "DATABASE_URL": postgres_url,
-        "REDIS_URL": redis_url,
+        **shared_redis.env(),
         "SEED_DEMO": "true",
         "REGISTRY_TTL": "2",
         "REGISTRY_HEARTBEAT": "0.5",
         "OPENAI_API_KEY": "sk",
         "OPENAI_BASE_URL": upstream.base_url,
     }
-    settings = cluster_settings(tmp_path, postgres_url, redis_url, orphan_sweep_interval=0.5)
+    settings = cluster_settings(tmp_path, postgres_url, shared_redis, orphan_sweep_interval=0.5)
     with running_server(settings) as a, server_process(env, tmp_path) as doomed:
         game = await catan(a)
         async with ws_client(doomed.ws_url, a.token("alice")) as client:
@@ -372,10 +376,10 @@ async def test_cancel_after_resuming_on_another_instance_stops_the_turn(
 
 
 async def test_connections_per_user_count_across_instances(
-    tmp_path: Path, postgres_url: str, redis_url: str
+    tmp_path: Path, postgres_url: str, shared_redis: RedisTarget
 ) -> None:
     """WS_MAX_CONNECTIONS_PER_USER spans instances: two on A and one on B is three."""
-    settings = cluster_settings(tmp_path, postgres_url, redis_url, ws_max_connections_per_user=2)
+    settings = cluster_settings(tmp_path, postgres_url, shared_redis, ws_max_connections_per_user=2)
     with running_server(settings) as a, running_server(settings) as b:
         token = a.token("greedy")
         async with (

@@ -213,6 +213,7 @@ BAD_VALUES = [
     ("LOG_LEVEL", "chatty"),
     ("PROVIDER_FALLBACK", "openai,skynet"),
     ("DEFAULT_PROVIDER", "skynet"),
+    ("REDIS_CLUSTER", "true"),  # a cluster with no REDIS_URL to find it by
 ]
 
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from chat_server.errors import Unavailable
 from chat_server.quotas import (
@@ -29,6 +30,8 @@ from chat_server.quotas import (
     next_midnight,
     quota_key,
 )
+from chat_server.redis_client import RedisClient, discover_cluster
+from tests.redis_cluster import RedisClusterNodes, RedisTarget
 
 USER, GAME, FEATURE = "user-1", "game-1", "chat"
 WAIT = 30.0  # the most any one test may wait on its awaits
@@ -39,13 +42,25 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-@pytest.fixture(params=["memory", "redis"])
-def counter(request: pytest.FixtureRequest) -> QuotaCounter:
-    """Each behaviour test runs on the in-process counter and on a real Redis."""
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+async def counter(request: pytest.FixtureRequest) -> AsyncIterator[QuotaCounter]:
+    """Each behaviour test runs on the in-process counter, a real Redis and a real
+    Redis Cluster."""
     if request.param == "memory":
-        return MemoryQuotaCounter()
-    client = request.getfixturevalue("redis_client")
-    return RedisQuotaCounter(client)
+        yield MemoryQuotaCounter()
+        return
+    if request.param == "redis":
+        target = RedisTarget(str(request.getfixturevalue("redis_url")), cluster=False)
+    else:
+        nodes: RedisClusterNodes = request.getfixturevalue("redis_cluster_nodes")
+        nodes.flush()
+        target = RedisTarget(nodes.url, cluster=True)
+    client = _client(target, 2)
+    await discover_cluster(client, 5)  # as the server does at startup
+    try:
+        yield RedisQuotaCounter(client)
+    finally:
+        await client.aclose()
 
 
 async def reserve(
@@ -90,13 +105,19 @@ async def test_burst_grants_exactly_the_limit(counter: QuotaCounter) -> None:
     assert (quota.used, quota.remaining) == (37, 0)
 
 
+def _client(target: RedisTarget, timeout: float) -> RedisClient:
+    kind = RedisCluster if target.cluster else Redis
+    return kind.from_url(target.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
 def _reserve_in_process(
-    redis_url: str, now_iso: str, limit: int, name: str, barrier: Any, results: Any
+    target: RedisTarget, now_iso: str, limit: int, name: str, barrier: Any, results: Any
 ) -> None:
     """Child process: its own client and event loop, 250 concurrent reservations."""
 
     async def run() -> int:
-        client = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        client = _client(target, 5)
+        await discover_cluster(client, 5)
         try:
             counter = RedisQuotaCounter(client, timeout=10)
             await counter.ping()
@@ -113,15 +134,16 @@ def _reserve_in_process(
     results.put((name, asyncio.run(run())))
 
 
-def test_two_processes_grant_exactly_the_limit(redis_url: str) -> None:
-    """Two server processes sharing a Redis start exactly the limit between them."""
+def test_two_processes_grant_exactly_the_limit(shared_redis: RedisTarget) -> None:
+    """Two server processes sharing a Redis (or a Redis Cluster) start exactly the limit
+    between them."""
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
     now, limit = utc_now(), 173
     procs = [
         ctx.Process(
             target=_reserve_in_process,
-            args=(redis_url, now.isoformat(), limit, name, barrier, results),
+            args=(shared_redis, now.isoformat(), limit, name, barrier, results),
         )
         for name in ("a", "b")
     ]
@@ -143,7 +165,7 @@ def test_two_processes_grant_exactly_the_limit(redis_url: str) -> None:
     assert granted["a"] + granted["b"] == limit
 
     async def check() -> int:
-        client = Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        client = _client(shared_redis, 2)
         try:
             async with asyncio.timeout(WAIT):
                 return await used(RedisQuotaCounter(client), now=now)

@@ -21,8 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from ..redis_client import REDIS_ERRORS, RedisClient
 
 __all__ = ["Event", "EventFeed", "MemoryEvents", "RedisEvents"]
 
@@ -89,7 +88,7 @@ class MemoryEvents:
 class RedisEvents:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         prefix: str = "chat",
         capacity: int = 10_000,
@@ -125,7 +124,7 @@ class RedisEvents:
                 try:
                     async with asyncio.timeout(self._timeout * 3):
                         await pipe.execute()
-                except (RedisError, OSError, TimeoutError) as exc:
+                except REDIS_ERRORS as exc:
                     log.warning("events: Redis write failed (%s); retrying", type(exc).__name__)
                     await asyncio.sleep(1.0)
                     continue
@@ -142,7 +141,7 @@ class RedisEvents:
                     result: Any = await self._redis.xread(
                         {self._key: cursor}, count=500, block=int(wait * 1000)
                     )
-            except (RedisError, OSError, TimeoutError):
+            except REDIS_ERRORS:
                 await asyncio.sleep(1.0)
                 yield []
                 continue
@@ -157,7 +156,7 @@ class RedisEvents:
 
     async def _newest_id(self) -> str:
         """The id of the newest event, so a new subscriber gets what comes after it."""
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        with contextlib.suppress(*REDIS_ERRORS):
             async with asyncio.timeout(self._timeout):
                 newest: Any = await self._redis.xrevrange(self._key, count=1)
             if newest:

@@ -6,9 +6,11 @@ connection) and publishes them:
 - ``MemoryRegistry`` (one instance): listing reads the local snapshots directly.
 - ``RedisRegistry``: every ``flush_interval`` the entries that changed, and every
   ``heartbeat_interval`` all of them, are written in one pipeline as
-  ``{prefix}:live:{session_id}`` (JSON, TTL ``ttl``) and indexed in the sorted set
-  ``{prefix}:live`` scored by their expiry time; the instance itself is kept alive in
-  ``{prefix}:instances`` the same way. A killed instance stops refreshing: its
+  ``{prefix}:{live}:{session_id}`` (JSON, TTL ``ttl``) and indexed in the sorted set
+  ``{prefix}:{live}`` scored by their expiry time; the instance itself is kept alive in
+  ``{prefix}:{live}:instances`` the same way. The ``{live}`` hash tag puts every
+  registry key in one slot of a Redis Cluster, so the listing's ``MGET`` and the
+  flush pipeline stay single-slot. A killed instance stops refreshing: its
   sessions leave the listing within ``ttl`` seconds (15 by default), and its
   half-finished answers are given a final status by ``sweep_orphans`` on the
   instances that remain.
@@ -27,10 +29,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from ..errors import Unavailable
+from ..redis_client import REDIS_ERRORS, RedisClient
 
 __all__ = ["MemoryRegistry", "RedisRegistry", "Registry", "Snapshot"]
 
@@ -99,7 +99,7 @@ class RedisRegistry:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         instance_id: str,
         *,
         prefix: str = "chat",
@@ -124,10 +124,14 @@ class RedisRegistry:
 
     @property
     def _index(self) -> str:
-        return f"{self._prefix}:live"
+        return f"{self._prefix}:{{live}}"
 
     def _key(self, session_id: str) -> str:
-        return f"{self._prefix}:live:{session_id}"
+        return f"{self._prefix}:{{live}}:{session_id}"
+
+    @property
+    def _instances(self) -> str:
+        return f"{self._prefix}:{{live}}:instances"
 
     def put(self, session_id: str, snapshot: Snapshot) -> None:
         self._entries[session_id] = snapshot
@@ -154,17 +158,15 @@ class RedisRegistry:
                 if not ids:
                     return []
                 values = await self._redis.mget([self._key(_text(i)) for i in ids])
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             raise Unavailable("Redis is unavailable", context={"service": "redis"}) from exc
         return [json.loads(v) for v in values if v]
 
     async def live_instances(self) -> set[str] | None:
         try:
             async with asyncio.timeout(self._timeout):
-                ids: Any = await self._redis.zrangebyscore(
-                    f"{self._prefix}:instances", time.time(), "+inf"
-                )
-        except (RedisError, OSError, TimeoutError):
+                ids: Any = await self._redis.zrangebyscore(self._instances, time.time(), "+inf")
+        except REDIS_ERRORS:
             return None
         return {_text(i) for i in ids}
 
@@ -172,7 +174,7 @@ class RedisRegistry:
         if self._task is None:
             try:
                 await self._flush(full=True)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_ERRORS as exc:
                 # Start anyway: /readyz names Redis, and the flusher catches up later.
                 log.warning("registry: Redis unreachable at start (%s)", type(exc).__name__)
             self._task = asyncio.create_task(self._run(), name="registry-flusher")
@@ -186,7 +188,7 @@ class RedisRegistry:
             full = time.monotonic() - self._last_full >= self._heartbeat
             try:
                 await self._flush(full=full)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("registry: Redis write failed (%s); will retry", type(exc).__name__)
                 self._dirty.update(self._entries)
             await asyncio.sleep(self._flush_interval)
@@ -206,9 +208,9 @@ class RedisRegistry:
             pipe.delete(self._key(sid))
             pipe.zrem(self._index, sid)
         if full:
-            pipe.zadd(f"{self._prefix}:instances", {self.instance_id: expires})
+            pipe.zadd(self._instances, {self.instance_id: expires})
             pipe.zremrangebyscore(self._index, "-inf", now)
-            pipe.zremrangebyscore(f"{self._prefix}:instances", "-inf", now - 3600)
+            pipe.zremrangebyscore(self._instances, "-inf", now - 3600)
             self._last_full = time.monotonic()
         async with asyncio.timeout(self._timeout * 3):
             await pipe.execute()
@@ -222,10 +224,10 @@ class RedisRegistry:
             self._task = None
         self._removed.update(self._entries)
         self._entries.clear()
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self._flush(full=False)
             async with asyncio.timeout(self._timeout):
-                await self._redis.zrem(f"{self._prefix}:instances", self.instance_id)
+                await self._redis.zrem(self._instances, self.instance_id)
 
 
 def _text(value: bytes | str) -> str:

@@ -26,10 +26,8 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from ..backplane import Backplane
+from ..redis_client import REDIS_ERRORS, RedisClient
 from .manager import TurnManager
 from .outbox import Outbox
 
@@ -46,7 +44,7 @@ class TurnRelay:
     def __init__(
         self,
         *,
-        redis: Redis | None,
+        redis: RedisClient | None,
         backplane: Backplane,
         manager: TurnManager,
         prefix: str = "chat",
@@ -99,7 +97,7 @@ class TurnRelay:
             if frame.get("type") == "turn.completed":
                 return
 
-    async def _add(self, redis: Redis, stream: str, frame: dict[str, Any]) -> None:
+    async def _add(self, redis: RedisClient, stream: str, frame: dict[str, Any]) -> None:
         try:
             async with asyncio.timeout(3.0):
                 pipe = redis.pipeline(transaction=False)
@@ -108,7 +106,7 @@ class TurnRelay:
                 )
                 pipe.expire(stream, self._stream_ttl)
                 await pipe.execute()
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_ERRORS:
             log.warning("relay: could not write to %s", stream)
 
     # -- replica side ----------------------------------------------------------------
@@ -140,7 +138,7 @@ class TurnRelay:
                         result = await self._redis.xread(
                             {stream: cursor}, count=200, block=int(wait * 1000)
                         )
-                except (RedisError, OSError, TimeoutError):
+                except REDIS_ERRORS:
                     result = []
                 if not result:
                     if not attached:

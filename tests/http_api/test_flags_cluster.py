@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 
 from chat_server.config import Settings
 from chat_server.storage.flags import upsert_flag
+from tests.redis_cluster import RedisTarget
 from tests.server import RunningServer, make_settings, running_server
 from tests.wsclient import ws_client
 
@@ -33,10 +33,10 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, postgres_url: str, shared_redis: RedisTarget) -> Iterator[Cluster]:
     def settings(name: str) -> Settings:
         return make_settings(
-            tmp_path / name, database_url=postgres_url, redis_url=redis_url, seed_demo=True
+            tmp_path / name, database_url=postgres_url, seed_demo=True, **shared_redis.settings()
         )
 
     with running_server(settings("a")) as a, running_server(settings("b")) as b:
@@ -117,32 +117,29 @@ async def test_flag_limit_set_on_a_reaches_b_within_a_second(cluster: Cluster) -
         assert took < WITHIN
 
 
-async def test_lost_signal_converges_through_the_version_poll(
-    cluster: Cluster, redis_url: str
-) -> None:
+async def test_lost_signal_converges_through_the_version_poll(cluster: Cluster) -> None:
     """With no pub/sub message (DB write plus version bump only), A and B still converge."""
-    redis = Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        async with asyncio.timeout(30), httpx.AsyncClient(timeout=TIMEOUT) as http:
-            cluster.a.call(
-                upsert_flag(
-                    cluster.a.services.db,
-                    feature_key="chat",
-                    scope_type="game",
-                    scope_id=cluster.game_id,
-                    role=None,
-                    environment=cluster.a.settings.environment,
-                    enabled=True,
-                    metadata={"daily_limit": 3},
-                )
+    redis = cluster.a.services.redis
+    assert redis is not None
+    async with asyncio.timeout(30), httpx.AsyncClient(timeout=TIMEOUT) as http:
+        cluster.a.call(
+            upsert_flag(
+                cluster.a.services.db,
+                feature_key="chat",
+                scope_type="game",
+                scope_id=cluster.game_id,
+                role=None,
+                environment=cluster.a.settings.environment,
+                enabled=True,
+                metadata={"daily_limit": 3},
             )
-            # Written behind the servers' backs: nobody reloads until the version moves.
-            await asyncio.sleep(1.5)
-            assert await daily_limit(http, cluster.b, cluster.game_id) != 3
-            await redis.incr(f"{cluster.a.settings.redis_prefix}:flags:version")
-            took_b = await seconds_until_limit(http, cluster.b, cluster.game_id, 3, budget=5)
-            took_a = await seconds_until_limit(http, cluster.a, cluster.game_id, 3, budget=5)
-            assert took_b < WITHIN + 0.5
-            assert took_a < WITHIN + 0.5
-    finally:
-        await redis.aclose()
+        )
+        # Written behind the servers' backs: nobody reloads until the version moves.
+        await asyncio.sleep(1.5)
+        assert await daily_limit(http, cluster.b, cluster.game_id) != 3
+        # Through A's own client (its loop): the same Redis, single or cluster.
+        cluster.a.call(redis.incr(f"{cluster.a.settings.redis_prefix}:flags:version"))
+        took_b = await seconds_until_limit(http, cluster.b, cluster.game_id, 3, budget=5)
+        took_a = await seconds_until_limit(http, cluster.a, cluster.game_id, 3, budget=5)
+        assert took_b < WITHIN + 0.5
+        assert took_a < WITHIN + 0.5
