@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from tests.private_redis import private_redis
 from tests.redis_cluster import redis_cluster
@@ -15,11 +19,27 @@ from tests.server import make_settings, running_server
 from tests.wsclient import ws_client
 
 
-async def test_redis_stopped_mid_run_then_started(tmp_path: Path) -> None:
-    """Redis down: the next turn gets `unavailable` within 2 s and /readyz says redis;
-    Redis back: turns work again, counted once each."""
-    with private_redis(tmp_path) as redis:
-        settings = make_settings(tmp_path, redis_url=redis.url, redis_timeout=0.5)
+@contextmanager
+def redis_to_stop(
+    kind: str, workdir: Path
+) -> Iterator[tuple[dict[str, Any], Callable[[], None], Callable[[], None]]]:
+    """A Redis of our own (a single server or a three-primary cluster): the settings
+    that reach it, how to stop it, and how to start it again (empty)."""
+    if kind == "redis":
+        with private_redis(workdir) as redis:
+            yield {"redis_url": redis.url}, redis.stop, redis.start
+    else:
+        with redis_cluster(workdir / "cluster") as nodes:
+            yield {"redis_url": nodes.url, "redis_cluster": True}, nodes.stop, nodes.restart
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_redis_stopped_mid_run_then_started(tmp_path: Path, kind: str) -> None:
+    """Redis (or every node of a Redis Cluster) down: the next turn gets `unavailable`
+    within 2 s and /readyz says redis; Redis back: turns work again, counted once each,
+    with no restart."""
+    with redis_to_stop(kind, tmp_path) as (reach, stop, start):
+        settings = make_settings(tmp_path, redis_timeout=0.5, **reach)
         with running_server(settings) as server:
             token = server.token("alice")
             headers = {"Authorization": f"Bearer {token}"}
@@ -31,7 +51,7 @@ async def test_redis_stopped_mid_run_then_started(tmp_path: Path) -> None:
                     first = await client.ask("How do I win?")
                     assert first[0]["quota"]["used"] == 1
 
-                    redis.stop()
+                    stop()
                     started = time.monotonic()
                     await client.send({"type": "message", "text": "How do I win?"})
                     error = await client.expect("error")
@@ -41,43 +61,7 @@ async def test_redis_stopped_mid_run_then_started(tmp_path: Path) -> None:
                     assert ready.status_code == 503
                     assert ready.json()["context"]["failed"] == ["redis"]
 
-                    redis.start()  # an empty Redis: it keeps nothing on disk here
-                    again = await client.ask("How do I win?")
-                    assert again[-1]["finish_reason"] == "stop"
-                    assert again[0]["quota"]["used"] == 1
-                    ready = await http.get(f"{server.url}/readyz")
-                    assert ready.status_code == 200
-
-
-async def test_redis_cluster_stopped_mid_run_then_started(tmp_path: Path) -> None:
-    """The same on a Redis Cluster: every node down gives `unavailable` within 2 s and
-    /readyz says redis; the nodes back and turns work again, with no restart."""
-    with redis_cluster(tmp_path / "cluster") as nodes:
-        settings = make_settings(
-            tmp_path, redis_url=nodes.url, redis_cluster=True, redis_timeout=0.5
-        )
-        with running_server(settings) as server:
-            token = server.token("alice")
-            headers = {"Authorization": f"Bearer {token}"}
-            async with httpx.AsyncClient(timeout=5) as http:
-                games = (await http.get(f"{server.url}/games", headers=headers)).json()
-                game = games["games"][0]["id"]
-                async with ws_client(server.ws_url, token) as client:
-                    await client.start(game)
-                    first = await client.ask("How do I win?")
-                    assert first[0]["quota"]["used"] == 1
-
-                    nodes.stop()
-                    started = time.monotonic()
-                    await client.send({"type": "message", "text": "How do I win?"})
-                    error = await client.expect("error")
-                    assert error["code"] == "unavailable"
-                    assert time.monotonic() - started < 2.0
-                    ready = await http.get(f"{server.url}/readyz")
-                    assert ready.status_code == 503
-                    assert ready.json()["context"]["failed"] == ["redis"]
-
-                    nodes.restart()  # the same nodes, empty: nothing is kept on disk
+                    start()  # empty: nothing is kept on disk here
                     deadline = time.monotonic() + 15
                     while (await http.get(f"{server.url}/readyz")).status_code != 200:
                         assert time.monotonic() < deadline, "never ready again"
