@@ -108,18 +108,25 @@ class RequestContext:
     """ASGI middleware: every line logged for a request (or WebSocket) has its request_id.
 
     The id is the client's ``X-Request-ID`` when it is short and plain (a proxy's), else
-    a new one; HTTP responses carry it back in ``X-Request-ID``.
+    a new one, bound once for the whole request or connection; HTTP responses carry it
+    back in ``X-Request-ID``. A WebSocket's ``send`` is passed through untouched: it has
+    no response header to add, and a wrapper would cost a call on every frame.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        if kind == "websocket":
+            with bind(request_id=request_id):
+                await self.app(scope, receive, send)
+            return
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

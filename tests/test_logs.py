@@ -15,7 +15,9 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket
 
 from chat_server.auth import mint_token
 from chat_server.logs import (
@@ -180,6 +182,32 @@ async def test_request_id_on_lines_and_response(restore_logging: None) -> None:
     assert len(first["request_id"]) == 32
     assert second["request_id"] == given.headers["x-request-id"] == "proxy-id-1"
     assert third["request_id"] == odd.headers["x-request-id"] != "x" * 200
+
+
+def test_request_id_on_websocket_lines(restore_logging: None) -> None:
+    """Every line a WebSocket logs, before and after it sends, carries its request_id."""
+    out = io.StringIO()
+    configure_logging("info", stream=out)
+    log = logging.getLogger("chat_server.test")
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        log.info("accepted")
+        await websocket.send_text(await websocket.receive_text())
+        log.info("sent")
+        await websocket.close()
+
+    app = RequestContext(Starlette(routes=[WebSocketRoute("/ws", echo)]))
+    with TestClient(app) as client:
+        for headers in ({"X-Request-ID": "proxy-ws-1"}, {}):
+            with client.websocket_connect("/ws", headers=headers) as ws:
+                ws.send_text("ping")
+                assert ws.receive_text() == "ping"
+    ours = [line for line in lines(out) if line["logger"] == "chat_server.test"]
+    assert [line["msg"] for line in ours] == ["accepted", "sent"] * 2
+    assert ours[0]["request_id"] == ours[1]["request_id"] == "proxy-ws-1"
+    assert ours[2]["request_id"] == ours[3]["request_id"] != "proxy-ws-1"
+    assert len(ours[2]["request_id"]) == 32
 
 
 async def test_a_turn_logs_its_ids_and_no_secret(restore_logging: None, tmp_path: Path) -> None:
