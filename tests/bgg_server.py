@@ -21,9 +21,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from types import TracebackType
 from urllib.parse import parse_qsl, urlsplit
 from xml.sax.saxutils import quoteattr
+
+from tests.loop_server import LoopServer
 
 __all__ = ["CATALOGUE", "FakeBgg", "RecordedRequest", "Reply", "item_xml", "items_xml"]
 
@@ -202,22 +203,18 @@ class RecordedRequest:
         return [int(i) for i in self.query.get("id", "").split(",") if i]
 
 
-class FakeBgg:
+class FakeBgg(LoopServer):
     """The fake server; a context manager that starts and stops it (see module docstring)."""
 
     def __init__(
         self, catalogue: dict[int, str] | None = None, *, token: str | None = None
     ) -> None:
+        super().__init__(name="fake-bgg")
         self.catalogue = dict(CATALOGUE if catalogue is None else catalogue)
         self.token = token
         self.requests: list[RecordedRequest] = []
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="fake-bgg")
-        self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
-        self.port = 0
 
     @property
     def base_url(self) -> str:
@@ -228,40 +225,7 @@ class FakeBgg:
         with self._lock:
             self._script.extend(replies)
 
-    def __enter__(self) -> FakeBgg:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=5)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=5)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
-            self._loop.close()
-
-    async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 try:
@@ -284,7 +248,6 @@ class FakeBgg:
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            self._handlers.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

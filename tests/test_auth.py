@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
-import json
 import logging
 import secrets
 import time
@@ -16,48 +12,21 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.warnings import InsecureKeyLengthWarning
 
 from chat_server.auth import Principal, TokenVerifier, is_staff, mint_token
 from chat_server.config import Settings
 from chat_server.errors import TokenExpired, Unauthorized, Unavailable
 from tests.jwks_server import JWKSServer
+from tests.jwt_cases import Claims, KeyPair, by_hand, ec_key, rsa_key, sign, tampered
 
 ISSUER = "http://127.0.0.1/auth/v1"
 SECRET = secrets.token_urlsafe(32)
 TIMEOUT = 5.0
-
-
-@dataclass(frozen=True)
-class KeyPair:
-    kid: str
-    alg: str
-    private: Any
-    public_pem: bytes
-    jwk: dict[str, Any]
-
-
-def _ec_key(kid: str) -> KeyPair:
-    private = ec.generate_private_key(ec.SECP256R1())
-    jwk = ECAlgorithm.to_jwk(private.public_key(), as_dict=True)
-    return KeyPair(kid, "ES256", private, _pem(private), {**jwk, "kid": kid, "alg": "ES256"})
-
-
-def _rsa_key(kid: str) -> KeyPair:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = RSAAlgorithm.to_jwk(private.public_key(), as_dict=True)
-    return KeyPair(kid, "RS256", private, _pem(private), {**jwk, "kid": kid, "alg": "RS256"})
-
-
-def _pem(private: Any) -> bytes:
-    return bytes(
-        private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+claims = Claims(ISSUER)
+# What a tampered payload claims instead: another user, as admin.
+ANOTHER_ADMIN = {"sub": "someone-else", "user_role": "admin"}
 
 
 @dataclass(frozen=True)
@@ -72,7 +41,7 @@ class Keys:
 
 @pytest.fixture(scope="module")
 def keys() -> Keys:
-    return Keys(ec=_ec_key("ec-1"), rsa=_rsa_key("rsa-1"), ec_next=_ec_key("ec-2"))
+    return Keys(ec=ec_key("ec-1"), rsa=rsa_key("rsa-1"), ec_next=ec_key("ec-2"))
 
 
 @pytest.fixture
@@ -99,43 +68,6 @@ async def make_verifier() -> AsyncIterator[Callable[..., TokenVerifier]]:
             await verifier.aclose()
 
 
-def claims(**overrides: Any) -> dict[str, Any]:
-    now = int(time.time())
-    base: dict[str, Any] = {
-        "sub": "user-1",
-        "aud": "authenticated",
-        "role": "authenticated",
-        "iat": now,
-        "exp": now + 3600,
-        "iss": ISSUER,
-    }
-    base.update(overrides)
-    return {k: v for k, v in base.items() if v is not None}
-
-
-def sign(pair: KeyPair, payload: dict[str, Any], kid: str | None = None) -> str:
-    return jwt.encode(payload, pair.private, algorithm=pair.alg, headers={"kid": kid or pair.kid})
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def raw_token(header: dict[str, Any], payload: dict[str, Any], hmac_key: bytes | None) -> str:
-    """Build a token by hand, for what pyjwt refuses to sign (``none``, PEM as HMAC key)."""
-    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(payload).encode())}"
-    signature = b""
-    if hmac_key is not None:
-        signature = hmac.new(hmac_key, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64(signature)}"
-
-
-def tamper(token: str) -> str:
-    header, _, signature = token.split(".")
-    forged = _b64(json.dumps(claims(sub="someone-else", user_role="admin")).encode())
-    return f"{header}.{forged}.{signature}"
-
-
 async def verify(verifier: TokenVerifier, token: str) -> Principal:
     async with asyncio.timeout(TIMEOUT):
         return await verifier.verify(token)
@@ -148,20 +80,23 @@ REFUSALS: dict[str, Callable[[Keys], str]] = {
     "wrong iss": lambda k: sign(k.ec, claims(iss="https://evil.example/auth/v1")),
     "no iss": lambda k: sign(k.ec, claims(iss=None)),
     "no exp": lambda k: sign(k.ec, claims(exp=None)),
-    "alg none": lambda k: raw_token({"alg": "none", "typ": "JWT"}, claims(), None),
-    "alg None": lambda k: raw_token({"alg": "None", "kid": k.ec.kid}, claims(), None),
-    "HS256 signed with the EC public key": lambda k: raw_token(
+    "alg none": lambda k: by_hand({"alg": "none", "typ": "JWT"}, claims(), None),
+    "alg None": lambda k: by_hand({"alg": "None", "kid": k.ec.kid}, claims(), None),
+    "HS256 signed with the EC public key": lambda k: by_hand(
         {"alg": "HS256", "kid": k.ec.kid}, claims(), k.ec.public_pem
     ),
-    "HS256 signed with the RSA public key": lambda k: raw_token(
+    "HS256 signed with the RSA public key": lambda k: by_hand(
         {"alg": "HS256", "kid": k.rsa.kid}, claims(), k.rsa.public_pem
     ),
-    "RS256 header on an EC key": lambda k: raw_token(
+    "RS256 header on an EC key": lambda k: by_hand(
         {"alg": "RS256", "kid": k.ec.kid}, claims(), k.ec.public_pem
     ),
-    "tampered payload ES256": lambda k: tamper(sign(k.ec, claims())),
-    "tampered payload RS256": lambda k: tamper(sign(k.rsa, claims())),
-    "tampered payload HS256": lambda k: tamper(mint_token(secret=SECRET, user_id="u", role=None)),
+    "tampered payload ES256": lambda k: tampered(sign(k.ec, claims()), claims(**ANOTHER_ADMIN)),
+    "tampered payload RS256": lambda k: tampered(sign(k.rsa, claims()), claims(**ANOTHER_ADMIN)),
+    "tampered payload HS256": lambda k: tampered(
+        mint_token(secret=SECRET, user_id="u", role=None),
+        claims(**ANOTHER_ADMIN),
+    ),
     "HS256 with another secret": lambda k: mint_token(
         secret=secrets.token_urlsafe(32), user_id="u", role="admin", issuer=ISSUER
     ),
@@ -201,7 +136,7 @@ async def test_hs256_signed_with_public_key_refused_without_secret(
     """With only a JWKS configured, an HS256 token keyed by a public PEM is unauthorized."""
     pair: KeyPair = getattr(keys, pair_name)
     verifier = make_verifier(jwks_url=jwks.url)
-    token = raw_token({"alg": "HS256", "kid": pair.kid}, claims(), pair.public_pem)
+    token = by_hand({"alg": "HS256", "kid": pair.kid}, claims(), pair.public_pem)
     with pytest.raises(Unauthorized) as caught:
         await verify(verifier, token)
     assert caught.type is Unauthorized

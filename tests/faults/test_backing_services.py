@@ -15,11 +15,13 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from tests.private_redis import PrivateRedis, private_redis
 from tests.server import RunningServer, make_settings, running_server
+from tests.tcp_proxy import TcpProxy
 from tests.upstreams import OpenAIUpstream, Script
 from tests.wsclient import Client, ws_client
 
-from .support import DurableRedis, Forwarder, bearer, durable_redis, first_game
+from .support import bearer, first_game
 
 pytestmark = pytest.mark.faults
 
@@ -37,8 +39,8 @@ def upstream() -> Iterator[OpenAIUpstream]:
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[DurableRedis]:
-    with durable_redis(tmp_path) as server:
+def redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    with private_redis(tmp_path, durable=True) as server:
         yield server
 
 
@@ -78,7 +80,7 @@ async def refused_quickly(client: Client, text: str = "Refused?") -> dict[str, A
 
 
 async def test_redis_killed_mid_turn_then_started(
-    tmp_path: Path, redis: DurableRedis, upstream: OpenAIUpstream
+    tmp_path: Path, redis: PrivateRedis, upstream: OpenAIUpstream
 ) -> None:
     """Redis dies while an answer streams: the answer finishes, the next turn gets
     `unavailable` quickly, /readyz names redis; Redis back: turns work, each counted once."""
@@ -92,7 +94,7 @@ async def test_redis_killed_mid_turn_then_started(
             await client.send({"type": "message", "text": "Second?"})
             await client.expect("turn.started")
             await client.expect("turn.delta")
-            redis.kill()
+            redis.stop()
             frames = await client.until("turn.completed")
             assert frames[-1]["finish_reason"] == "stop"
 
@@ -110,7 +112,7 @@ async def test_redis_killed_mid_turn_then_started(
 
 
 async def test_hung_redis_refuses_quickly_and_counts_nothing_for_it(
-    tmp_path: Path, redis: DurableRedis, upstream: OpenAIUpstream
+    tmp_path: Path, redis: PrivateRedis, upstream: OpenAIUpstream
 ) -> None:
     """Redis stops answering (SIGSTOP): the turn gets `unavailable` within the timeout;
     once it answers again, the refused turn is not counted."""
@@ -132,7 +134,7 @@ async def test_hung_redis_refuses_quickly_and_counts_nothing_for_it(
 
 
 async def test_refund_owed_during_a_redis_outage_is_paid_when_it_returns(
-    tmp_path: Path, redis: DurableRedis, upstream: OpenAIUpstream
+    tmp_path: Path, redis: PrivateRedis, upstream: OpenAIUpstream
 ) -> None:
     """A turn fails before its first token while Redis is down: once Redis is back its
     place is given back, as for any turn that never streamed."""
@@ -144,7 +146,7 @@ async def test_refund_owed_during_a_redis_outage_is_paid_when_it_returns(
             await client.start(game)
             await client.send({"type": "message", "text": "Never answered?"})
             await client.expect("turn.started")
-            redis.kill()
+            redis.stop()
             frames = await client.until("turn.completed")
             assert frames[-1]["finish_reason"] == "error"
             redis.start()
@@ -161,12 +163,12 @@ async def test_refund_owed_during_a_redis_outage_is_paid_when_it_returns(
 
 
 @pytest.fixture
-def database(postgres_url: str) -> Iterator[tuple[Forwarder, str]]:
-    """The test database behind a forwarder the test can cut or stall."""
+def database(postgres_url: str) -> Iterator[tuple[TcpProxy, str]]:
+    """The test database behind a proxy the test can cut or stall."""
     parts = urlsplit(postgres_url)
-    with Forwarder(parts.hostname or "127.0.0.1", parts.port or 5432) as forwarder:
-        netloc = f"{parts.username or 'postgres'}@127.0.0.1:{forwarder.port}"
-        yield forwarder, parts._replace(netloc=netloc).geturl()
+    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        netloc = f"{parts.username or 'postgres'}@127.0.0.1:{proxy.port}"
+        yield proxy, parts._replace(netloc=netloc).geturl()
 
 
 async def history(server: RunningServer, token: str, session_id: str) -> list[dict[str, Any]]:
@@ -178,11 +180,11 @@ async def history(server: RunningServer, token: str, session_id: str) -> list[di
 
 
 async def test_database_cut_refuses_turns_and_streams_nothing(
-    tmp_path: Path, redis: DurableRedis, upstream: OpenAIUpstream, database: tuple[Forwarder, str]
+    tmp_path: Path, redis: PrivateRedis, upstream: OpenAIUpstream, database: tuple[TcpProxy, str]
 ) -> None:
     """Postgres unreachable: a new turn gets `unavailable` quickly with no turn.started
     and no answer, its place is not kept, /readyz names the database; back: turns work."""
-    forwarder, url = database
+    proxy, url = database
     settings = settings_for(
         tmp_path, upstream, redis_url=redis.url, database_url=url, seed_demo=True
     )
@@ -192,7 +194,7 @@ async def test_database_cut_refuses_turns_and_streams_nothing(
         async with ws_client(server.ws_url, token) as client:
             await client.start(game)
             await client.ask("First?")
-            forwarder.cut()
+            proxy.cut()
             await refused_quickly(client)
             assert len(upstream.requests) == 1  # nothing asked of the provider
             ready = await readyz(server)
@@ -200,7 +202,7 @@ async def test_database_cut_refuses_turns_and_streams_nothing(
             assert ready.json()["context"]["failed"] == ["database"]
             assert await counted(redis.url) == 1
 
-            forwarder.restore()
+            proxy.restore()
             again = await client.ask("Again?")
             assert again[-1]["finish_reason"] == "stop"
             assert again[0]["quota"]["used"] == 2
@@ -208,11 +210,11 @@ async def test_database_cut_refuses_turns_and_streams_nothing(
 
 
 async def test_database_cut_mid_turn_leaves_no_answer_streaming(
-    tmp_path: Path, redis: DurableRedis, upstream: OpenAIUpstream, database: tuple[Forwarder, str]
+    tmp_path: Path, redis: PrivateRedis, upstream: OpenAIUpstream, database: tuple[TcpProxy, str]
 ) -> None:
     """Postgres goes away while an answer streams and comes back: the stored answer
     soon has a final status (never `streaming` for good)."""
-    forwarder, url = database
+    proxy, url = database
     upstream.script = Script(tokens=[f"t{i} " for i in range(40)], token_delay=0.01)
     settings = settings_for(
         tmp_path, upstream, redis_url=redis.url, database_url=url, seed_demo=True
@@ -225,9 +227,9 @@ async def test_database_cut_mid_turn_leaves_no_answer_streaming(
             await client.send({"type": "message", "text": "Mid-turn?"})
             await client.expect("turn.started")
             await client.expect("turn.delta")
-            forwarder.cut()
+            proxy.cut()
             await client.until("turn.completed")
-            forwarder.restore()
+            proxy.restore()
         deadline = time.monotonic() + 3
         while True:
             statuses = [m["status"] for m in await history(server, token, session_id)]
@@ -239,11 +241,11 @@ async def test_database_cut_mid_turn_leaves_no_answer_streaming(
 
 
 async def test_hung_database_refuses_turns_quickly(
-    tmp_path: Path, redis: DurableRedis, upstream: OpenAIUpstream, database: tuple[Forwarder, str]
+    tmp_path: Path, redis: PrivateRedis, upstream: OpenAIUpstream, database: tuple[TcpProxy, str]
 ) -> None:
     """Postgres stops answering (connections open, nothing comes back): the next turn
     gets `unavailable` within a few seconds, not after a hang."""
-    forwarder, url = database
+    proxy, url = database
     settings = settings_for(
         tmp_path, upstream, redis_url=redis.url, database_url=url, seed_demo=True
     )
@@ -253,13 +255,13 @@ async def test_hung_database_refuses_turns_quickly(
         async with ws_client(server.ws_url, token) as client:
             await client.start(game)
             await client.ask("First?")
-            forwarder.stall()
+            proxy.stall()
             started = time.monotonic()
             try:
                 await client.send({"type": "message", "text": "Hung?"})
                 frame = await client.recv(timeout=DB_QUICK + 0.5)
             finally:
-                forwarder.restore()
+                proxy.restore()
                 waited = time.monotonic() - started
             assert (frame["type"], frame.get("code")) == ("error", "unavailable")
             assert waited < DB_QUICK

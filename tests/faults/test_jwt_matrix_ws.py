@@ -8,24 +8,16 @@ frame alike, with the contract's code and close 4401; no token makes anyone admi
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
-import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
 from websockets.asyncio.client import connect
 
 from tests.jwks_server import JWKSServer
-from tests.server import SECRET, RunningServer, make_settings, running_server
+from tests.jwt_cases import ADMIN, Claims, by_hand, ec_key, hs256, sign, tampered
+from tests.server import RunningServer, make_settings, running_server
 from tests.wsclient import Client, ws_client
 
 pytestmark = pytest.mark.faults
@@ -33,26 +25,9 @@ pytestmark = pytest.mark.faults
 SUPABASE_URL = "http://127.0.0.1:9"
 ISSUER = SUPABASE_URL + "/auth/v1"
 
-
-@dataclass(frozen=True)
-class Key:
-    kid: str
-    private: ec.EllipticCurvePrivateKey
-    public_pem: bytes
-    jwk: dict[str, Any]
-
-
-def ec_key(kid: str) -> Key:
-    private = ec.generate_private_key(ec.SECP256R1())
-    jwk = ECAlgorithm.to_jwk(private.public_key(), as_dict=True)
-    pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return Key(kid, private, pem, {**jwk, "kid": kid, "alg": "ES256", "use": "sig"})
-
-
 PUBLISHED = ec_key("published")
 STRANGER = ec_key("stranger")
+claims = Claims(ISSUER, sub="mallory")
 
 
 @pytest.fixture(scope="module")
@@ -65,50 +40,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
             yield srv
 
 
-def claims(**overrides: Any) -> dict[str, Any]:
-    """Supabase-shaped claims; a None override drops the claim."""
-    now = int(time.time())
-    base: dict[str, Any] = {
-        "sub": "mallory",
-        "aud": "authenticated",
-        "role": "authenticated",
-        "iss": ISSUER,
-        "iat": now,
-        "exp": now + 3600,
-    }
-    base.update(overrides)
-    return {k: v for k, v in base.items() if v is not None}
-
-
-def hs256(payload: dict[str, Any]) -> str:
-    return jwt.encode(payload, SECRET, algorithm="HS256")
-
-
-def es256(key: Key, payload: dict[str, Any], kid: str | None = None) -> str:
-    return jwt.encode(payload, key.private, algorithm="ES256", headers={"kid": kid or key.kid})
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def by_hand(header: dict[str, Any], payload: dict[str, Any], hmac_key: bytes | None) -> str:
-    """A token pyjwt refuses to make: ``alg: none``, or a public key used as HMAC secret."""
-    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(payload).encode())}"
-    signature = b""
-    if hmac_key is not None:
-        signature = hmac.new(hmac_key, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64(signature)}"
-
-
-def tampered(token: str) -> str:
-    """The header and signature of a real token over a payload that now claims admin."""
-    header, _, signature = token.split(".")
-    forged = claims(user_role="admin", app_metadata={"role": "admin"})
-    return f"{header}.{_b64(json.dumps(forged).encode())}.{signature}"
-
-
-ADMIN = {"user_role": "admin", "app_metadata": {"role": "admin"}}
 UNAUTHORIZED, EXPIRED = "unauthorized", "token_expired"
 
 
@@ -129,22 +60,25 @@ REFUSED: dict[str, tuple[Callable[[], str], str]] = {
     "HS256 header, no signature": (lambda: hs256(claims()).rsplit(".", 1)[0] + ".", UNAUTHORIZED),
     "HS256 signed with the published public key": (confused, UNAUTHORIZED),
     "expired": (lambda: hs256(claims(exp=ago(3600))), EXPIRED),
-    "expired ES256": (lambda: es256(PUBLISHED, claims(exp=ago(3600))), EXPIRED),
+    "expired ES256": (lambda: sign(PUBLISHED, claims(exp=ago(3600))), EXPIRED),
     "expired beyond the leeway": (lambda: hs256(claims(exp=ago(30))), EXPIRED),
     "wrong aud": (lambda: hs256(claims(aud="anon")), UNAUTHORIZED),
     "no aud": (lambda: hs256(claims(aud=None)), UNAUTHORIZED),
     "wrong iss": (lambda: hs256(claims(iss="https://evil.example/auth/v1")), UNAUTHORIZED),
     "no iss": (lambda: hs256(claims(iss=None)), UNAUTHORIZED),
     "no sub": (lambda: hs256(claims(sub=None)), UNAUTHORIZED),
-    "tampered HS256": (lambda: tampered(hs256(claims())), UNAUTHORIZED),
-    "tampered ES256": (lambda: tampered(es256(PUBLISHED, claims())), UNAUTHORIZED),
-    "unknown kid": (lambda: es256(STRANGER, claims(**ADMIN)), UNAUTHORIZED),
+    "tampered HS256": (lambda: tampered(hs256(claims()), claims(**ADMIN)), UNAUTHORIZED),
+    "tampered ES256": (
+        lambda: tampered(sign(PUBLISHED, claims()), claims(**ADMIN)),
+        UNAUTHORIZED,
+    ),
+    "unknown kid": (lambda: sign(STRANGER, claims(**ADMIN)), UNAUTHORIZED),
     "published kid, another key": (
-        lambda: es256(STRANGER, claims(**ADMIN), kid=PUBLISHED.kid),
+        lambda: sign(STRANGER, claims(**ADMIN), kid=PUBLISHED.kid),
         UNAUTHORIZED,
     ),
     "another HS256 secret": (
-        lambda: jwt.encode(claims(**ADMIN), "another-secret-" + "x" * 40, algorithm="HS256"),
+        lambda: hs256(claims(**ADMIN), "another-secret-" + "x" * 40),
         UNAUTHORIZED,
     ),
 }
@@ -178,7 +112,7 @@ async def test_refused_token_gets_its_code_and_close_4401(
 
 FORGED_ROLES: dict[str, Callable[[], str]] = {
     "user_metadata role": lambda: hs256(claims(user_metadata={"role": "admin"})),
-    "user_metadata role, ES256": lambda: es256(PUBLISHED, claims(user_metadata={"role": "admin"})),
+    "user_metadata role, ES256": lambda: sign(PUBLISHED, claims(user_metadata={"role": "admin"})),
     "user_metadata user_role": lambda: hs256(claims(user_metadata={"user_role": "admin"})),
     "service_role postgres role": lambda: hs256(claims(role="service_role")),
     "role claim admin": lambda: hs256(claims(role="admin")),
@@ -200,7 +134,7 @@ async def test_refresh_with_a_forged_token_changes_nothing(server: RunningServer
     the user's own role and stays usable."""
     async with ws_client(server.ws_url, hs256(claims()), ready=False) as client:
         assert (await client.expect("ready"))["role"] == "basic"
-        await client.send({"type": "auth", "token": tampered(hs256(claims()))})
+        await client.send({"type": "auth", "token": tampered(hs256(claims()), claims(**ADMIN))})
         error = await client.expect("error")
         assert error["code"] == "unauthorized"
         await client.send({"type": "ping", "id": "still-here"})

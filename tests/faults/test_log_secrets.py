@@ -18,10 +18,11 @@ import pytest
 from chat_server.logs import configure_logging
 from tests.bgg_server import FakeBgg
 from tests.server import SECRET, RunningServer, make_settings, running_server
+from tests.tcp_proxy import TcpProxy
 from tests.upstreams import OpenAIUpstream, Script
 from tests.wsclient import ws_client
 
-from .support import Forwarder, bearer, first_game
+from .support import bearer, first_game
 
 pytestmark = pytest.mark.faults
 
@@ -153,10 +154,10 @@ async def test_a_database_failure_logs_no_message_text(
     parts = urlsplit(postgres_url)
     with (
         OpenAIUpstream() as upstream,
-        Forwarder(parts.hostname or "127.0.0.1", parts.port or 5432) as forwarder,
+        TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy,
     ):
         upstream.script = Script(tokens=ANSWER_WORDS * 20, token_delay=0.01)
-        url = parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{forwarder.port}")
+        url = parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{proxy.port}")
         settings = make_settings(
             tmp_path,
             log_level="info",
@@ -173,9 +174,9 @@ async def test_a_database_failure_logs_no_message_text(
                 await client.send({"type": "message", "text": QUESTION})
                 await client.expect("turn.started")
                 await client.expect("turn.delta")
-                forwarder.cut()
+                proxy.cut()
                 await client.until("turn.completed")
-                forwarder.restore()
+                proxy.restore()
     logged = captured.getvalue()
     assert "storing the answer failed" in logged
     assert_clean(logged, [QUESTION, ANSWER_WORDS[0], ANSWER_WORDS[1], OPENAI_KEY, user])

@@ -7,58 +7,35 @@ issuer is enforced.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
-import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
 
 from tests.jwks_server import JWKSServer
-from tests.server import SECRET, RunningServer, make_settings, running_server
+from tests.jwt_cases import ADMIN, Claims, KeyPair, by_hand, ec_key, hs256, sign, tampered
+from tests.server import RunningServer, make_settings, running_server
 
 from .support import TIMEOUT, expect_error
 
 SUPABASE_URL = "http://127.0.0.1:9"
 ISSUER = SUPABASE_URL + "/auth/v1"
-
-
-@dataclass(frozen=True)
-class EcKey:
-    kid: str
-    private: ec.EllipticCurvePrivateKey
-    public_pem: bytes
-    jwk: dict[str, Any]
-
-
-def _ec_key(kid: str) -> EcKey:
-    private = ec.generate_private_key(ec.SECP256R1())
-    jwk = ECAlgorithm.to_jwk(private.public_key(), as_dict=True)
-    pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return EcKey(kid, private, pem, {**jwk, "kid": kid, "alg": "ES256", "use": "sig"})
+claims = Claims(ISSUER)
 
 
 @dataclass(frozen=True)
 class Keys:
-    published: EcKey
-    stranger: EcKey
+    published: KeyPair
+    stranger: KeyPair
 
 
 @pytest.fixture(scope="module")
 def keys() -> Keys:
-    return Keys(published=_ec_key("ec-published"), stranger=_ec_key("ec-stranger"))
+    return Keys(published=ec_key("ec-published"), stranger=ec_key("ec-stranger"))
 
 
 @pytest.fixture(scope="module")
@@ -77,53 +54,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, jwks: JWKSServer) -> Iterat
         yield srv
 
 
-def claims(**overrides: Any) -> dict[str, Any]:
-    """Supabase-shaped claims for this project; a None override drops the claim."""
-    now = int(time.time())
-    base: dict[str, Any] = {
-        "sub": "user-1",
-        "aud": "authenticated",
-        "role": "authenticated",
-        "iss": ISSUER,
-        "iat": now,
-        "exp": now + 3600,
-    }
-    base.update(overrides)
-    return {k: v for k, v in base.items() if v is not None}
-
-
-def hs256(payload: dict[str, Any]) -> str:
-    return jwt.encode(payload, SECRET, algorithm="HS256")
-
-
-def es256(key: EcKey, payload: dict[str, Any]) -> str:
-    return jwt.encode(payload, key.private, algorithm="ES256", headers={"kid": key.kid})
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def by_hand(header: dict[str, Any], payload: dict[str, Any], hmac_key: bytes | None) -> str:
-    """A token pyjwt would refuse to make: ``alg: none``, or a PEM used as HMAC key."""
-    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(payload).encode())}"
-    signature = b""
-    if hmac_key is not None:
-        signature = hmac.new(hmac_key, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64(signature)}"
-
-
-def tampered(token: str) -> str:
-    """The same header and signature over a payload that now claims admin."""
-    header, _, signature = token.split(".")
-    forged = _b64(json.dumps(claims(user_role="admin", app_metadata={"role": "admin"})).encode())
-    return f"{header}.{forged}.{signature}"
-
-
 REFUSED: dict[str, tuple[Callable[[Keys], str], str]] = {
     "expired": (lambda k: hs256(claims(exp=int(time.time()) - 3600)), "TOKEN_EXPIRED"),
     "expired ES256": (
-        lambda k: es256(k.published, claims(exp=int(time.time()) - 3600)),
+        lambda k: sign(k.published, claims(exp=int(time.time()) - 3600)),
         "TOKEN_EXPIRED",
     ),
     "expired beyond the 10 s leeway": (
@@ -147,17 +81,21 @@ REFUSED: dict[str, tuple[Callable[[Keys], str], str]] = {
         ),
         "UNAUTHORIZED",
     ),
-    "tampered HS256 payload": (lambda k: tampered(hs256(claims())), "UNAUTHORIZED"),
-    "tampered ES256 payload": (lambda k: tampered(es256(k.published, claims())), "UNAUTHORIZED"),
-    "unknown kid": (lambda k: es256(k.stranger, claims()), "UNAUTHORIZED"),
+    "tampered HS256 payload": (
+        lambda k: tampered(hs256(claims()), claims(**ADMIN)),
+        "UNAUTHORIZED",
+    ),
+    "tampered ES256 payload": (
+        lambda k: tampered(sign(k.published, claims()), claims(**ADMIN)),
+        "UNAUTHORIZED",
+    ),
+    "unknown kid": (lambda k: sign(k.stranger, claims()), "UNAUTHORIZED"),
     "published kid, other key": (
-        lambda k: jwt.encode(
-            claims(), k.stranger.private, algorithm="ES256", headers={"kid": k.published.kid}
-        ),
+        lambda k: sign(k.stranger, claims(), kid=k.published.kid),
         "UNAUTHORIZED",
     ),
     "another HS256 secret": (
-        lambda k: jwt.encode(claims(), "another-secret-" + "x" * 40, algorithm="HS256"),
+        lambda k: hs256(claims(), "another-secret-" + "x" * 40),
         "UNAUTHORIZED",
     ),
     "not a JWT": (lambda k: "not-a-token", "UNAUTHORIZED"),
@@ -236,7 +174,7 @@ def test_es256_token_is_accepted_through_the_jwks(
     keys: Keys, jwks: JWKSServer, server: RunningServer
 ) -> None:
     """A token signed with a key the project publishes in its JWKS is let in, role kept."""
-    token = es256(keys.published, claims(sub="es-user", user_role="developer"))
+    token = sign(keys.published, claims(sub="es-user", user_role="developer"))
     response = httpx.get(
         server.url + "/admin/flags", headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT
     )
@@ -256,7 +194,7 @@ def test_alg_confusion_refused_on_a_jwks_only_server(
         claims(user_role="admin"),
         keys.published.public_pem,
     )
-    good = es256(keys.published, claims(user_role="admin"))
+    good = sign(keys.published, claims(user_role="admin"))
     with running_server(settings) as srv, httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
         expect_error(
             http.get("/admin/flags", headers={"Authorization": f"Bearer {forged}"}),

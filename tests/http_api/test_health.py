@@ -9,9 +9,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server import free_port, make_settings, running_server
+from tests.tcp_proxy import TcpProxy
 
 from .support import TIMEOUT, expect_error
-from .tcp_proxy import TcpProxy
 
 
 def test_healthz_is_open_and_ok(tmp_path: Path) -> None:
