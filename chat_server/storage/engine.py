@@ -61,6 +61,11 @@ class Database:
         timeout: float = 5.0,
     ) -> None:
         self.timeout = timeout
+        # SQLite has one writer at a time, and its busy handler lets waiting writers
+        # poll with growing sleeps: under 20 concurrent writers some waited past the
+        # deadline while the lock was mostly free. Queue this process's writers here
+        # instead, in order (Postgres needs no such thing).
+        self._one_writer: asyncio.Lock | None = None
         parsed = make_url(async_url(url))
         if parsed.get_backend_name() == "postgresql" and "sslmode" in parsed.query:
             # libpq spells it sslmode (Supabase's connection strings do); asyncpg, ssl.
@@ -69,6 +74,8 @@ class Database:
             parsed = parsed.set(query=query)
         self.url = parsed.render_as_string(hide_password=False)
         self.dialect = "postgresql" if parsed.get_backend_name() == "postgresql" else "sqlite"
+        if self.dialect == "sqlite":
+            self._one_writer = asyncio.Lock()
         kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": False}
         if self.dialect == "postgresql":
             connect_args: dict[str, Any] = {"timeout": CONNECT_TIMEOUT, "command_timeout": 30}
@@ -120,10 +127,16 @@ class Database:
 
     @asynccontextmanager
     async def write(self, timeout: float | None = None) -> AsyncIterator[AsyncConnection]:
-        """A connection inside a transaction, committed on success; deadline as ``read``."""
+        """A connection inside a transaction, committed on success; deadline as ``read``
+        (on SQLite, waiting for this process's other writers counts towards it)."""
         try:
-            async with asyncio.timeout(timeout or self.timeout), self.engine.begin() as conn:
-                yield conn
+            async with asyncio.timeout(timeout or self.timeout):
+                if self._one_writer is None:
+                    async with self.engine.begin() as conn:
+                        yield conn
+                else:
+                    async with self._one_writer, self.engine.begin() as conn:
+                        yield conn
         except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
             raise Unavailable(
                 "the database is unavailable", context={"service": "database"}

@@ -342,3 +342,22 @@ async def test_text_holding_nul_is_refused_or_kept_intact(
             await start_turn(db, session["id"], "how\x00 to win")
             assert await get_session(db, "a\x00") is None
             assert (await history(db, session["id"]))[0]["content"] == "how\x00 to win"
+
+
+async def test_many_concurrent_turns_are_all_stored(db: Database, game: dict[str, Any]) -> None:
+    """300 turns beginning and finishing at once are all stored, none past the deadline
+    (on SQLite the writers queue in the process instead of polling SQLite's lock)."""
+    db = Database(db.url, timeout=2.5)  # the server's default deadline and pool
+    session = await new_session(db, game["id"])
+
+    async def one_turn(n: int) -> None:
+        turn_id, answer_id = await start_turn(db, session["id"], f"q{n}")
+        await finish_turn(db, record(session, turn_id, answer_id))
+
+    async with asyncio.timeout(WAIT):
+        try:
+            await asyncio.gather(*(one_turn(n) for n in range(300)))
+            rows = await usage_rows(db)
+        finally:
+            await db.dispose()
+    assert len(rows) == 300
