@@ -17,16 +17,15 @@ class Connections:
     """This instance's sockets and authenticated connections.
 
     ``open_socket`` counts every accepted socket, authenticated or not, against
-    ``total`` (a socket waiting to authenticate holds memory too); ``add`` indexes an
-    authenticated one by user. The per-user limit spans every instance:
-    ``user_slots.py``.
+    ``total`` (a socket waiting to authenticate holds memory too); ``add`` registers
+    an authenticated one. The per-user limit spans every instance, so it is kept
+    elsewhere: ``user_slots.py``.
     """
 
     def __init__(self, total: int = 10_000) -> None:
         self.total = total
         self.sockets = 0
-        self._count = 0
-        self._by_user: dict[str, set[Connection]] = {}
+        self._all: set[Connection] = set()
         self.empty = asyncio.Event()
         self.empty.set()
 
@@ -42,28 +41,20 @@ class Connections:
 
     def add(self, connection: Connection) -> bool:
         assert connection.principal is not None
-        mine = self._by_user.setdefault(connection.principal.user_id, set())
-        mine.add(connection)
-        self._count += 1
+        self._all.add(connection)
         self.empty.clear()
         metrics.CONNECTIONS.inc()
         return True
 
     def remove(self, connection: Connection) -> None:
-        if connection.principal is None:
-            return
-        mine = self._by_user.get(connection.principal.user_id)
-        if mine is not None and connection in mine:
-            mine.discard(connection)
-            self._count -= 1
+        if connection in self._all:
+            self._all.discard(connection)
             metrics.CONNECTIONS.dec()
-            if not mine:
-                del self._by_user[connection.principal.user_id]
-        if not self._by_user:
+        if not self._all:
             self.empty.set()
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._all)
 
     def all(self) -> list[Connection]:
-        return [c for conns in self._by_user.values() for c in conns]
+        return list(self._all)

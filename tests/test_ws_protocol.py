@@ -111,6 +111,38 @@ async def test_token_expiry_while_connected_closes_4401(tmp_path: Path) -> None:
             assert await client.closed() == 4401
 
 
+def short_token(user: str, ttl: int) -> str:
+    claims = {"sub": user, "aud": "authenticated", "exp": int(time.time()) + ttl}
+    return jwt.encode({**claims, "user_role": "basic"}, SECRET, algorithm="HS256")
+
+
+async def test_a_fresh_token_keeps_the_connection_past_the_old_expiry(tmp_path: Path) -> None:
+    """An auth frame with a fresh token before expiry: no token_expired, still served."""
+    settings = make_settings(tmp_path, jwt_leeway=0.0)
+    with running_server(settings) as server:
+        async with ws_client(server.ws_url, short_token("u", 2)) as client:
+            await client.send({"type": "auth", "token": short_token("u", 3600)})
+            await asyncio.sleep(3.5)
+            await client.send({"type": "ping", "id": 1})
+            assert await client.expect("pong") == {"type": "pong", "id": 1}
+
+
+async def test_token_expiry_during_a_turn_waits_for_its_end(tmp_path: Path) -> None:
+    """The token runs out while an answer streams: the answer ends (turn.completed),
+    then token_expired and close 4401."""
+    settings = make_settings(tmp_path, jwt_leeway=0.0, local_token_delay=0.05)
+    with running_server(settings) as server:
+        game = games(server)["Catan"]
+        async with ws_client(server.ws_url, short_token("u", 2)) as client:
+            await client.start(game)
+            await client.send({"type": "message", "text": "Tell me all about the robber."})
+            frames = await client.until("turn.completed", timeout=30)
+            assert frames[-1]["finish_reason"] == "stop"
+            assert frames[-1]["timing"]["total_ms"] > 2000  # it outlived the token
+            assert (await client.expect("error"))["code"] == "token_expired"
+            assert await client.closed() == 4401
+
+
 async def test_frame_too_big_closes_1009(server: RunningServer) -> None:
     """A frame over WS_MAX_FRAME_BYTES closes the connection with 1009."""
     async with ws_client(server.ws_url, server.token(), max_size=None) as client:

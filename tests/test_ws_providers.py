@@ -4,6 +4,7 @@ vendor upstream (its exact SSE wire format) to a WebSocket client."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.faults.support import RawWebSocket
 from tests.server import RunningServer, make_settings, running_server
 from tests.upstreams import AnthropicUpstream, GeminiUpstream, OpenAIUpstream, Script
 from tests.wsclient import Client, ws_client
@@ -259,3 +261,169 @@ async def test_unconfigured_provider_is_refused(tmp_path: Path) -> None:
             error = await client.expect("error")
     assert error["code"] == "invalid_frame"
     assert "local" in error["message"]
+
+
+def conversation(upstream: OpenAIUpstream, index: int) -> list[tuple[str, str]]:
+    """The conversation a request carried, the system prompt left out."""
+    return [(m["role"], m["content"]) for m in upstream.requests[index].body["messages"][1:]]
+
+
+async def test_each_turn_sends_the_sessions_latest_turns(
+    tmp_path: Path, openai_up: OpenAIUpstream
+) -> None:
+    """Each turn sends the session's latest HISTORY_TURNS turns: a cancelled answer is
+    left out, two connections on one session each see the other's turns, and a resume
+    on a new connection goes on from what was stored."""
+    settings = settings_for(
+        tmp_path, openai_api_key="sk", openai_base_url=openai_up.base_url, history_turns=2
+    )
+    with running_server(settings) as server:
+        token = server.token()
+        async with ws_client(server.ws_url, token) as first:
+            session_id = (await first.start(catan(server)))["session"]["id"]
+            openai_up.script = Script(tokens=["A1."])
+            await first.ask("Q1")
+            async with ws_client(server.ws_url, token) as second:
+                await second.send({"type": "session.resume", "session_id": session_id})
+                await second.expect("session.ready")
+                openai_up.script = Script(tokens=["A2."])
+                await second.ask("Q2")
+                openai_up.script = Script(tokens=["A3."])
+                await first.ask("Q3")
+                openai_up.script = Script(tokens=[f"t{i} " for i in range(2000)], token_delay=0.01)
+                await second.send({"type": "message", "text": "Q4"})
+                await second.expect("turn.started")
+                await second.expect("turn.delta")
+                await second.send({"type": "cancel"})
+                assert (await second.until("turn.completed"))[-1]["finish_reason"] == "cancelled"
+            openai_up.script = Script(tokens=["A5."])
+            await first.ask("Q5")
+        async with ws_client(server.ws_url, token) as third:
+            await third.send({"type": "session.resume", "session_id": session_id})
+            await third.expect("session.ready")
+            openai_up.script = Script(tokens=["A6."])
+            await third.ask("Q6")
+    assert conversation(openai_up, 0) == [("user", "Q1")]
+    assert conversation(openai_up, 1) == [("user", "Q1"), ("assistant", "A1."), ("user", "Q2")]
+    assert conversation(openai_up, 2) == [
+        ("user", "Q1"),
+        ("assistant", "A1."),
+        ("user", "Q2"),
+        ("assistant", "A2."),
+        ("user", "Q3"),
+    ]
+    assert conversation(openai_up, 4) == [
+        ("user", "Q3"),
+        ("assistant", "A3."),
+        ("user", "Q4"),
+        ("user", "Q5"),
+    ]
+    assert conversation(openai_up, 5) == [
+        ("user", "Q4"),
+        ("user", "Q5"),
+        ("assistant", "A5."),
+        ("user", "Q6"),
+    ]
+
+
+async def test_a_client_that_stops_reading_is_closed_after_the_send_timeout(
+    tmp_path: Path, openai_up: OpenAIUpstream
+) -> None:
+    """A client that stops reading mid-answer (its buffers full, pings too far apart to
+    notice): once one frame could not be written for WS_SEND_TIMEOUT the server lets it
+    go, and its turn is handled like a disconnect (cancelled, upstream closed)."""
+    openai_up.script = Script(tokens=["x" * 2000] * 20000, token_delay=0.0005)
+    settings = settings_for(
+        tmp_path,
+        openai_api_key="sk",
+        openai_base_url=openai_up.base_url,
+        ws_send_timeout=0.5,
+        ws_ping_interval=600.0,
+    )
+    with running_server(settings) as server:
+        token = server.token()
+        raw = await asyncio.to_thread(RawWebSocket, server.port, token, rcvbuf=4096)
+        try:
+            assert (await asyncio.to_thread(read_json, raw))["type"] == "ready"
+            raw.send_text(json.dumps({"type": "session.start", "game_id": catan(server)}))
+            session_id = (await asyncio.to_thread(read_json, raw))["session"]["id"]
+            raw.send_text(json.dumps({"type": "message", "text": "Tell me everything."}))
+            assert (await asyncio.to_thread(read_json, raw))["type"] == "turn.started"
+
+            async def live() -> tuple[int, int]:
+                return len(server.services.connections), len(server.services.manager)
+
+            # From here on the client reads nothing.
+            deadline = time.monotonic() + 20
+            while await asyncio.to_thread(server.call, live()) != (0, 0):
+                assert time.monotonic() < deadline, "the silent client was never let go"
+                await asyncio.sleep(0.05)
+            assert openai_up.disconnected.wait(timeout=5)
+        finally:
+            raw.close()
+        async with ws_client(server.ws_url, token, max_size=None) as client:
+            stored = await history(client, session_id)
+    assert [m["status"] for m in stored] == ["complete", "cancelled"]
+
+
+def read_json(raw: RawWebSocket) -> dict[str, Any]:
+    """The next text frame (pings skipped, never answered)."""
+    while True:
+        opcode, payload = raw.read_frame()
+        if opcode == 0x1:
+            data: dict[str, Any] = json.loads(payload)
+            return data
+
+
+async def test_a_question_that_cannot_be_stored_gets_no_answer(
+    tmp_path: Path, openai_up: OpenAIUpstream, postgres_url: str
+) -> None:
+    """The question's write fails (its table locked past DATABASE_TIMEOUT) while the
+    provider is already asked: `unavailable`, no turn.started and no delta, the
+    upstream request closed, nothing stored, the quota place given back; then the next
+    turn works and does not carry the lost question."""
+    import asyncpg
+
+    openai_up.script = Script(tokens=["A1."])
+    settings = settings_for(
+        tmp_path,
+        openai_api_key="sk",
+        openai_base_url=openai_up.base_url,
+        database_url=postgres_url,
+        database_timeout=1.0,
+        seed_demo=True,
+    )
+    with running_server(settings) as server:
+        async with ws_client(server.ws_url, server.token()) as client:
+            session_id = (await client.start(catan(server)))["session"]["id"]
+            assert (await client.ask("Q1"))[0]["quota"]["used"] == 1
+            openai_up.script = Script(tokens=[f"t{i} " for i in range(200)], token_delay=0.01)
+            locker = await asyncpg.connect(postgres_url.replace("+asyncpg", ""))
+            try:
+                transaction = locker.transaction()
+                await transaction.start()
+                await locker.execute("LOCK TABLE chat_messages IN EXCLUSIVE MODE")
+                await client.send({"type": "message", "text": "Q2"})
+                error = await client.recv()
+                await transaction.rollback()
+            finally:
+                await locker.close()
+            assert (error["type"], error["code"]) == ("error", "unavailable")
+            if len(openai_up.requests) == 2:  # the provider had been asked: no longer
+                assert openai_up.disconnected.wait(timeout=5)
+            openai_up.script = Script(tokens=["A3."])
+            frames = await client.ask("Q3")
+            assert frames[0]["type"] == "turn.started"  # nothing of Q2 came in between
+            assert frames[0]["quota"]["used"] == 2
+            stored = await history(client, session_id)
+    assert [(m["role"], m["content"], m["status"]) for m in stored] == [
+        ("user", "Q1", "complete"),
+        ("assistant", "A1.", "complete"),
+        ("user", "Q3", "complete"),
+        ("assistant", "A3.", "complete"),
+    ]
+    assert conversation(openai_up, len(openai_up.requests) - 1) == [
+        ("user", "Q1"),
+        ("assistant", "A1."),
+        ("user", "Q3"),
+    ]

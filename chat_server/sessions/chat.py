@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,16 +33,17 @@ from ..frames import MessageFrame, SessionResumeFrame, SessionStartFrame
 from ..providers.base import ChatMessage, Passage, Provider, ProviderRequest
 from ..quotas import Quota, QuotaCounter, Reservation, next_midnight
 from ..storage import chat as chat_store
-from ..storage.documents import retrieve
+from ..storage.documents import Retrieval, retrieve
 from ..storage.engine import Database
 from ..storage.games import get_game
 from ..storage.ids import new_id, utcnow
 from ..tracing import TurnSpan, start_turn_span
+from .history import History
 from .manager import TurnManager
-from .outbox import Outbox
+from .outbox import Outbox, SlowClient
 from .turn import Turn
 
-__all__ = ["Attached", "ChatService", "Who"]
+__all__ = ["Attached", "ChatService", "Game", "Who"]
 
 FEATURE = "chat"
 log = logging.getLogger(__name__)
@@ -55,12 +57,24 @@ class Who:
     role: str
 
 
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class Game:
+    """What a session needs of its game; one object per game, shared by its sessions."""
+
+    id: str
+    name: str
+    section: str | None
+
+
 @dataclass(slots=True)
 class Attached:
-    """The session a connection is attached to."""
+    """The session a connection is attached to (what its turns need, nothing more)."""
 
-    session: dict[str, Any]
-    game: dict[str, Any]
+    session_id: str
+    language: str
+    provider: str
+    game: Game
+    history: History
 
 
 class ChatService:
@@ -83,23 +97,43 @@ class ChatService:
         self.manager = manager
         self.instance_id = instance_id
         self.draining = False
+        # Shared while some connection holds them: one game object per game, one
+        # history per session attached on this instance.
+        self._games: weakref.WeakValueDictionary[str, Game] = weakref.WeakValueDictionary()
+        self._histories: weakref.WeakValueDictionary[str, History] = weakref.WeakValueDictionary()
+
+    @property
+    def _history_size(self) -> int:
+        return 2 * self.settings.history_turns
 
     # -- sessions --------------------------------------------------------------
-    async def _visible_game(self, who: Who, game_id: str) -> dict[str, Any]:
-        game = await get_game(self.db, game_id)
-        if not can_see_game(who.role, game):
+    async def _visible_game(self, who: Who, game_id: str) -> Game:
+        row = await get_game(self.db, game_id)
+        if not can_see_game(who.role, row):
             raise NotFound("game not found", error_code="GAME_NOT_FOUND")
-        assert game is not None
+        assert row is not None
+        game = Game(row["id"], row["name"], row.get("section"))
+        shared = self._games.get(game.id)
+        if shared == game:
+            return shared
+        self._games[game.id] = game
         return game
 
-    def _provider_allowed(self, who: Who, name: str, game: dict[str, Any]) -> bool:
+    def _history(self, session_id: str) -> History:
+        history = self._histories.get(session_id)
+        if history is None:
+            history = History(self._history_size, self.settings.history_chars)
+            self._histories[session_id] = history
+        return history
+
+    def _provider_allowed(self, who: Who, name: str, game: Game) -> bool:
         """``chat.provider.<name>`` flags switch a provider off; no flag means on."""
         decision = self.flags.decide(
             feature=f"chat.provider.{name}",
             user_id=who.user_id,
             role=who.role,
-            game_id=game["id"],
-            section=game.get("section"),
+            game_id=game.id,
+            section=game.section,
         )
         return decision.enabled or decision.flag_id is None
 
@@ -114,17 +148,19 @@ class ChatService:
             )
         if not self._provider_allowed(who, name, game):
             raise FeatureDisabled(f"provider {name!r} is switched off for you")
-        quota = await self.quota(who, game)  # before writing: Redis down leaves nothing
+        quota = await self._usage(who, game)  # before writing: Redis down leaves nothing
         session = await chat_store.create_session(
             self.db,
             user_id=who.user_id,
-            game_id=game["id"],
+            game_id=game.id,
             language=frame.language,
             provider=name,
             model=self.providers[name].model,
         )
-        attached = Attached(session, game)
-        return attached, self._ready(attached, [], quota)
+        attached = Attached(
+            session["id"], session["language"], name, game, self._history(session["id"])
+        )
+        return attached, self._ready(session, [], quota)
 
     async def resume_session(
         self, who: Who, frame: SessionResumeFrame, sink: Outbox
@@ -138,15 +174,23 @@ class ChatService:
         if session is None or session["user_id"] != who.user_id:
             raise NotFound("session not found", error_code="SESSION_NOT_FOUND")
         game = await self._visible_game(who, session["game_id"])
-        attached = Attached(session, game)
         history = await chat_store.history(self.db, session["id"])
         live = self.manager.running_in_session(session["id"])
+        attached = Attached(
+            session["id"],
+            session["language"],
+            session["provider"],
+            game,
+            self._history(session["id"]),
+        )
+        # The freshest view there is: what was stored, and this instance's running turn.
+        attached.history.load(history, live.turn.message_id if live is not None else None)
         resumed: str | None = None
         if live is not None:
             for message in history:
                 if message["id"] == live.turn.message_id:
                     message.update(live.turn.live_message())
-        ready = self._ready(attached, history, await self.quota(who, game))
+        ready = self._ready(session, history, await self._usage(who, game))
         if live is not None and frame.turn_id == live.turn.id:
             resumed = live.turn.id
             sink.put(ready)
@@ -154,9 +198,8 @@ class ChatService:
         return attached, ready, resumed
 
     def _ready(
-        self, attached: Attached, history: list[dict[str, Any]], quota: Quota
+        self, session: dict[str, Any], history: list[dict[str, Any]], quota: Quota
     ) -> dict[str, Any]:
-        session = attached.session
         public = {
             k: session[k] for k in ("id", "game_id", "language", "provider", "model", "created_at")
         }
@@ -168,17 +211,21 @@ class ChatService:
         }
 
     async def quota(self, who: Who, game: dict[str, Any]) -> Quota:
+        """The user's ``chat`` quota on ``game`` (a stored game row)."""
+        return await self._usage(who, Game(game["id"], game["name"], game.get("section")))
+
+    async def _usage(self, who: Who, game: Game) -> Quota:
         decision = self.flags.decide(
             feature=FEATURE,
             user_id=who.user_id,
             role=who.role,
-            game_id=game["id"],
-            section=game.get("section"),
+            game_id=game.id,
+            section=game.section,
         )
         return await self.quotas.usage(
             feature=FEATURE,
             user_id=who.user_id,
-            game_id=game["id"],
+            game_id=game.id,
             limit=decision.daily_limit,
             now=utcnow(),
         )
@@ -189,39 +236,30 @@ class ChatService:
     ) -> Turn:
         """Check flag then quota, store the question, start streaming the answer.
 
-        Puts ``turn.started`` into ``sink`` before any delta can follow. Whatever fails
-        before the question is stored gives the quota back and stores nothing.
+        Puts ``turn.started`` into ``sink`` before any delta can follow. The provider
+        is asked while the question is being stored, but nothing of the answer is sent
+        or stored before the question is: whatever fails before that stops the
+        provider request, gives the quota back and stores nothing.
         """
         if self.draining:
             raise ShuttingDown()
         if len(frame.text) > self.settings.ws_max_text_chars:
             raise InvalidInput(f"text is longer than {self.settings.ws_max_text_chars} characters")
-        session, game = attached.session, attached.game
-        if self.manager.running_in_session(session["id"]) is not None:
+        session_id, game = attached.session_id, attached.game
+        if self.manager.running_in_session(session_id) is not None:
             raise TurnInProgress()
         turn_id, now = new_id(), utcnow()
         span = start_turn_span(
-            turn_id=turn_id, session_id=session["id"], game_id=game["id"], user_id=who.user_id
+            turn_id=turn_id, session_id=session_id, game_id=game.id, user_id=who.user_id
         )
         try:
-            chain = self._chain(who, session["provider"], game)
-            # The admission check and the two reads the turn needs are independent:
-            # run them together (one Redis and two database round trips in parallel).
+            chain = self._chain(who, attached.provider, game)
+            # The admission check and the grounding read are independent: run them
+            # together (one Redis and one database round trip in parallel).
             admit = asyncio.ensure_future(self._admit(who, game, turn_id, now, span))
             try:
                 with span.child("chat.prepare"):
-                    found, history = await asyncio.gather(
-                        retrieve(
-                            self.db,
-                            game_id=game["id"],
-                            language=session["language"],
-                            question=frame.text,
-                            limit=self.settings.grounding_passages,
-                        ),
-                        chat_store.history(
-                            self.db, session["id"], limit=2 * self.settings.history_turns
-                        ),
-                    )
+                    found = await self._prepare(attached, frame.text)
             except BaseException:
                 admit.cancel()
                 with contextlib.suppress(BaseException):
@@ -229,42 +267,68 @@ class ChatService:
                 await self._refund_quietly(who, game, turn_id, now)
                 raise
             reservation = await admit
+            turn = Turn(
+                id=turn_id,
+                session_id=session_id,
+                user_id=who.user_id,
+                game_id=game.id,
+                provider=chain[0].name,
+                model=chain[0].model,
+                client_id=frame.client_id,
+                started_at=time.monotonic(),
+                quota_at=now,
+                passages=found.passages,
+            )
+            request = self._request(attached, frame.text, found.passages)
+            # The provider request and the question's write go out together; the turn
+            # holds its text back until ``release``.
+            live = self.manager.begin(turn, chain, request, span)
             try:
                 with span.child("chat.store_question"):
                     user_message, assistant_id = await chat_store.begin_turn(
                         self.db,
-                        session_id=session["id"],
+                        session_id=session_id,
                         turn_id=turn_id,
                         text=frame.text,
                         instance_id=self.instance_id,
                     )
             except BaseException:
+                self.manager.abandon(live)
                 await self._refund_quietly(who, game, turn_id, now)
                 raise
         except BaseException as exc:
             span.end(error=getattr(exc, "code", type(exc).__name__))
             raise
-        turn = Turn(
-            id=turn_id,
-            session_id=session["id"],
-            user_id=who.user_id,
-            game_id=game["id"],
-            provider=chain[0].name,
-            model=chain[0].model,
-            user_message_id=user_message["id"],
-            message_id=assistant_id,
-            client_id=frame.client_id,
-            started_at=time.monotonic(),
-            quota_at=now,
-            passages=found.passages,
-        )
-        sink.put(turn.started_frame(reservation.quota.to_dict()))
-        request = self._request(session, game, history, frame.text, found.passages)
-        self.manager.start(turn, chain, request, sink, span)
+        turn.user_message_id, turn.message_id = user_message["id"], assistant_id
+        attached.history.begin(frame.text, assistant_id)
+        try:
+            sink.put(turn.started_frame(reservation.quota.to_dict()))
+        except SlowClient:  # the client stopped reading: the turn goes on as if it left
+            self.manager.release(live, sink)
+            self.manager.detach(turn.id, sink)
+            raise
+        self.manager.release(live, sink)
         return turn
 
+    async def _prepare(self, attached: Attached, question: str) -> Retrieval:
+        """The passages for ``question``; reads the history too if memory cannot tell it."""
+        retrieval = retrieve(
+            self.db,
+            game_id=attached.game.id,
+            language=attached.language,
+            question=question,
+            limit=self.settings.grounding_passages,
+        )
+        if not attached.history.stale:
+            return await retrieval
+        found, rows = await asyncio.gather(
+            retrieval, chat_store.history(self.db, attached.session_id, limit=self._history_size)
+        )
+        attached.history.load(rows)
+        return found
+
     async def _admit(
-        self, who: Who, game: dict[str, Any], turn_id: str, now: datetime, span: TurnSpan
+        self, who: Who, game: Game, turn_id: str, now: datetime, span: TurnSpan
     ) -> Reservation:
         """The ``chat`` flag, then the daily quota: one Redis round trip in all."""
         with span.child("chat.flag_check"):
@@ -272,8 +336,8 @@ class ChatService:
                 feature=FEATURE,
                 user_id=who.user_id,
                 role=who.role,
-                game_id=game["id"],
-                section=game.get("section"),
+                game_id=game.id,
+                section=game.section,
             )
         if not decision.enabled:
             metrics.DENIALS.labels("feature_disabled").inc()
@@ -285,7 +349,7 @@ class ChatService:
                 reservation = await self.quotas.reserve(
                     feature=FEATURE,
                     user_id=who.user_id,
-                    game_id=game["id"],
+                    game_id=game.id,
                     turn_id=turn_id,
                     limit=decision.daily_limit,
                     now=now,
@@ -308,17 +372,15 @@ class ChatService:
             raise QuotaExceeded(context=reservation.quota.to_dict())
         return reservation
 
-    async def _refund_quietly(
-        self, who: Who, game: dict[str, Any], turn_id: str, now: datetime
-    ) -> None:
+    async def _refund_quietly(self, who: Who, game: Game, turn_id: str, now: datetime) -> None:
         try:
             await self.quotas.refund(
-                feature=FEATURE, user_id=who.user_id, game_id=game["id"], turn_id=turn_id, now=now
+                feature=FEATURE, user_id=who.user_id, game_id=game.id, turn_id=turn_id, now=now
             )
         except Unavailable:
             log.warning("could not give back the quota of turn %s", turn_id)
 
-    def _chain(self, who: Who, first: str, game: dict[str, Any]) -> list[Provider]:
+    def _chain(self, who: Who, first: str, game: Game) -> list[Provider]:
         names = [first] + [n for n in self.settings.fallback_providers if n != first]
         chain = [
             self.providers[n]
@@ -332,40 +394,28 @@ class ChatService:
         return chain
 
     def _request(
-        self,
-        session: dict[str, Any],
-        game: dict[str, Any],
-        history: list[dict[str, Any]],
-        question: str,
-        passages: list[Passage],
+        self, attached: Attached, question: str, passages: list[Passage]
     ) -> ProviderRequest:
         """The conversation sent to a provider: the latest turns within a budget."""
-        messages: list[ChatMessage] = []
-        budget = self.settings.history_chars
-        for message in reversed(history):
-            if message["status"] not in ("complete",) or not message["content"]:
-                continue
-            budget -= len(message["content"])
-            if budget < 0:
-                break
-            messages.append(ChatMessage(message["role"], message["content"]))
-        messages.reverse()
-        while messages and messages[0].role != "user":
-            messages.pop(0)
+        messages = attached.history.conversation()
         messages.append(ChatMessage("user", question))
         return ProviderRequest(
             model="",  # each provider of the fallback chain uses its own model
             system="",  # providers build the grounded prompt from the passages themselves
             messages=messages,
             passages=passages,
-            language=session["language"],
-            game_name=game["name"],
+            language=attached.language,
+            game_name=attached.game.name,
             max_output_tokens=self.settings.provider_max_output_tokens,
         )
 
     # -- what the manager calls back ---------------------------------------------
     async def persist(self, turn: Turn) -> None:
-        await chat_store.finish_turn(self.db, turn.record())
+        record = turn.record()
+        history = self._histories.get(turn.session_id)
+        if history is not None:
+            history.finish(record.message_id, record.content, record.status)
+        await chat_store.finish_turn(self.db, record)
 
     async def refund(self, turn: Turn) -> None:
         await self.quotas.refund(

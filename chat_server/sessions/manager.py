@@ -4,6 +4,12 @@ A turn outlives its connection for ``resume_grace`` seconds (a client that drops
 mid-turn can come back), so turns are owned here, by the app, not by the connection:
 every task has a handle in ``self._live`` and is cancelled or awaited at shutdown.
 
+A turn starts in two steps: ``begin`` asks the provider at once, while the caller
+stores the question; ``release`` then lets its frames out and makes it a turn that
+will be stored, or ``abandon`` drops it (the question could not be stored) with
+nothing sent, stored or announced. Until released the turn keeps its text to itself
+and does not end.
+
 Each turn runs its provider stream in an inner task. ``cancel()`` cancels that inner
 task, which raises ``CancelledError`` at the provider's current ``await`` and closes
 the upstream HTTP response at once; the outer task then stores the turn and sends
@@ -48,12 +54,12 @@ Refund = Callable[[Turn], Awaitable[None]]
 Listener = Callable[[str, Turn], None]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LiveTurn:
     turn: Turn
     chain: list[Provider]
     request: ProviderRequest
-    sink: Outbox | None
+    sink: Outbox | None = None
     span: TurnSpan = field(default_factory=lambda: TurnSpan(None))
     task: asyncio.Task[None] | None = None
     inner: asyncio.Task[None] | None = None
@@ -61,6 +67,10 @@ class LiveTurn:
     provider_finish: str | None = None
     error: ChatServerError | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: True once released (the question is stored), False once abandoned
+    stored: asyncio.Future[bool] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class TurnManager:
@@ -97,23 +107,42 @@ class TurnManager:
         return len(self._live)
 
     # -- lifecycle -------------------------------------------------------------
-    def start(
+    def begin(
         self,
         turn: Turn,
         chain: list[Provider],
         request: ProviderRequest,
-        sink: Outbox | None,
         span: TurnSpan | None = None,
     ) -> LiveTurn:
-        """Run the turn in a task owned by the manager; returns at once."""
-        live = LiveTurn(turn=turn, chain=chain, request=request, sink=sink)
+        """Start the turn's provider stream in a task owned by the manager; returns at once.
+
+        Its text is held back, and it does not end, until ``release`` or ``abandon``.
+        """
+        live = LiveTurn(turn=turn, chain=chain, request=request)
         if span is not None:
             live.span = span
         self._live[turn.id] = live
         self._by_session[turn.session_id] = turn.id
         live.task = asyncio.create_task(self._run(live), name=f"turn-{turn.id}")
-        self._notify("turn.started", turn)
         return live
+
+    def release(self, live: LiveTurn, sink: Outbox) -> None:
+        """The question is stored: stream to ``sink`` (where ``turn.started`` waits)."""
+        live.sink = sink
+        if live.turn.pending:
+            sink.pull(live.turn)
+        live.stored.set_result(True)
+        self._notify("turn.started", live.turn)
+
+    def abandon(self, live: LiveTurn) -> None:
+        """The question could not be stored: stop the turn; nothing of it is sent or stored.
+
+        The caller gives the quota back. Never waits.
+        """
+        if not live.stored.done():
+            live.stored.set_result(False)
+        if live.task is not None:
+            live.task.cancel()
 
     def cancel(self, turn_id: str, cause: str = "client") -> bool:
         """Stop the turn's provider stream now; ``turn.completed`` follows.
@@ -183,16 +212,26 @@ class TurnManager:
             turn_id=turn.id, session_id=turn.session_id, user_id=turn.user_id, game_id=turn.game_id
         )
         try:
-            await self._stream(live)
-        except asyncio.CancelledError:
-            turn.finish("cancelled", time.monotonic())
-            await asyncio.shield(self._complete(live))
-            raise
-        except Exception:  # a bug in our own code: the turn ends, the server stays up
-            log.exception("turn %s failed", turn.id)
-            live.error = ChatServerError("internal error")
-            turn.finish("error", time.monotonic(), "internal_error")
-        await self._complete(live)
+            try:
+                await self._stream(live)
+            except asyncio.CancelledError:
+                turn.finish("cancelled", time.monotonic())
+                if await asyncio.shield(live.stored):
+                    await asyncio.shield(self._complete(live))
+                raise
+            except Exception:  # a bug in our own code: the turn ends, the server stays up
+                log.exception("turn %s failed", turn.id)
+                live.error = ChatServerError("internal error")
+                turn.finish("error", time.monotonic(), "internal_error")
+            if await live.stored:
+                await self._complete(live)
+        finally:
+            self._forget(turn)
+
+    def _forget(self, turn: Turn) -> None:
+        self._live.pop(turn.id, None)
+        if self._by_session.get(turn.session_id) == turn.id:
+            del self._by_session[turn.session_id]
 
     async def _stream(self, live: LiveTurn) -> None:
         turn = live.turn
@@ -296,9 +335,7 @@ class TurnManager:
                 "first_token_ms": turn.record().first_token_ms,
             },
         )
-        self._live.pop(turn.id, None)
-        if self._by_session.get(turn.session_id) == turn.id:
-            del self._by_session[turn.session_id]
+        self._forget(turn)
         sink = live.sink
         if sink is not None:
             try:

@@ -7,13 +7,18 @@ text plus ``max_frames`` other frames) however slowly the client reads, and no t
 is dropped. More than ``max_frames`` queued frames means the client stopped reading:
 ``put`` raises ``SlowClient`` and the connection is closed.
 
-One writer (``get``) and any number of producers in one event loop.
+One consumer and any number of producers in one event loop. The consumer either
+awaits ``get()`` (a long-lived writer task), or is woken through the ``wake``
+callback (called after each ``put``/``pull``, and on ``close``) and takes frames with
+``pop()`` until it returns None. An idle outbox holds no queue and no event: both
+are made when first needed, and the queue is dropped again once drained.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from .turn import Turn
@@ -26,51 +31,80 @@ class SlowClient(Exception):
 
 
 class Outbox:
-    def __init__(self, max_frames: int = 256) -> None:
-        self._items: deque[dict[str, Any] | Turn] = deque()
+    __slots__ = ("_items", "_max", "_ready", "_wake", "closed")
+
+    def __init__(self, max_frames: int = 256, wake: Callable[[], None] | None = None) -> None:
+        self._items: deque[dict[str, Any] | Turn] | None = None
         self._max = max_frames
-        self._ready = asyncio.Event()
+        self._ready: asyncio.Event | None = None
+        self._wake = wake
         self.closed = False
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) if self._items is not None else 0
 
     def put(self, frame: dict[str, Any]) -> None:
         if self.closed:
             return
-        if len(self._items) >= self._max:
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        elif len(items) >= self._max:
             raise SlowClient(f"more than {self._max} frames unsent")
-        self._items.append(frame)
-        self._ready.set()
+        items.append(frame)
+        self._notify()
 
     def pull(self, turn: Turn) -> None:
         """The turn has new text: make sure a pull for it is queued (never blocks)."""
         if self.closed:
             return
-        if self._items and self._items[-1] is turn:
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        elif items and items[-1] is turn:
             return
         # Never raises: at most one marker follows each queued frame, so markers are
         # bounded by max_frames too.
-        self._items.append(turn)
-        self._ready.set()
+        items.append(turn)
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._wake is not None:
+            self._wake()
+        elif self._ready is not None:
+            self._ready.set()
+
+    def pop(self) -> dict[str, Any] | None:
+        """The next frame to send, or None when nothing is queued (never waits)."""
+        items = self._items
+        while items:
+            item = items.popleft()
+            if isinstance(item, Turn):
+                frame = item.take_delta()
+                if frame is not None:
+                    return frame
+                continue
+            return item
+        self._items = None  # an idle outbox keeps no queue
+        return None
 
     async def get(self) -> dict[str, Any] | None:
         """The next frame to send (waits); None once closed and drained."""
         while True:
-            while self._items:
-                item = self._items.popleft()
-                if isinstance(item, Turn):
-                    frame = item.take_delta()
-                    if frame is not None:
-                        return frame
-                    continue
-                return item
+            frame = self.pop()
+            if frame is not None:
+                return frame
             if self.closed:
                 return None
+            if self._ready is None:
+                self._ready = asyncio.Event()
             self._ready.clear()
             await self._ready.wait()
 
     def close(self) -> None:
-        """No more frames; ``get`` drains what is queued, then returns None."""
+        """No more frames; what is queued can still be taken, then ``get`` returns None."""
+        if self.closed:
+            return
         self.closed = True
-        self._ready.set()
+        self._notify()
+        self._wake = None  # nothing more to wake for; and no cycle with the consumer

@@ -24,9 +24,13 @@ __all__ = ["FinishReason", "Turn"]
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Turn:
-    """A running (then finished) turn of a session."""
+    """A running (then finished) turn of a session.
+
+    ``user_message_id`` and ``message_id`` are known once the question is stored,
+    which may be after the provider was asked (``TurnManager.begin``).
+    """
 
     id: str
     session_id: str
@@ -34,10 +38,10 @@ class Turn:
     game_id: str
     provider: str
     model: str
-    user_message_id: str
-    message_id: str
     client_id: str | None
     started_at: float
+    user_message_id: str = ""
+    message_id: str = ""
     passages: list[Passage] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
     pending_parts: list[str] = field(default_factory=list)

@@ -53,3 +53,28 @@ async def test_get_waits_for_a_frame() -> None:
     outbox.put({"type": "pong", "id": 1})
     async with asyncio.timeout(1):
         assert await waiter == {"type": "pong", "id": 1}
+
+
+async def test_a_woken_consumer_takes_frames_in_order_until_none_is_left() -> None:
+    """With a wake callback: called when a frame or marker is queued and on close; pop() gives the
+    frames in order (a turn's text merged at its marker), then None."""
+    woken: list[int] = []
+    outbox = Outbox(wake=lambda: woken.append(len(outbox)))
+    turn: Turn = make_turn()
+    assert outbox.pop() is None
+    outbox.put({"type": "turn.started"})
+    turn.add_text("Hel", 1.0)
+    outbox.pull(turn)
+    turn.add_text("lo", 2.0)
+    outbox.pull(turn)  # already queued: no second marker, no call
+    outbox.put({"type": "turn.completed"})
+    assert woken == [1, 2, 3]
+    frames = []
+    while (frame := outbox.pop()) is not None:
+        frames.append(frame)
+    assert [f["type"] for f in frames] == ["turn.started", "turn.delta", "turn.completed"]
+    assert frames[1]["text"] == "Hello"
+    outbox.close()
+    assert woken == [1, 2, 3, 0]
+    outbox.put({"type": "pong", "id": 1})  # closed: dropped, nobody woken
+    assert woken == [1, 2, 3, 0] and outbox.pop() is None
