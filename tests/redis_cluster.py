@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
+from chat_server.redis_client import RedisClient, discover_cluster
 from tests.server import free_port
 from tests.services import missing
 
@@ -177,6 +180,13 @@ class RedisTarget:
 
     def env(self) -> dict[str, str]:
         return {"REDIS_URL": self.url, "REDIS_CLUSTER": "true" if self.cluster else "false"}
+
+    async def client(self, timeout: float = 2.0) -> RedisClient:
+        """A client of our own, set up as the server sets up its own (cluster discovered)."""
+        kind = RedisCluster if self.cluster else Redis
+        client = kind.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        await discover_cluster(client, 5)
+        return client
 
 
 @contextmanager

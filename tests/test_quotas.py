@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 
 from chat_server.errors import Unavailable
 from chat_server.quotas import (
@@ -30,7 +29,6 @@ from chat_server.quotas import (
     next_midnight,
     quota_key,
 )
-from chat_server.redis_client import RedisClient, discover_cluster
 from tests.redis_cluster import RedisClusterNodes, RedisTarget
 
 USER, GAME, FEATURE = "user-1", "game-1", "chat"
@@ -55,8 +53,7 @@ async def counter(request: pytest.FixtureRequest) -> AsyncIterator[QuotaCounter]
         nodes: RedisClusterNodes = request.getfixturevalue("redis_cluster_nodes")
         nodes.flush()
         target = RedisTarget(nodes.url, cluster=True)
-    client = _client(target, 2)
-    await discover_cluster(client, 5)  # as the server does at startup
+    client = await target.client()
     try:
         yield RedisQuotaCounter(client)
     finally:
@@ -105,19 +102,13 @@ async def test_burst_grants_exactly_the_limit(counter: QuotaCounter) -> None:
     assert (quota.used, quota.remaining) == (37, 0)
 
 
-def _client(target: RedisTarget, timeout: float) -> RedisClient:
-    kind = RedisCluster if target.cluster else Redis
-    return kind.from_url(target.url, socket_timeout=timeout, socket_connect_timeout=timeout)
-
-
 def _reserve_in_process(
     target: RedisTarget, now_iso: str, limit: int, name: str, barrier: Any, results: Any
 ) -> None:
     """Child process: its own client and event loop, 250 concurrent reservations."""
 
     async def run() -> int:
-        client = _client(target, 5)
-        await discover_cluster(client, 5)
+        client = await target.client(5)
         try:
             counter = RedisQuotaCounter(client, timeout=10)
             await counter.ping()
@@ -165,7 +156,7 @@ def test_two_processes_grant_exactly_the_limit(shared_redis: RedisTarget) -> Non
     assert granted["a"] + granted["b"] == limit
 
     async def check() -> int:
-        client = _client(shared_redis, 2)
+        client = await shared_redis.client()
         try:
             async with asyncio.timeout(WAIT):
                 return await used(RedisQuotaCounter(client), now=now)

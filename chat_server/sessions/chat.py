@@ -65,6 +65,11 @@ class Game:
     name: str
     section: str | None
 
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Game:
+        """From a stored game row."""
+        return cls(row["id"], row["name"], row.get("section"))
+
 
 @dataclass(slots=True)
 class Attached:
@@ -112,7 +117,7 @@ class ChatService:
         if not can_see_game(who.role, row):
             raise NotFound("game not found", error_code="GAME_NOT_FOUND")
         assert row is not None
-        game = Game(row["id"], row["name"], row.get("section"))
+        game = Game.from_row(row)
         shared = self._games.get(game.id)
         if shared == game:
             return shared
@@ -212,7 +217,7 @@ class ChatService:
 
     async def quota(self, who: Who, game: dict[str, Any]) -> Quota:
         """The user's ``chat`` quota on ``game`` (a stored game row)."""
-        return await self._usage(who, Game(game["id"], game["name"], game.get("section")))
+        return await self._usage(who, Game.from_row(game))
 
     async def _usage(self, who: Who, game: Game) -> Quota:
         decision = self.flags.decide(

@@ -7,20 +7,16 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from chat_server.redis_client import RedisClient, discover_cluster
+from chat_server.redis_client import RedisClient
 from chat_server.sessions.registry import RedisRegistry
 from tests.redis_cluster import RedisTarget
 
 
 @pytest.fixture
 async def client(shared_redis: RedisTarget) -> AsyncIterator[RedisClient]:
-    kind = RedisCluster if shared_redis.cluster else Redis
-    redis = kind.from_url(shared_redis.url, socket_timeout=2, socket_connect_timeout=2)
-    await discover_cluster(redis, 5)
+    redis = await shared_redis.client()
     try:
         yield redis
     finally:
