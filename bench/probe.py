@@ -12,7 +12,11 @@ and ``ChatServer`` from ``chat_server.serving``, on uvloop), plus:
   ``SIGUSR2``. With ``GC_FREEZE=1``, ``SIGUSR1`` also runs ``gc.collect()`` and
   ``gc.freeze()``: what the product would gain by freezing its heap after startup.
 
-``run.py --memprobe`` and ``run.py --gcprobe`` use it.
+- ``SPANS_OUT=path``: the OpenTelemetry SDK on, every span of every turn kept in
+  memory; ``SIGUSR1`` forgets those so far, ``SIGUSR2`` writes, per span name, the
+  median and p90 of its start and end (ms from the start of its turn's span).
+
+``run.py --memprobe``, ``--gcprobe`` and ``--spanprobe`` use it.
 """
 
 from __future__ import annotations
@@ -48,6 +52,55 @@ def _diff(base: tracemalloc.Snapshot, out: Path, connections: int) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
+class SpanLog:
+    """Keeps every ended span; writes where in its turn each kind of span falls."""
+
+    def __init__(self) -> None:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+
+        self.exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        trace.set_tracer_provider(provider)
+
+    def clear(self) -> None:
+        self.exporter.clear()
+
+    def write(self, path: Path) -> None:
+        spans = self.exporter.get_finished_spans()
+        turns = {s.context.span_id: s for s in spans if s.name == "chat.turn"}
+        rows: dict[str, list[tuple[float, float]]] = {}
+        for s in spans:
+            turn = turns.get(s.context.span_id) or turns.get(s.parent.span_id if s.parent else 0)
+            if turn is None or s.start_time is None or s.end_time is None:
+                continue
+            t0 = turn.start_time or 0
+            rows.setdefault(s.name, []).append(((s.start_time - t0) / 1e6, (s.end_time - t0) / 1e6))
+            for e in s.events:
+                at = (e.timestamp - t0) / 1e6
+                rows.setdefault(e.name, []).append((at, at))
+
+        def q(xs: list[float], p: float) -> float:
+            xs = sorted(xs)
+            return xs[min(len(xs) - 1, int(p * len(xs)))]
+
+        lines = [f"{len(turns)} turns; ms from the start of the turn's span (p50 / p90)"]
+        for name, se in sorted(rows.items(), key=lambda kv: q([a for a, _ in kv[1]], 0.5)):
+            starts, ends = [a for a, _ in se], [b for _, b in se]
+            durs = [b - a for a, b in se]
+            lines.append(
+                f"  {name:24} n={len(se):4} start {q(starts, 0.5):7.2f} / {q(starts, 0.9):7.2f}"
+                f"  end {q(ends, 0.5):8.2f} / {q(ends, 0.9):8.2f}"
+                f"  took {q(durs, 0.5):8.2f} / {q(durs, 0.9):8.2f}"
+            )
+        path.write_text("\n".join(lines) + "\n")
+
+
 class GcLog:
     """Times every collection through ``gc.callbacks``."""
 
@@ -74,6 +127,8 @@ def main() -> int:
         gc.callbacks.append(gc_log)
     if os.environ.get("MEMPROBE_OUT"):
         tracemalloc.start(1)
+    spans_path = os.environ.get("SPANS_OUT")
+    span_log = SpanLog() if spans_path else None
     from chat_server.app import create_app
     from chat_server.config import load_settings
     from chat_server.serving import ChatServer, uvicorn_config
@@ -92,8 +147,12 @@ def main() -> int:
                 gc.freeze()
             if tracemalloc.is_tracing():
                 state["base"] = tracemalloc.take_snapshot()
+            if span_log is not None:
+                span_log.clear()
 
         def compare() -> None:
+            if span_log is not None and spans_path:
+                span_log.write(Path(spans_path))
             if gc_log is not None and gc_path:
                 gc_log.write(Path(gc_path))
             if "base" in state:

@@ -19,7 +19,7 @@ from typing import Any
 from profile_top import summarize
 from scenarios import GAP_MS, LOAD_CORE, PY, TOKENS, Bench
 
-__all__ = ["gcprobe", "memprobe", "profile"]
+__all__ = ["gcprobe", "memprobe", "profile", "spanprobe"]
 
 
 def memprobe(bench: Bench) -> dict[str, Any]:
@@ -49,6 +49,36 @@ def memprobe(bench: Bench) -> dict[str, Any]:
         bench.procs.stop("product")
     print(f"  memory probe: {out}", file=sys.stderr)
     return {"path": str(out), "rss_per_conn_kb_traced": result["rss_per_conn_kb"]}
+
+
+def spanprobe(bench: Bench) -> dict[str, Any]:
+    """The product's turn spans at one stream: where the time to the first token goes."""
+    out = Path(bench.args.profile_dir) / "spans.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    server = bench.start_server("product", probe={"SPANS_OUT": str(out)})
+    try:
+        bench.warmup(server)
+        os.kill(server["pid"], signal.SIGUSR1)  # forget the warm-up's spans
+        time.sleep(0.5)
+        result = bench.load(
+            server, "spans", clients=1, turns=30, tokens=20, gap_ms=GAP_MS, stagger=False
+        )
+        os.kill(server["pid"], signal.SIGUSR2)
+        for _ in range(20):
+            if out.exists():
+                break
+            time.sleep(0.5)
+    finally:
+        bench.procs.stop("product")
+    text = out.read_text() if out.exists() else "(no spans written)"
+    print(f"  span probe ({out}):\n{text}", file=sys.stderr)
+    return {
+        "path": str(out),
+        "spans": text,
+        "first_ms_p50": result.get("first_ms_p50"),
+        "started_ms_p50": result.get("started_ms_p50"),
+    }
 
 
 def gcprobe(bench: Bench) -> dict[str, Any]:

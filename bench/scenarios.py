@@ -294,6 +294,7 @@ class Bench:
         for wanted, probe in (
             (self.args.gcprobe, probes.gcprobe),
             (self.args.memprobe, probes.memprobe),
+            (self.args.spanprobe, probes.spanprobe),
         ):
             if wanted and "product" in only:
                 try:

@@ -41,6 +41,11 @@ class TurnSpan:
         ):
             yield
 
+    def event(self, name: str) -> None:
+        """Mark a moment of the turn (the first token): where its latency went."""
+        if self._span is not None:
+            self._span.add_event(name)
+
     def set(self, **attributes: Any) -> None:
         if self._span is not None:
             self._span.set_attributes(_clean(attributes))

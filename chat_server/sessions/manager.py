@@ -286,6 +286,8 @@ class TurnManager:
                     last = now
                     if turn.cancel_requested:
                         metrics.TOKENS_AFTER_CANCEL.inc()
+                    if not turn.has_text:
+                        live.span.event("chat.first_token")
                     turn.add_text(event.text, now)
                     if live.sink is not None:
                         live.sink.pull(turn)
