@@ -123,4 +123,5 @@ async def add_rulebook(
         fmt=body.format,
         openai_vector_store_id=body.openai_vector_store_id,
     )
+    services.chat.rulebook_added(game_id)
     return DocumentOut(**doc)

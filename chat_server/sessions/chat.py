@@ -33,7 +33,7 @@ from ..frames import MessageFrame, SessionResumeFrame, SessionStartFrame
 from ..providers.base import ChatMessage, Passage, Provider, ProviderRequest
 from ..quotas import Quota, QuotaCounter, Reservation, next_midnight
 from ..storage import chat as chat_store
-from ..storage.documents import Retrieval, retrieve
+from ..storage.documents import Retrieval, game_languages, retrieve
 from ..storage.engine import Database
 from ..storage.games import get_game
 from ..storage.ids import new_id, utcnow
@@ -46,6 +46,9 @@ from .turn import Turn
 __all__ = ["Attached", "ChatService", "Game", "Who"]
 
 FEATURE = "chat"
+#: How long an instance trusts what it read of a game's rulebook languages. A rulebook
+#: added through this instance is seen at once; through another, within this time.
+LANGUAGES_TTL = 5.0
 log = logging.getLogger(__name__)
 
 
@@ -106,6 +109,8 @@ class ChatService:
         # history per session attached on this instance.
         self._games: weakref.WeakValueDictionary[str, Game] = weakref.WeakValueDictionary()
         self._histories: weakref.WeakValueDictionary[str, History] = weakref.WeakValueDictionary()
+        # game id -> (good until, the languages its rulebooks are in): read per turn else.
+        self._languages: dict[str, tuple[float, frozenset[str]]] = {}
 
     @property
     def _history_size(self) -> int:
@@ -315,15 +320,30 @@ class ChatService:
         self.manager.release(live, sink)
         return turn
 
-    async def _prepare(self, attached: Attached, question: str) -> Retrieval:
-        """The passages for ``question``; reads the history too if memory cannot tell it."""
-        retrieval = retrieve(
+    def rulebook_added(self, game_id: str) -> None:
+        """A rulebook was stored for ``game_id``: ground its next turns on it."""
+        self._languages.pop(game_id, None)
+
+    async def _retrieve(self, attached: Attached, question: str) -> Retrieval:
+        game_id, now = attached.game.id, time.monotonic()
+        cached = self._languages.get(game_id)
+        if cached is not None and cached[0] > now:
+            languages = cached[1]
+        else:
+            languages = await game_languages(self.db, game_id)
+            self._languages[game_id] = (now + LANGUAGES_TTL, languages)
+        return await retrieve(
             self.db,
-            game_id=attached.game.id,
+            game_id=game_id,
             language=attached.language,
             question=question,
             limit=self.settings.grounding_passages,
+            languages=languages,
         )
+
+    async def _prepare(self, attached: Attached, question: str) -> Retrieval:
+        """The passages for ``question``; reads the history too if memory cannot tell it."""
+        retrieval = self._retrieve(attached, question)
         if not attached.history.stale:
             return await retrieval
         found, rows = await asyncio.gather(

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from ..providers.base import Passage
 from ..rulebooks import split_passages
 from .engine import Database
-from .fulltext import index_passages, search_passage_ids
+from .fulltext import index_passages, search_passages
 from .ids import new_id, utcnow
 from .schema import document_passages, game_documents
 
-__all__ = ["Retrieval", "add_document", "retrieve", "serving_language"]
+__all__ = ["Retrieval", "add_document", "game_languages", "retrieve", "serving_language"]
 
 BULK_TIMEOUT = 120.0  # a big rulebook: thousands of passages to insert and index
 
@@ -98,39 +98,48 @@ async def add_document(
     }
 
 
+async def game_languages(db: Database, game_id: str) -> frozenset[str]:
+    """The languages the game has rulebook passages in (empty: no rulebook)."""
+    async with db.read() as conn:
+        return frozenset(
+            (
+                await conn.execute(
+                    select(document_passages.c.language)
+                    .where(document_passages.c.game_id == game_id)
+                    .distinct()
+                )
+            ).scalars()
+        )
+
+
 async def retrieve(
-    db: Database, *, game_id: str, language: str, question: str, limit: int
+    db: Database,
+    *,
+    game_id: str,
+    language: str,
+    question: str,
+    limit: int,
+    languages: Collection[str] | None = None,
 ) -> Retrieval:
     """The game's passages that best match ``question`` in ``language``.
 
     Searches the stored language that serves ``language`` (see ``serving_language``),
     else every language of the game; when nothing matches the question, answers with
-    the rulebook's opening passages (``matched`` False).
+    the rulebook's opening passages (``matched`` False). ``languages``: the game's
+    (``game_languages``), when the caller knows them; read here otherwise. One
+    statement when the question matches.
     """
+    if languages is None:
+        languages = await game_languages(db, game_id)
+    if not languages:
+        return Retrieval([], matched=False, has_documents=False)
+    lang = serving_language(language, languages)
     async with db.read() as conn:
-        counts: dict[str, int] = dict(
-            (
-                await conn.execute(
-                    select(document_passages.c.language, func.count())
-                    .where(document_passages.c.game_id == game_id)
-                    .group_by(document_passages.c.language)
-                )
-            ).all()
-        )
-        if not counts:
-            return Retrieval([], matched=False, has_documents=False)
-        lang = serving_language(language, counts)
-        ids = await search_passage_ids(
+        rows = await search_passages(
             conn, db.dialect, game_id=game_id, language=lang, question=question, limit=limit
         )
-        matched = bool(ids)
-        if ids:
-            query = (
-                select(document_passages, game_documents.c.title)
-                .join(game_documents, game_documents.c.id == document_passages.c.document_id)
-                .where(document_passages.c.id.in_(ids))
-            )
-        else:
+        matched = bool(rows)
+        if not rows:
             query = (
                 select(document_passages, game_documents.c.title)
                 .join(game_documents, game_documents.c.id == document_passages.c.document_id)
@@ -140,9 +149,7 @@ async def retrieve(
             )
             if lang:
                 query = query.where(document_passages.c.language == lang)
-        rows = (await conn.execute(query)).all()
-    by_id = {r.id: r for r in rows}
-    order = ids if ids else [r.id for r in rows]
+            rows = list((await conn.execute(query)).all())
     passages = [
         Passage(
             id=f"p{i + 1}",
@@ -153,6 +160,6 @@ async def retrieve(
             ordinal=r.ordinal,
             language=r.language,
         )
-        for i, r in enumerate(by_id[pid] for pid in order if pid in by_id)
+        for i, r in enumerate(rows)
     ]
     return Retrieval(passages, matched=matched, has_documents=True)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import cache
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Row, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = [
@@ -24,7 +26,7 @@ __all__ = [
     "delete_document",
     "index_passages",
     "pg_config",
-    "search_passage_ids",
+    "search_passages",
 ]
 
 # The database objects that exist on one database only (created by the migrations).
@@ -53,9 +55,9 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 MAX_TERMS = 32
 
 
-# pg_config() in SQL, for a row's own ``language`` (built from PG_CONFIGS, no input).
+# pg_config() in SQL, for a passage's own language (built from PG_CONFIGS, no input).
 _PG_ROW_CONFIG = (
-    "CAST(CASE lower(split_part(language, '-', 1)) "
+    "CAST(CASE lower(split_part(p.language, '-', 1)) "
     + " ".join(f"WHEN '{code}' THEN '{name}'" for code, name in PG_CONFIGS.items())
     + " ELSE 'simple' END AS regconfig)"
 )
@@ -117,7 +119,38 @@ async def delete_document(conn: AsyncConnection, dialect: str, passage_ids: list
         )
 
 
-async def search_passage_ids(
+# What a search returns of each passage (``p``) and its document (``d``).
+_PASSAGE_COLUMNS = "p.id, p.document_id, p.language, p.ordinal, p.heading, p.text, d.title"
+
+
+@cache
+def _search_statement(dialect: str, one_language: bool) -> TextClause:
+    """The search, made once per kind (its parameters come at execution)."""
+    if dialect == "postgresql":
+        if one_language:
+            lang_clause, config = "AND p.language = :language", "CAST(:config AS regconfig)"
+        else:
+            # Every language of the game, each question parsed with its passage's
+            # configuration: the index holds French stems for French passages.
+            lang_clause, config = "", _PG_ROW_CONFIG
+        return text(
+            f"SELECT {_PASSAGE_COLUMNS} FROM document_passages AS p "
+            "JOIN game_documents AS d ON d.id = p.document_id, "
+            f"to_tsquery({config}, :query) AS q "
+            f"WHERE p.game_id = :game_id {lang_clause} AND p.search @@ q "
+            "ORDER BY ts_rank(p.search, q) DESC, p.ordinal LIMIT :limit"
+        )
+    lang_clause = "AND f.language = :language" if one_language else ""
+    return text(
+        f"SELECT {_PASSAGE_COLUMNS} FROM document_passages_fts AS f "
+        "JOIN document_passages AS p ON p.id = f.passage_id "
+        "JOIN game_documents AS d ON d.id = p.document_id "
+        f"WHERE document_passages_fts MATCH :query AND f.game_id = :game_id "
+        f"{lang_clause} ORDER BY bm25(document_passages_fts) LIMIT :limit"
+    )
+
+
+async def search_passages(
     conn: AsyncConnection,
     dialect: str,
     *,
@@ -125,46 +158,20 @@ async def search_passage_ids(
     language: str | None,
     question: str,
     limit: int,
-) -> list[str]:
-    """Ids of the best-matching passages of a game (in ``language`` when given)."""
+) -> list[Row[Any]]:
+    """The best-matching passages of a game (in ``language`` when given), best first,
+    with their document's title: one statement."""
     words = terms(question)
     if not words:
         return []
+    params: dict[str, Any] = {"game_id": game_id, "limit": limit}
+    if language:
+        params["language"] = language
     if dialect == "postgresql":
+        params["query"] = " | ".join(words)
         if language:
-            lang_clause, config = "AND language = :language", "CAST(:config AS regconfig)"
-        else:
-            # Every language of the game, each question parsed with its passage's
-            # configuration: the index holds French stems for French passages.
-            lang_clause, config = "", _PG_ROW_CONFIG
-        result = await conn.execute(
-            text(
-                "SELECT id FROM document_passages, "
-                f"to_tsquery({config}, :query) AS q "
-                f"WHERE game_id = :game_id {lang_clause} AND search @@ q "
-                "ORDER BY ts_rank(search, q) DESC, ordinal LIMIT :limit"
-            ),
-            {
-                "config": pg_config(language or "simple"),
-                "query": " | ".join(words),
-                "game_id": game_id,
-                "language": language,
-                "limit": limit,
-            },
-        )
+            params["config"] = pg_config(language)
     else:
-        lang_clause = "AND language = :language" if language else ""
-        result = await conn.execute(
-            text(
-                "SELECT passage_id FROM document_passages_fts "
-                f"WHERE document_passages_fts MATCH :query AND game_id = :game_id {lang_clause} "
-                "ORDER BY bm25(document_passages_fts) LIMIT :limit"
-            ),
-            {
-                "query": " OR ".join(f'"{w}"' for w in words),
-                "game_id": game_id,
-                "language": language,
-                "limit": limit,
-            },
-        )
-    return [row[0] for row in result]
+        params["query"] = " OR ".join(f'"{w}"' for w in words)
+    result = await conn.execute(_search_statement(dialect, bool(language)), params)
+    return list(result.all())
