@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, text, update
 
 from .engine import Database
 from .ids import as_utc, new_id, utcnow
@@ -124,6 +124,48 @@ async def history(db: Database, session_id: str, limit: int = 200) -> list[dict[
     return [message_dict(r) for r in reversed(rows)]
 
 
+# The per-turn statements, made once (their parameters come at execution): building
+# a statement costs more CPU than running it.
+_TOUCH_SESSION = chat_sessions.update().where(chat_sessions.c.id == bindparam("session"))
+_FINISH_MESSAGE = chat_messages.update().where(chat_messages.c.id == bindparam("message"))
+_USAGE_UPDATE = (
+    "session_id",
+    "user_id",
+    "game_id",
+    "provider",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_creation_tokens",
+    "first_token_ms",
+    "total_ms",
+    "finish_reason",
+    "error_code",
+    "created_at",
+)
+
+
+# Postgres: each of a turn's two writes is one statement (a data-modifying CTE) run in
+# autocommit, one round trip each instead of four. Written out: SQLAlchemy would add
+# any parameter named like a column to the CTE's SET clause.
+_PG_BEGIN_TURN = text(
+    "WITH touched AS (UPDATE chat_sessions SET updated_at = :now WHERE id = :session) "
+    "INSERT INTO chat_messages (id, session_id, turn_id, role, content, status, citations, "
+    "instance_id, created_at, updated_at) VALUES "
+    "(:question, :session, :turn, 'user', :text, 'complete', '[]', :instance, :now, :now), "
+    "(:answer, :session, :turn, 'assistant', '', 'streaming', '[]', :instance, :now, :now)"
+)
+_PG_FINISH_TURN = text(
+    "WITH finished AS (UPDATE chat_messages SET content = :content, status = :status, "
+    "finish_reason = :finish_reason, citations = :citations, updated_at = :now "
+    "WHERE id = :message) "
+    f"INSERT INTO usage_events (turn_id, {', '.join(_USAGE_UPDATE)}) "
+    f"VALUES (:turn_id, {', '.join(':' + c for c in _USAGE_UPDATE)}) "
+    "ON CONFLICT (turn_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _USAGE_UPDATE)
+).bindparams(bindparam("citations", type_=chat_messages.c.citations.type))
+
+
 async def begin_turn(
     db: Database, *, session_id: str, turn_id: str, text: str, instance_id: str
 ) -> tuple[dict[str, Any], str]:
@@ -133,31 +175,50 @@ async def begin_turn(
     """
     now = utcnow()
     user_id, assistant_id = new_id(), new_id()
-    common = {
-        "session_id": session_id,
-        "turn_id": turn_id,
-        "instance_id": instance_id,
-        "created_at": now,
-        "updated_at": now,
-        "citations": [],
-    }
-    async with db.write() as conn:
-        await conn.execute(
-            chat_messages.insert(),
-            [
-                {**common, "id": user_id, "role": "user", "content": text, "status": "complete"},
+    if db.is_postgres:
+        async with db.autocommit() as conn:
+            await conn.execute(
+                _PG_BEGIN_TURN,
                 {
-                    **common,
-                    "id": assistant_id,
-                    "role": "assistant",
-                    "content": "",
-                    "status": "streaming",
+                    "question": user_id,
+                    "answer": assistant_id,
+                    "session": session_id,
+                    "turn": turn_id,
+                    "text": text,
+                    "instance": instance_id,
+                    "now": now,
                 },
-            ],
-        )
-        await conn.execute(
-            chat_sessions.update().where(chat_sessions.c.id == session_id).values(updated_at=now)
-        )
+            )
+    else:
+        common = {
+            "session_id": session_id,
+            "turn_id": turn_id,
+            "instance_id": instance_id,
+            "created_at": now,
+            "updated_at": now,
+            "citations": [],
+        }
+        async with db.write() as conn:
+            await conn.execute(
+                chat_messages.insert(),
+                [
+                    {
+                        **common,
+                        "id": user_id,
+                        "role": "user",
+                        "content": text,
+                        "status": "complete",
+                    },
+                    {
+                        **common,
+                        "id": assistant_id,
+                        "role": "assistant",
+                        "content": "",
+                        "status": "streaming",
+                    },
+                ],
+            )
+            await conn.execute(_TOUCH_SESSION, {"session": session_id, "updated_at": now})
     user_message = {
         "id": user_id,
         "role": "user",
@@ -194,47 +255,55 @@ class TurnRecord:
 
 
 async def finish_turn(db: Database, record: TurnRecord) -> None:
-    """Store the assistant's final text and status and the usage row, in one transaction."""
+    """Store the assistant's final text and status and the usage row, at once."""
     now = utcnow()
+    usage = {
+        "turn_id": record.turn_id,
+        "session_id": record.session_id,
+        "user_id": record.user_id,
+        "game_id": record.game_id,
+        "provider": record.provider,
+        "model": record.model,
+        "input_tokens": record.input_tokens,
+        "output_tokens": record.output_tokens,
+        "cache_read_tokens": record.cache_read_tokens,
+        "cache_creation_tokens": record.cache_creation_tokens,
+        "first_token_ms": record.first_token_ms,
+        "total_ms": record.total_ms,
+        "finish_reason": record.finish_reason,
+        "error_code": record.error_code,
+        "created_at": now,
+    }
+    # The usage row is an upsert: should the sweep of dead instances have closed this
+    # turn already, what the turn really did replaces its guess (one row per turn).
+    if db.is_postgres:
+        async with db.autocommit() as conn:
+            await conn.execute(
+                _PG_FINISH_TURN,
+                usage
+                | {
+                    "message": record.message_id,
+                    "content": record.content,
+                    "status": record.status,
+                    "citations": record.citations,
+                    "now": now,
+                },
+            )
+        return
     async with db.write() as conn:
         await conn.execute(
-            chat_messages.update()
-            .where(chat_messages.c.id == record.message_id)
-            .values(
-                content=record.content,
-                status=record.status,
-                finish_reason=record.finish_reason,
-                citations=record.citations,
-                updated_at=now,
-            )
+            _FINISH_MESSAGE,
+            {
+                "message": record.message_id,
+                "content": record.content,
+                "status": record.status,
+                "finish_reason": record.finish_reason,
+                "citations": record.citations,
+                "updated_at": now,
+            },
         )
-        usage = {
-            "turn_id": record.turn_id,
-            "session_id": record.session_id,
-            "user_id": record.user_id,
-            "game_id": record.game_id,
-            "provider": record.provider,
-            "model": record.model,
-            "input_tokens": record.input_tokens,
-            "output_tokens": record.output_tokens,
-            "cache_read_tokens": record.cache_read_tokens,
-            "cache_creation_tokens": record.cache_creation_tokens,
-            "first_token_ms": record.first_token_ms,
-            "total_ms": record.total_ms,
-            "finish_reason": record.finish_reason,
-            "error_code": record.error_code,
-            "created_at": now,
-        }
-        # An upsert: should the sweep of dead instances have closed this turn already,
-        # what the turn really did replaces its guess (still one row per turn).
         await conn.execute(
-            upsert(
-                db.dialect,
-                usage_events,
-                usage,
-                keys=["turn_id"],
-                update=[k for k in usage if k != "turn_id"],
-            )
+            upsert(db.dialect, usage_events, keys=("turn_id",), update=_USAGE_UPDATE), usage
         )
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,13 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self.url, hide_parameters=True, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        # The same pool; its connections in autocommit while lent out (a flag on the
+        # driver's connection, no round trip).
+        self._autocommit: AsyncEngine | None = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self.dialect == "postgresql"
+            else None
+        )
 
     @property
     def is_postgres(self) -> bool:
@@ -112,24 +119,21 @@ class Database:
 
         The whole block (getting a connection and every query in it) has a deadline:
         ``timeout`` or the database's default, so a hung server is ``Unavailable`` in
-        seconds, not after a driver's own half-minute timeout.
+        seconds, not after a driver's own half-minute timeout. On Postgres the reads
+        run in autocommit: no BEGIN and ROLLBACK round trips around them, and no
+        difference in what they see (at READ COMMITTED each statement takes its own
+        snapshot, in a transaction or not).
         """
-        try:
-            async with asyncio.timeout(timeout or self.timeout), self.engine.connect() as conn:
+        engine = self._autocommit or self.engine
+        with _mapped_errors():
+            async with asyncio.timeout(timeout or self.timeout), engine.connect() as conn:
                 yield conn
-        except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
-            raise Unavailable(
-                "the database is unavailable", context={"service": "database"}
-            ) from exc
-        except DBAPIError as exc:
-            _raise_mapped(exc)
-            raise
 
     @asynccontextmanager
     async def write(self, timeout: float | None = None) -> AsyncIterator[AsyncConnection]:
         """A connection inside a transaction, committed on success; deadline as ``read``
         (on SQLite, waiting for this process's other writers counts towards it)."""
-        try:
+        with _mapped_errors():
             async with asyncio.timeout(timeout or self.timeout):
                 if self._one_writer is None:
                     async with self.engine.begin() as conn:
@@ -137,13 +141,18 @@ class Database:
                 else:
                     async with self._one_writer, self.engine.begin() as conn:
                         yield conn
-        except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
-            raise Unavailable(
-                "the database is unavailable", context={"service": "database"}
-            ) from exc
-        except DBAPIError as exc:
-            _raise_mapped(exc)
-            raise
+
+    @asynccontextmanager
+    async def autocommit(self, timeout: float | None = None) -> AsyncIterator[AsyncConnection]:
+        """Postgres only: a connection where each statement commits on its own.
+
+        For a write that is one statement: one round trip, where a transaction costs
+        three (BEGIN, the statement, COMMIT). Deadline as ``read``.
+        """
+        assert self._autocommit is not None, "autocommit() is for Postgres"
+        with _mapped_errors():
+            async with asyncio.timeout(timeout or self.timeout), self._autocommit.connect() as conn:
+                yield conn
 
     async def ping(self, timeout: float = 2.0) -> None:
         """Raise ``Unavailable`` unless a trivial query answers within ``timeout``."""
@@ -158,6 +167,18 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+@contextmanager
+def _mapped_errors() -> Iterator[None]:
+    """Database outages as ``Unavailable``, text Postgres cannot hold as ``InvalidInput``."""
+    try:
+        yield
+    except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
+        raise Unavailable("the database is unavailable", context={"service": "database"}) from exc
+    except DBAPIError as exc:
+        _raise_mapped(exc)
+        raise
 
 
 def _raise_mapped(exc: DBAPIError) -> None:

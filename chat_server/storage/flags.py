@@ -61,16 +61,13 @@ async def upsert_flag(
         "metadata": metadata,
         "updated_at": utcnow(),
     }
-    keys = ["feature_key", "scope_type", "scope_id", "role", "environment"]
+    keys = ("feature_key", "scope_type", "scope_id", "role", "environment")
     async with db.write() as conn:
         await conn.execute(
             upsert(
-                db.dialect,
-                feature_flags,
-                values,
-                keys=keys,
-                update=["enabled", "metadata", "updated_at"],
-            )
+                db.dialect, feature_flags, keys=keys, update=("enabled", "metadata", "updated_at")
+            ),
+            values,
         )
         row = (
             await conn.execute(

@@ -22,11 +22,6 @@ async def get_role(db: Database, user_id: str) -> str | None:
 async def set_role(db: Database, user_id: str, role: str) -> None:
     async with db.write() as conn:
         await conn.execute(
-            upsert(
-                db.dialect,
-                profiles,
-                {"id": user_id, "role": role, "created_at": utcnow()},
-                keys=["id"],
-                update=["role"],
-            )
+            upsert(db.dialect, profiles, keys=("id",), update=("role",)),
+            {"id": user_id, "role": role, "created_at": utcnow()},
         )

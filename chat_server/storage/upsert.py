@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from functools import cache
 
 from sqlalchemy import Table
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -13,16 +12,14 @@ from sqlalchemy.sql.dml import Insert
 __all__ = ["upsert"]
 
 
-def upsert(
-    dialect: str,
-    table: Table,
-    values: dict[str, Any],
-    *,
-    keys: Sequence[str],
-    update: Sequence[str],
-) -> Insert:
-    """An insert that updates ``update`` columns when a row with the same ``keys`` exists."""
-    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).values(**values)
+@cache
+def upsert(dialect: str, table: Table, *, keys: tuple[str, ...], update: tuple[str, ...]) -> Insert:
+    """An insert that updates ``update`` columns when a row with the same ``keys`` exists.
+
+    Execute it with the row's values as parameters. One statement object per use, made
+    once: building it costs more than running it (SQLAlchemy compiles it once too).
+    """
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
     return stmt.on_conflict_do_update(
         index_elements=list(keys),
         set_={col: stmt.excluded[col] for col in update},
