@@ -147,8 +147,8 @@ _USAGE_UPDATE = (
 
 
 # Postgres: each of a turn's two writes is one statement (a data-modifying CTE) run in
-# autocommit, one round trip each instead of four. Written out: SQLAlchemy would add
-# any parameter named like a column to the CTE's SET clause.
+# autocommit (``Database.write_one``), one round trip each instead of four. Written
+# out: SQLAlchemy would add any parameter named like a column to the CTE's SET clause.
 _PG_BEGIN_TURN = text(
     "WITH touched AS (UPDATE chat_sessions SET updated_at = :now WHERE id = :session) "
     "INSERT INTO chat_messages (id, session_id, turn_id, role, content, status, citations, "
@@ -176,7 +176,7 @@ async def begin_turn(
     now = utcnow()
     user_id, assistant_id = new_id(), new_id()
     if db.is_postgres:
-        async with db.autocommit() as conn:
+        async with db.write_one() as conn:
             await conn.execute(
                 _PG_BEGIN_TURN,
                 {
@@ -277,7 +277,7 @@ async def finish_turn(db: Database, record: TurnRecord) -> None:
     # The usage row is an upsert: should the sweep of dead instances have closed this
     # turn already, what the turn really did replaces its guess (one row per turn).
     if db.is_postgres:
-        async with db.autocommit() as conn:
+        async with db.write_one() as conn:
             await conn.execute(
                 _PG_FINISH_TURN,
                 usage

@@ -102,10 +102,11 @@ class Database:
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         # The same pool; its connections in autocommit while lent out (a flag on the
-        # driver's connection, no round trip).
+        # driver's connection, no round trip). Not behind a transaction pooler: see
+        # write_one().
         self._autocommit: AsyncEngine | None = (
             self.engine.execution_options(isolation_level="AUTOCOMMIT")
-            if self.dialect == "postgresql"
+            if self.dialect == "postgresql" and prepared_statement_cache
             else None
         )
 
@@ -120,9 +121,9 @@ class Database:
         The whole block (getting a connection and every query in it) has a deadline:
         ``timeout`` or the database's default, so a hung server is ``Unavailable`` in
         seconds, not after a driver's own half-minute timeout. On Postgres the reads
-        run in autocommit: no BEGIN and ROLLBACK round trips around them, and no
-        difference in what they see (at READ COMMITTED each statement takes its own
-        snapshot, in a transaction or not).
+        run in autocommit where they can (see ``write_one``): no BEGIN and ROLLBACK
+        round trips around them, and no difference in what they see (at READ
+        COMMITTED each statement takes its own snapshot, in a transaction or not).
         """
         engine = self._autocommit or self.engine
         with _mapped_errors():
@@ -143,13 +144,19 @@ class Database:
                         yield conn
 
     @asynccontextmanager
-    async def autocommit(self, timeout: float | None = None) -> AsyncIterator[AsyncConnection]:
-        """Postgres only: a connection where each statement commits on its own.
+    async def write_one(self, timeout: float | None = None) -> AsyncIterator[AsyncConnection]:
+        """Postgres only: a connection for a write that is one statement.
 
-        For a write that is one statement: one round trip, where a transaction costs
-        three (BEGIN, the statement, COMMIT). Deadline as ``read``.
+        In autocommit: one round trip, where a transaction costs three (BEGIN, the
+        statement, COMMIT). Behind a transaction pooler (no prepared-statement cache),
+        in a transaction: the driver prepares and then runs each statement, and only a
+        transaction keeps both on the same server connection. Deadline as ``read``.
         """
-        assert self._autocommit is not None, "autocommit() is for Postgres"
+        assert self.dialect == "postgresql", "write_one() is for Postgres"
+        if self._autocommit is None:
+            async with self.write(timeout) as conn:
+                yield conn
+            return
         with _mapped_errors():
             async with asyncio.timeout(timeout or self.timeout), self._autocommit.connect() as conn:
                 yield conn

@@ -25,6 +25,7 @@ from chat_server.storage.chat import (
 )
 from chat_server.storage.games import create_game
 from chat_server.storage.ids import new_id
+from chat_server.storage.migrate import upgrade
 from chat_server.storage.schema import chat_messages, usage_events
 
 from .conftest import WAIT
@@ -188,6 +189,28 @@ async def test_finish_turn_stores_the_answer_and_one_usage_row(
     )
     assert (row.input_tokens, row.output_tokens, row.cache_read_tokens) == (120, 8, 3)
     assert (row.cache_creation_tokens, row.first_token_ms, row.total_ms) == (1, 40, 90)
+
+
+async def test_a_turn_is_stored_in_the_transaction_pooler_mode(postgres_url: str) -> None:
+    """With the prepared-statement cache off (Supabase's transaction pooler), a turn's
+    one-statement writes run in transactions and store the same rows."""
+    db = Database(postgres_url, prepared_statement_cache=False)
+    try:
+        async with asyncio.timeout(WAIT):
+            await upgrade(db)
+            game = await create_game(db, {"name": "Catan"})
+            session = await new_session(db, game["id"])
+            turn_id, assistant_id = await start_turn(db, session["id"], "How do I win?")
+            await finish_turn(db, record(session, turn_id, assistant_id))
+            messages = await history(db, session["id"])
+            usage = await usage_rows(db)
+    finally:
+        await db.dispose()
+    assert [(m["role"], m["content"], m["status"]) for m in messages] == [
+        ("user", "How do I win?", "complete"),
+        ("assistant", "Roll both dice.", "complete"),
+    ]
+    assert [(u.turn_id, u.output_tokens) for u in usage] == [(turn_id, 8)]
 
 
 async def test_a_failed_turn_keeps_its_partial_text(db: Database, game: dict[str, Any]) -> None:
