@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import time
 from collections.abc import Coroutine
@@ -78,8 +79,8 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_AUTH_TIMEOUT = 4408
 
-# The connection's timers run in this empty context: a copy of the connection's own
-# would keep its logging fields alive for as long as the timer waits.
+# The connection's timers (and its flush) run in this empty context: a copy of the
+# connection's own would keep its logging fields alive for as long as a timer waits.
 _TIMERS = contextvars.Context()
 
 
@@ -109,22 +110,33 @@ async def chat_endpoint(websocket: WebSocket) -> None:
 
 async def _go_on(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
     """Run to its end a coroutine that was started by hand (``coro.send(None)``) and
-    yielded ``waiting``: the future it waits for, as it would have yielded to a task."""
+    yielded ``waiting``, the future it waits for (or None for a bare yield).
+
+    The coroutine is resumed only once that future is done, as a task would do; the
+    future itself is never awaited here (a future already yielded by one ``await``
+    cannot be awaited by another), a fresh one stands in for it.
+    """
+    loop = asyncio.get_running_loop()
     while True:
         try:
-            if waiting is None:  # a bare yield (``asyncio.sleep(0)``)
+            if waiting is None:
                 await asyncio.sleep(0)
             else:
-                await waiting
+                ready = loop.create_future()
+                waiting.add_done_callback(functools.partial(_set_ready, ready))
+                await ready
         except asyncio.CancelledError:
             waiting = coro.throw(asyncio.CancelledError())  # usually raises it back
             continue
-        except BaseException:
-            pass
         try:
             waiting = coro.send(None)
         except StopIteration:
             return
+
+
+def _set_ready(ready: asyncio.Future[None], _done: object) -> None:
+    if not ready.done():
+        ready.set_result(None)
 
 
 def _utc(timestamp: float) -> datetime:

@@ -366,6 +366,47 @@ async def test_a_client_that_stops_reading_is_closed_after_the_send_timeout(
     assert [m["status"] for m in stored] == ["complete", "cancelled"]
 
 
+async def test_a_client_that_pauses_reading_gets_the_whole_answer_in_order(
+    tmp_path: Path, openai_up: OpenAIUpstream
+) -> None:
+    """A client that stops reading long enough for the server's sends to wait (its
+    socket and the server's write buffer full), then reads again within
+    WS_SEND_TIMEOUT, gets every delta, numbered in order, and the turn's end."""
+    tokens = [f"{i:05d}" + "y" * 1995 for i in range(10000)]  # 20 MB: more than buffers hold
+    openai_up.script = Script(tokens=tokens)
+    settings = settings_for(
+        tmp_path,
+        openai_api_key="sk",
+        openai_base_url=openai_up.base_url,
+        ws_send_timeout=30.0,
+        ws_ping_interval=600.0,
+    )
+    with running_server(settings) as server:
+        raw = await asyncio.to_thread(RawWebSocket, server.port, server.token(), rcvbuf=4096)
+        try:
+            assert (await asyncio.to_thread(read_json, raw))["type"] == "ready"
+            raw.send_text(json.dumps({"type": "session.start", "game_id": catan(server)}))
+            assert (await asyncio.to_thread(read_json, raw))["type"] == "session.ready"
+            raw.send_text(json.dumps({"type": "message", "text": "Tell me everything."}))
+            assert (await asyncio.to_thread(read_json, raw))["type"] == "turn.started"
+            await asyncio.sleep(1.5)  # reading nothing while the upstream streams
+
+            async def queued() -> int:
+                return max((len(c.outbox) for c in server.services.connections.all()), default=0)
+
+            # The server is holding text back: its sends are waiting for this client.
+            assert await asyncio.to_thread(server.call, queued()) >= 1
+            frames = []
+            while not frames or frames[-1]["type"] != "turn.completed":
+                frames.append(await asyncio.to_thread(read_json, raw))
+        finally:
+            raw.close()
+    deltas = [f for f in frames if f["type"] == "turn.delta"]
+    assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1))
+    assert "".join(d["text"] for d in deltas) == "".join(tokens)
+    assert frames[-1]["finish_reason"] == "stop"
+
+
 def read_json(raw: RawWebSocket) -> dict[str, Any]:
     """The next text frame (pings skipped, never answered)."""
     while True:
