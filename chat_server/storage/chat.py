@@ -1,10 +1,10 @@
 """Chat sessions and messages: what survives reconnects and restarts.
 
-A turn writes twice, never per token: ``begin_turn`` stores the user's message
-(``complete``) and the assistant's placeholder (``streaming``) in one transaction;
-``finish_turn`` stores the assistant's text with its final status and the turn's
-``usage_events`` row in another. ``fail_stale_turns`` gives a final status to
-placeholders whose instance died.
+A turn writes twice, never per token, each time atomically (one statement on
+Postgres, one transaction on SQLite): ``begin_turn`` stores the user's message
+(``complete``) and the assistant's placeholder (``streaming``); ``finish_turn`` stores
+the assistant's text with its final status and the turn's ``usage_events`` row.
+``fail_stale_turns`` gives a final status to placeholders whose instance died.
 """
 
 from __future__ import annotations
