@@ -64,11 +64,7 @@ def spanprobe(bench: Bench) -> dict[str, Any]:
         result = bench.load(
             server, "spans", clients=1, turns=30, tokens=20, gap_ms=GAP_MS, stagger=False
         )
-        os.kill(server["pid"], signal.SIGUSR2)
-        for _ in range(20):
-            if out.exists():
-                break
-            time.sleep(0.5)
+        _dump(server, out)
     finally:
         bench.procs.stop("product")
     text = out.read_text() if out.exists() else "(no spans written)"
@@ -79,6 +75,15 @@ def spanprobe(bench: Bench) -> dict[str, Any]:
         "first_ms_p50": result.get("first_ms_p50"),
         "started_ms_p50": result.get("started_ms_p50"),
     }
+
+
+def _dump(server: dict[str, Any], out: Path) -> None:
+    """Have the probe server write what it gathered (SIGUSR2); wait for the file."""
+    os.kill(server["pid"], signal.SIGUSR2)
+    for _ in range(20):
+        if out.exists():
+            return
+        time.sleep(0.5)
 
 
 def gcprobe(bench: Bench) -> dict[str, Any]:
@@ -113,11 +118,7 @@ def _gc_run(bench: Bench, *, freeze: bool) -> dict[str, Any]:
                     gap_ms=GAP_MS,
                 )
             )
-        os.kill(server["pid"], signal.SIGUSR2)
-        for _ in range(20):
-            if out.exists():
-                break
-            time.sleep(0.5)
+        _dump(server, out)
     finally:
         bench.procs.stop("product")
     rows = []
