@@ -3,10 +3,9 @@
 An idle connection costs one task: the endpoint's own, which authenticates and then
 reads frames (exactly one reader). The rest exists only while needed:
 
-- the flush: when a frame is queued in the connection's ``Outbox`` (the outbox calls
-  back), a callback at the end of the loop pass sends until the outbox is empty. A
-  send that has to wait (the client's socket is full) goes on in a writer task; there
-  is never more than one flush or writer, so frames go out in the order queued;
+- the writer, a task started when a frame is queued in the connection's ``Outbox``
+  (the outbox calls back), which sends until the outbox is empty and ends; there is
+  never more than one, so frames go out in the order they were queued;
 - the send watchdog, one timer armed while frames are being sent, which closes the
   connection (1008) when one send stays blocked for ``WS_SEND_TIMEOUT`` (a client
   that stopped reading), instead of a timeout around every send;
@@ -24,10 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
 import logging
 import time
-from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -79,8 +76,8 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_AUTH_TIMEOUT = 4408
 
-# The connection's timers (and its flush) run in this empty context: a copy of the
-# connection's own would keep its logging fields alive for as long as a timer waits.
+# The connection's timers run in this empty context: a copy of the connection's own
+# would keep its logging fields alive for as long as the timer waits.
 _TIMERS = contextvars.Context()
 
 
@@ -108,37 +105,6 @@ async def chat_endpoint(websocket: WebSocket) -> None:
         services.connections.close_socket()
 
 
-async def _go_on(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-    """Run to its end a coroutine that was started by hand (``coro.send(None)``) and
-    yielded ``waiting``, the future it waits for (or None for a bare yield).
-
-    The coroutine is resumed only once that future is done, as a task would do; the
-    future itself is never awaited here (a future already yielded by one ``await``
-    cannot be awaited by another), a fresh one stands in for it.
-    """
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            if waiting is None:
-                await asyncio.sleep(0)
-            else:
-                ready = loop.create_future()
-                waiting.add_done_callback(functools.partial(_set_ready, ready))
-                await ready
-        except asyncio.CancelledError:
-            waiting = coro.throw(asyncio.CancelledError())  # usually raises it back
-            continue
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
-
-
-def _set_ready(ready: asyncio.Future[None], _done: object) -> None:
-    if not ready.done():
-        ready.set_result(None)
-
-
 def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
 
@@ -148,7 +114,6 @@ class Connection:
 
     __slots__ = (
         "_expiry",
-        "_flush_handle",
         "_interrupted",
         "_reader",
         "_relay",
@@ -194,8 +159,7 @@ class Connection:
         self._relay_turn: str | None = None
         self._reader: asyncio.Task[Any] | None = None  # the endpoint's task, while reading
         self._interrupted = False  # close() cancelled the reader
-        self._flush_handle: asyncio.Handle | None = None  # a flush is due this loop pass
-        self._writer: asyncio.Task[None] | None = None  # a flush that had to wait
+        self._writer: asyncio.Task[None] | None = None
         self._send_started: float | None = None  # loop time the current send began
         self._stuck = False  # a send stayed blocked: nothing more is written
         self._watchdog: asyncio.TimerHandle | None = None
@@ -292,9 +256,6 @@ class Connection:
             await self._read()
             # Closing: what is queued goes out first (the send watchdog bounds it).
             self.outbox.close()
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
-                self._flush()
             if self._writer is not None:
                 await asyncio.wait((self._writer,))
             if self.close_code is not None:
@@ -307,8 +268,6 @@ class Connection:
                 if handle is not None:
                     handle.cancel()
             self._expiry = self._watchdog = None
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
             if self._writer is not None:
                 self._writer.cancel()
             self.services.connections.remove(self)
@@ -566,38 +525,13 @@ class Connection:
 
     # -- frames out ------------------------------------------------------------------
     def _wake(self) -> None:
-        """The outbox changed (``Outbox`` calls this): have what waits sent, once.
-
-        Not at once: at the end of this pass of the event loop, so the deltas of one
-        upstream read go out as one frame.
-        """
-        if (
-            self._writer is None
-            and self._flush_handle is None
-            and len(self.outbox)
-            and not self._stuck
-        ):
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush, context=_TIMERS)
+        """The outbox changed (``Outbox`` calls this): have one writer send what waits."""
+        if self._writer is None and len(self.outbox) and not self._stuck:
+            self._writer = asyncio.create_task(self._write())
         if self.outbox.closed and not self.closing:
             # A turn found the outbox full (SlowClient) and closed it.
             log.info("connection %s: client stopped reading; closing", self.id)
             self.close(CLOSE_ABUSE)
-
-    def _flush(self) -> None:
-        """Send what is queued, right here when no send has to wait (a socket that
-        takes the bytes: the usual case), else in a task that goes on from there.
-
-        Saves a task per frame: at 50 tokens/s each delta is its own flush.
-        """
-        self._flush_handle = None
-        if self._writer is not None or self._stuck:
-            return
-        write = self._write()
-        try:
-            waiting = write.send(None)
-        except StopIteration:
-            return
-        self._writer = asyncio.create_task(_go_on(write, waiting))
 
     async def _write(self) -> None:
         """Send queued frames in order until none is left, then end."""
@@ -616,7 +550,7 @@ class Connection:
             self.close(None)
         finally:
             # In the step that found the outbox empty: a frame queued from now on
-            # starts a new flush.
+            # starts a new writer.
             self._send_started = None
             self._writer = None
         if self._watchdog is not None and not self._streaming():
