@@ -29,6 +29,7 @@ from ..errors import (
     Unavailable,
 )
 from ..flag_cache import FlagCache
+from ..flags import Decision
 from ..frames import MessageFrame, SessionResumeFrame, SessionStartFrame
 from ..providers.base import ChatMessage, Passage, Provider, ProviderRequest
 from ..quotas import Quota, QuotaCounter, Reservation, next_midnight
@@ -136,15 +137,19 @@ class ChatService:
             self._histories[session_id] = history
         return history
 
-    def _provider_allowed(self, who: Who, name: str, game: Game) -> bool:
-        """``chat.provider.<name>`` flags switch a provider off; no flag means on."""
-        decision = self.flags.decide(
-            feature=f"chat.provider.{name}",
+    def _decide(self, who: Who, feature: str, game: Game) -> Decision:
+        """The flag that applies to ``who`` on ``game`` (decided in memory)."""
+        return self.flags.decide(
+            feature=feature,
             user_id=who.user_id,
             role=who.role,
             game_id=game.id,
             section=game.section,
         )
+
+    def _provider_allowed(self, who: Who, name: str, game: Game) -> bool:
+        """``chat.provider.<name>`` flags switch a provider off; no flag means on."""
+        decision = self._decide(who, f"chat.provider.{name}", game)
         return decision.enabled or decision.flag_id is None
 
     async def start_session(
@@ -225,13 +230,7 @@ class ChatService:
         return await self._usage(who, Game.from_row(game))
 
     async def _usage(self, who: Who, game: Game) -> Quota:
-        decision = self.flags.decide(
-            feature=FEATURE,
-            user_id=who.user_id,
-            role=who.role,
-            game_id=game.id,
-            section=game.section,
-        )
+        decision = self._decide(who, FEATURE, game)
         return await self.quotas.usage(
             feature=FEATURE,
             user_id=who.user_id,
@@ -357,13 +356,7 @@ class ChatService:
     ) -> Reservation:
         """The ``chat`` flag, then the daily quota: one Redis round trip in all."""
         with span.child("chat.flag_check"):
-            decision = self.flags.decide(
-                feature=FEATURE,
-                user_id=who.user_id,
-                role=who.role,
-                game_id=game.id,
-                section=game.section,
-            )
+            decision = self._decide(who, FEATURE, game)
         if not decision.enabled:
             metrics.DENIALS.labels("feature_disabled").inc()
             raise FeatureDisabled(
