@@ -42,8 +42,9 @@ class ChatApp(FastAPI):
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and (
-            scope["path"] == CHAT_PATH or scope["path"] == scope.get("root_path", "") + CHAT_PATH
+        if scope["type"] == "websocket" and scope["path"] in (
+            CHAT_PATH,
+            scope.get("root_path", "") + CHAT_PATH,  # behind a proxy's path prefix
         ):
             scope["app"] = self  # the endpoint finds the services on app.state
             await _CHAT(scope, receive, send)
