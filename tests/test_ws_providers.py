@@ -4,7 +4,6 @@ vendor upstream (its exact SSE wire format) to a WebSocket client."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -344,11 +343,9 @@ async def test_a_client_that_stops_reading_is_closed_after_the_send_timeout(
         token = server.token()
         raw = await asyncio.to_thread(RawWebSocket, server.port, token, rcvbuf=4096)
         try:
-            assert (await asyncio.to_thread(read_json, raw))["type"] == "ready"
-            raw.send_text(json.dumps({"type": "session.start", "game_id": catan(server)}))
-            session_id = (await asyncio.to_thread(read_json, raw))["session"]["id"]
-            raw.send_text(json.dumps({"type": "message", "text": "Tell me everything."}))
-            assert (await asyncio.to_thread(read_json, raw))["type"] == "turn.started"
+            session_id = await asyncio.to_thread(
+                raw.start_turn, catan(server), "Tell me everything."
+            )
 
             async def live() -> tuple[int, int]:
                 return len(server.services.connections), len(server.services.manager)
@@ -384,11 +381,7 @@ async def test_a_client_that_pauses_reading_gets_the_whole_answer_in_order(
     with running_server(settings) as server:
         raw = await asyncio.to_thread(RawWebSocket, server.port, server.token(), rcvbuf=4096)
         try:
-            assert (await asyncio.to_thread(read_json, raw))["type"] == "ready"
-            raw.send_text(json.dumps({"type": "session.start", "game_id": catan(server)}))
-            assert (await asyncio.to_thread(read_json, raw))["type"] == "session.ready"
-            raw.send_text(json.dumps({"type": "message", "text": "Tell me everything."}))
-            assert (await asyncio.to_thread(read_json, raw))["type"] == "turn.started"
+            await asyncio.to_thread(raw.start_turn, catan(server), "Tell me everything.")
             await asyncio.sleep(1.5)  # reading nothing while the upstream streams
 
             async def queued() -> int:
@@ -398,22 +391,13 @@ async def test_a_client_that_pauses_reading_gets_the_whole_answer_in_order(
             assert await asyncio.to_thread(server.call, queued()) >= 1
             frames = []
             while not frames or frames[-1]["type"] != "turn.completed":
-                frames.append(await asyncio.to_thread(read_json, raw))
+                frames.append(await asyncio.to_thread(raw.read_json))
         finally:
             raw.close()
     deltas = [f for f in frames if f["type"] == "turn.delta"]
     assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1))
     assert "".join(d["text"] for d in deltas) == "".join(tokens)
     assert frames[-1]["finish_reason"] == "stop"
-
-
-def read_json(raw: RawWebSocket) -> dict[str, Any]:
-    """The next text frame (pings skipped, never answered)."""
-    while True:
-        opcode, payload = raw.read_frame()
-        if opcode == 0x1:
-            data: dict[str, Any] = json.loads(payload)
-            return data
 
 
 async def test_a_question_that_cannot_be_stored_gets_no_answer(

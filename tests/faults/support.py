@@ -6,9 +6,11 @@ its data across a kill is ``tests.private_redis`` with ``durable=True``.)
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import struct
+from typing import Any
 
 import httpx
 
@@ -134,6 +136,26 @@ class RawWebSocket:
         elif size == 127:
             (size,) = struct.unpack("!Q", self._exact(8))
         return first & 0x0F, self._exact(size)
+
+    def read_json(self) -> dict[str, Any]:
+        """The next text frame, parsed (the server's pings are skipped, never answered)."""
+        while True:
+            opcode, payload = self.read_frame()
+            if opcode == 0x1:
+                data: dict[str, Any] = json.loads(payload)
+                return data
+
+    def start_turn(self, game_id: str, text: str) -> str:
+        """From the connection's ``ready`` to ``turn.started``: a new session on
+        ``game_id``, one question; returns the session id."""
+        assert self.read_json()["type"] == "ready"
+        self.send_text(json.dumps({"type": "session.start", "game_id": game_id}))
+        ready = self.read_json()
+        assert ready["type"] == "session.ready"
+        self.send_text(json.dumps({"type": "message", "text": text}))
+        assert self.read_json()["type"] == "turn.started"
+        session_id: str = ready["session"]["id"]
+        return session_id
 
     def _exact(self, n: int) -> bytes:
         data = b""

@@ -5,7 +5,6 @@ WS_PING_INTERVAL + WS_PING_TIMEOUT, and its running turn is handled as a disconn
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,11 +73,7 @@ async def test_silent_client_is_found_by_pings_and_its_turn_cancelled(
             RawWebSocket, server.port, token, rcvbuf=4096 if case == "full-buffers" else None
         )
         try:
-            assert (await asyncio.to_thread(_read_json, raw))["type"] == "ready"
-            raw.send_text(json.dumps({"type": "session.start", "game_id": game}))
-            session_id = (await asyncio.to_thread(_read_json, raw))["session"]["id"]
-            raw.send_text(json.dumps({"type": "message", "text": "Tell me everything."}))
-            assert (await asyncio.to_thread(_read_json, raw))["type"] == "turn.started"
+            session_id = await asyncio.to_thread(raw.start_turn, game, "Tell me everything.")
             silent_since = time.monotonic()
             # From here on the client reads nothing, answers no ping, closes nothing.
             while await _server_state(server) != (0, 0, 0):
@@ -91,15 +86,6 @@ async def test_silent_client_is_found_by_pings_and_its_turn_cancelled(
             raw.close()
     print(f"\nhalf-open client ({case}) dropped after {found_after:.2f} s")
     assert [m["status"] for m in messages] == ["complete", "cancelled"]
-
-
-def _read_json(raw: RawWebSocket) -> dict[str, Any]:
-    """The next text frame (the server's pings are skipped, never answered)."""
-    while True:
-        opcode, payload = raw.read_frame()
-        if opcode == 0x1:
-            data: dict[str, Any] = json.loads(payload)
-            return data
 
 
 async def _messages(server: RunningServer, token: str, session_id: str) -> list[dict[str, Any]]:
