@@ -115,6 +115,7 @@ class AnthropicProvider:
             base_url=base_url,
             max_retries=0,
             timeout=anthropic.Timeout(read_timeout, connect=connect_timeout),
+            http_client=anthropic.DefaultAioHttpClient(),
         )
 
     async def aclose(self) -> None:

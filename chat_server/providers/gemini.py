@@ -115,7 +115,10 @@ class GeminiProvider:
             http_options=types.HttpOptions(
                 base_url=base_url,
                 async_client_args={
-                    "event_hooks": {"request": [set_timeouts], "response": [track_response]}
+                    # httpx2, not aiohttp (which the SDK picks when it is installed):
+                    # the hooks below need it.
+                    "transport": httpx2.AsyncHTTPTransport(),
+                    "event_hooks": {"request": [set_timeouts], "response": [track_response]},
                 },
             ),
         )

@@ -138,6 +138,7 @@ class OpenAIProvider:
             base_url=base_url,
             max_retries=0,
             timeout=openai.Timeout(read_timeout, connect=connect_timeout),
+            http_client=openai.DefaultAioHttpClient(),
         )
 
     async def aclose(self) -> None:

@@ -1,9 +1,15 @@
 """What the three SDK adapters share about the HTTP stream underneath them.
 
-The openai, anthropic and google-genai SDKs all run on httpx2; a connection dropped
-mid-stream surfaces as a raw httpx2 or anyio error, not an SDK one (``DROPPED``), and
-an upstream response must be closed at once, even inside a cancelled scope
-(``close_response``), so that a cancelled turn stops paying for tokens.
+The openai, anthropic and google-genai SDKs all speak httpx2. The openai and anthropic
+clients are built with the SDKs' own aiohttp transport (``DefaultAioHttpClient``):
+reading a stream through it costs about a third of the CPU per event of httpx2's
+default transport (``bench/transports.py``), the largest single cost of a token.
+google-genai stays on httpx2's transport (its adapter needs httpx2's event hooks).
+
+A connection dropped mid-stream, or an answer that is not HTTP, surfaces as a raw
+httpx2, anyio or aiohttp error, not an SDK one (``DROPPED``), and an upstream response
+must be closed at once, even inside a cancelled scope (``close_response``), so that a
+cancelled turn stops paying for tokens.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 
+import aiohttp
 import anyio
 import httpx2
 
@@ -27,6 +34,7 @@ DROPPED = (
     anyio.BrokenResourceError,
     ssl.SSLError,
     ConnectionError,
+    aiohttp.ClientError,  # through the aiohttp transport: not mapped to httpx2 by the SDK
 )
 
 
@@ -34,5 +42,5 @@ async def close_response(response: httpx2.Response) -> None:
     """Close the upstream response now, even inside a cancelled AnyIO scope."""
     with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
         # Closing a broken connection may fail; it is gone either way.
-        with contextlib.suppress(httpx2.HTTPError, OSError):
+        with contextlib.suppress(httpx2.HTTPError, aiohttp.ClientError, OSError):
             await response.aclose()

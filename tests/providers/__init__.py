@@ -8,6 +8,7 @@ upstream server and provider class, and adds what only that vendor does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -178,6 +179,32 @@ class ProviderContract:
             events, failure = await collect_failure(provider)
         finally:
             await provider.aclose()
+        assert events == []
+        assert isinstance(failure, ProviderUnavailable)
+
+    @pytest.mark.parametrize(
+        "reply",
+        [b"SSH-2.0-OpenSSH_9.6\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", b""],
+        ids=["not-http", "bad-header", "closed-at-once"],
+    )
+    async def test_an_upstream_that_does_not_speak_http_is_unavailable(self, reply: bytes) -> None:
+        """Whatever the transport makes of a broken answer, it is provider_unavailable."""
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(reply)
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        provider = self.make_provider(f"http://127.0.0.1:{port}/v1")
+        try:
+            events, failure = await collect_failure(provider)
+        finally:
+            await provider.aclose()
+            server.close()
         assert events == []
         assert isinstance(failure, ProviderUnavailable)
 
