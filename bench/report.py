@@ -142,12 +142,19 @@ def targets(results: dict[str, dict[str, Any]], idle_clients: int) -> str:
             f"{mp:.1f} KB vs floor relay {mf:.1f} KB = {mp / mf:.2f}x (target <= 0.7 at "
             f"5,000): {_verdict(mp / mf <= 0.7)}"
         )
-    lines.append(
-        "- Two workers on two cores >= 1.8x one: not measured (2-core machine: "
-        "the load needs the second core)"
-        if (results.get("meta") or {}).get("cores", 2) <= 2
-        else "- Two workers: not measured"
-    )
+    scaling = p.get("scaling")
+    if scaling and scaling.get("estimate") is not None:
+        alone, a, b = (scaling[k]["server_cpu_per_1k"] for k in ("alone", "a", "b"))
+        lines.append(
+            f"- Two instances on two cores >= 1.8x one: estimated {scaling['estimate']:.2f}x "
+            f"from CPU per token at {scaling['streams']} streams each ({alone:.3f} CPU-s/1k "
+            f"alone; {a:.3f} and {b:.3f} with both serving; {scaling['tokens_per_s_alone']:.0f}"
+            f" -> {scaling['tokens_per_s_together']:.0f} tok/s delivered): "
+            f"{_verdict(scaling['estimate'] >= 1.8)} (estimated: saturating two instances "
+            "needs a third core for the load)"
+        )
+    else:
+        lines.append("- Two instances on two cores >= 1.8x one: not measured (--scaling)")
     acc = p.get("accounting")
     if acc and "evalsha_per_turn" in acc:
         flat = acc["rows_per_turn_at_200"] <= acc["rows_per_turn_at_20"] + 0.5

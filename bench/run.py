@@ -82,6 +82,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gcprobe", action="store_true", help="the product's GC pauses vs stalls")
     p.add_argument("--memprobe", action="store_true", help="tracemalloc the product's idle conns")
     p.add_argument("--spanprobe", action="store_true", help="the product's turn spans, 1 stream")
+    p.add_argument(
+        "--scaling",
+        type=int,
+        nargs="?",
+        const=50,
+        default=0,
+        help="two product instances, one per core, each at N streams (default 50) vs one",
+    )
     p.add_argument("--no-accounting", action="store_true", help="skip the per-turn accounting")
     p.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--redis-db", type=int, default=13)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,16 @@ class Bench:
         self.upstream_url = f"http://127.0.0.1:{port}/v1"
         self.upstream_pid = proc.pid
 
-    def start_server(self, target: str, *, probe: dict[str, str] | None = None) -> dict[str, Any]:
+    def start_server(
+        self,
+        target: str,
+        *,
+        probe: dict[str, str] | None = None,
+        name: str | None = None,
+        core: int = SERVER_CORE,
+    ) -> dict[str, Any]:
+        """Start one system (``name`` tells two instances of it apart) and set it up."""
+        name = name or target
         port = free_port()
         if target == "product":
             assert self.product is not None
@@ -57,16 +67,16 @@ class Bench:
             if probe:  # bench/probe.py: the same server, instrumented
                 cmd = [PY, str(HERE / "probe.py")]
                 env |= probe
-            proc = self.procs.start(target, cmd, core=SERVER_CORE, env=env, cwd=self.data_dir)
+            proc = self.procs.start(name, cmd, core=core, env=env, cwd=self.data_dir)
         else:
             cmd = [PY, str(HERE / "relays.py"), target, "--port", str(port)]
             cmd += ["--upstream", self.upstream_url]
-            proc = self.procs.start(target, cmd, core=SERVER_CORE)
+            proc = self.procs.start(name, cmd, core=core)
         base = f"http://127.0.0.1:{port}"
         try:
             wait_healthy(f"{base}/healthz", proc)
         except RuntimeError:
-            print(self.procs.log_tail(target), file=sys.stderr)
+            print(self.procs.log_tail(name), file=sys.stderr)
             raise
         game_id, secret = "bench-game", None
         if target == "product":
@@ -74,6 +84,7 @@ class Bench:
             game_id, secret = self.product.admin_setup(base), self.product.secret
         return {
             "target": target,
+            "name": name,
             "pid": proc.pid,
             "ws": f"ws://127.0.0.1:{port}/ws/chat",
             "game_id": game_id,
@@ -241,6 +252,51 @@ class Bench:
             "cpu_ms_per_token": per_token * 1000,
         }
 
+    def scaling(self) -> dict[str, Any]:
+        """Two instances of the product, one per core, against one alone: CPU per token.
+
+        On a 2-core machine the load and the upstream need a core, so two instances
+        cannot both be driven to saturation. What decides how far they scale can be
+        measured: each instance's CPU per 1,000 tokens while both serve
+        ``--scaling`` streams at once (sharing Postgres, Redis and the cross-instance
+        signals), against one instance serving them alone with the other idle. An
+        instance's capacity goes as the inverse of its CPU per token, so two deliver
+        ``alone / a + alone / b`` times one: an estimate, and said to be one.
+        """
+        streams, turns = self.args.scaling, 2 if self.args.quick else 3
+        cfg = {"clients": streams, "turns": turns, "tokens": TOKENS, "gap_ms": GAP_MS}
+        pair = [
+            self.start_server("product", name="product-a", core=SERVER_CORE),
+            self.start_server("product", name="product-b", core=LOAD_CORE),
+        ]
+        alone: list[dict[str, Any]] = []
+        together: list[list[dict[str, Any]]] = []
+        try:
+            for server in pair:
+                self.warmup(server)
+            for _ in range(self.args.runs):
+                alone.append(self.load(pair[0], "scale-alone", **cfg))
+                with ThreadPoolExecutor(2) as pool:
+                    futures = [pool.submit(self.load, s, f"scale-{s['name']}", **cfg) for s in pair]
+                    together.append([f.result() for f in futures])
+        finally:
+            for server in pair:
+                self.procs.stop(server["name"])
+        one = _median(alone)
+        a, b = _median([t[0] for t in together]), _median([t[1] for t in together])
+        cpu = one["server_cpu_per_1k"]
+        return {
+            "streams": streams,
+            "alone": one,
+            "a": a,
+            "b": b,
+            "tokens_per_s_alone": one["tokens_per_s"],
+            "tokens_per_s_together": a["tokens_per_s"] + b["tokens_per_s"],
+            "estimate": cpu / a["server_cpu_per_1k"] + cpu / b["server_cpu_per_1k"]
+            if cpu and a["server_cpu_per_1k"] and b["server_cpu_per_1k"]
+            else None,
+        }
+
     def measure(self, only: list[str], results: dict[str, Any]) -> None:
         """Every scenario for every system; the systems take turns, run after run.
 
@@ -291,6 +347,12 @@ class Bench:
                     " KB/conn",
                     file=sys.stderr,
                 )
+        if self.args.scaling and "product" in only:
+            try:
+                results["product"]["scaling"] = scaling = self.scaling()
+                print(f"  product scaling: {_brief_scaling(scaling)}", file=sys.stderr)
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+                print(f"  scaling failed: {exc}", file=sys.stderr)
         for wanted, probe in (
             (self.args.gcprobe, probes.gcprobe),
             (self.args.memprobe, probes.memprobe),
@@ -314,6 +376,16 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
             merged[key] = statistics.median(vals) if vals else None
     merged["runs"] = runs
     return merged
+
+
+def _brief_scaling(s: dict[str, Any]) -> str:
+    est = s["estimate"]
+    return (
+        f"{s['streams']} streams each: CPU-s/1k alone {s['alone']['server_cpu_per_1k']:.3f}, "
+        f"together {s['a']['server_cpu_per_1k']:.3f} + {s['b']['server_cpu_per_1k']:.3f}; "
+        f"tok/s {s['tokens_per_s_alone']:.0f} -> {s['tokens_per_s_together']:.0f}; "
+        f"estimate {'-' if est is None else format(est, '.2f')}x"
+    )
 
 
 def _brief(r: dict[str, Any]) -> str:
