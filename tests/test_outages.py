@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -93,3 +94,38 @@ async def test_quota_fail_open_serves_uncounted_turns_while_redis_is_down(
                 frames = await client.ask("How do I win?")
     assert frames[-1]["finish_reason"] == "stop"
     assert frames[0]["quota"]["used"] == 0
+
+
+async def test_a_rulebook_search_that_fails_refuses_the_message_and_keeps_nothing(
+    tmp_path: Path,
+) -> None:
+    """The rulebook search fails (here the SQLite full-text index is gone): the
+    message gets `unavailable` and no turn; nothing is stored, the quota is given
+    back, the connection and the server go on."""
+    settings = make_settings(tmp_path)
+    with running_server(settings) as server:
+        token = server.token("alice")
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(timeout=5) as http:
+            games = (await http.get(f"{server.url}/games", headers=headers)).json()
+        game = games["games"][0]["id"]
+        async with ws_client(server.ws_url, token) as client:
+            session = (await client.start(game))["session"]["id"]
+            first = await client.ask("How do I win?")
+            assert first[0]["quota"]["used"] == 1
+
+            with sqlite3.connect(tmp_path / "chat.db") as db:
+                db.execute("DROP TABLE document_passages_fts")
+            await client.send({"type": "message", "text": "How do I build a city?"})
+            error = await client.expect("error")
+            assert error["code"] == "unavailable"
+            await client.send({"type": "ping", "id": "still-there"})
+            assert await client.expect("pong") == {"type": "pong", "id": "still-there"}
+
+        async with ws_client(server.ws_url, token) as client:
+            await client.send({"type": "session.resume", "session_id": session})
+            ready = await client.expect("session.ready")
+            contents = [m["content"] for m in ready["history"]]
+            assert "How do I win?" in contents
+            assert "How do I build a city?" not in contents
+            assert ready["quota"]["used"] == 1
