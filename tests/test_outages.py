@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.faults.support import first_game
 from tests.private_redis import private_redis
 from tests.redis_cluster import redis_cluster
 from tests.server import make_settings, running_server
@@ -102,13 +103,9 @@ async def test_a_rulebook_search_that_fails_refuses_the_message_and_keeps_nothin
     """The rulebook search fails (here the SQLite full-text index is gone): the
     message gets `unavailable` and no turn; nothing is stored, the quota is given
     back, the connection and the server go on."""
-    settings = make_settings(tmp_path)
-    with running_server(settings) as server:
+    with running_server(make_settings(tmp_path)) as server:
         token = server.token("alice")
-        headers = {"Authorization": f"Bearer {token}"}
-        async with httpx.AsyncClient(timeout=5) as http:
-            games = (await http.get(f"{server.url}/games", headers=headers)).json()
-        game = games["games"][0]["id"]
+        game = await first_game(server.url, token)
         async with ws_client(server.ws_url, token) as client:
             session = (await client.start(game))["session"]["id"]
             first = await client.ask("How do I win?")
