@@ -153,13 +153,10 @@ class Database:
         transaction keeps both on the same server connection. Deadline as ``read``.
         """
         assert self.dialect == "postgresql", "write_one() is for Postgres"
-        if self._autocommit is None:
-            async with self.write(timeout) as conn:
-                yield conn
-            return
-        with _mapped_errors():
-            async with asyncio.timeout(timeout or self.timeout), self._autocommit.connect() as conn:
-                yield conn
+        # ``read`` lends an autocommit connection wherever there is one.
+        lend = self.write if self._autocommit is None else self.read
+        async with lend(timeout) as conn:
+            yield conn
 
     async def ping(self, timeout: float = 2.0) -> None:
         """Raise ``Unavailable`` unless a trivial query answers within ``timeout``."""
