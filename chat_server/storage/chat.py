@@ -158,7 +158,7 @@ _PG_BEGIN_TURN = text(
 )
 _PG_FINISH_TURN = text(
     "WITH finished AS (UPDATE chat_messages SET content = :content, status = :status, "
-    "finish_reason = :finish_reason, citations = :citations, updated_at = :now "
+    "finish_reason = :finish_reason, citations = :citations, updated_at = :updated_at "
     "WHERE id = :message) "
     f"INSERT INTO usage_events (turn_id, {', '.join(_USAGE_UPDATE)}) "
     f"VALUES (:turn_id, {', '.join(':' + c for c in _USAGE_UPDATE)}) "
@@ -274,34 +274,22 @@ async def finish_turn(db: Database, record: TurnRecord) -> None:
         "error_code": record.error_code,
         "created_at": now,
     }
+    answer = {
+        "message": record.message_id,
+        "content": record.content,
+        "status": record.status,
+        "finish_reason": record.finish_reason,
+        "citations": record.citations,
+        "updated_at": now,
+    }
     # The usage row is an upsert: should the sweep of dead instances have closed this
     # turn already, what the turn really did replaces its guess (one row per turn).
     if db.is_postgres:
         async with db.write_one() as conn:
-            await conn.execute(
-                _PG_FINISH_TURN,
-                usage
-                | {
-                    "message": record.message_id,
-                    "content": record.content,
-                    "status": record.status,
-                    "citations": record.citations,
-                    "now": now,
-                },
-            )
+            await conn.execute(_PG_FINISH_TURN, usage | answer)
         return
     async with db.write() as conn:
-        await conn.execute(
-            _FINISH_MESSAGE,
-            {
-                "message": record.message_id,
-                "content": record.content,
-                "status": record.status,
-                "finish_reason": record.finish_reason,
-                "citations": record.citations,
-                "updated_at": now,
-            },
-        )
+        await conn.execute(_FINISH_MESSAGE, answer)
         await conn.execute(
             upsert(db.dialect, usage_events, keys=("turn_id",), update=_USAGE_UPDATE), usage
         )
