@@ -2,7 +2,7 @@
 
 The openai, anthropic and google-genai SDKs all speak httpx2. The openai and anthropic
 clients are built with the SDKs' own aiohttp transport (``DefaultAioHttpClient``):
-reading a stream through it costs about a third of the CPU per event of httpx2's
+reading a stream through it costs about 40 % of the CPU per event of httpx2's
 default transport (``bench/transports.py``), the largest single cost of a token.
 google-genai stays on httpx2's transport (its adapter needs httpx2's event hooks).
 
