@@ -41,6 +41,11 @@ def settings_for(tmp_path: Path, **extra: Any) -> Any:
     )
 
 
+def openai_settings(tmp_path: Path, upstream: OpenAIUpstream, **extra: Any) -> Any:
+    """``settings_for`` with the OpenAI provider pointed at ``upstream``."""
+    return settings_for(tmp_path, openai_api_key="sk", openai_base_url=upstream.base_url, **extra)
+
+
 def catan(server: RunningServer) -> str:
     token = server.token(role="admin")
     listing = httpx.get(
@@ -98,7 +103,7 @@ async def test_cancel_closes_the_upstream_at_once(
     """cancel: turn.completed cancelled, and the upstream sees its connection closed
     within 100 ms."""
     openai_up.script = Script(tokens=[f"t{i} " for i in range(2000)], token_delay=0.01)
-    settings = settings_for(tmp_path, openai_api_key="sk", openai_base_url=openai_up.base_url)
+    settings = openai_settings(tmp_path, openai_up)
     with running_server(settings) as server:
         async with ws_client(server.ws_url, server.token()) as client:
             session_id = (await client.start(catan(server)))["session"]["id"]
@@ -125,7 +130,7 @@ async def test_slow_reader_gets_everything_in_fewer_frames(
     into fewer deltas, while the server's queue for it stayed bounded."""
     tokens = [f"{i:05d}" + "x" * 195 for i in range(3000)]
     openai_up.script = Script(tokens=tokens)
-    settings = settings_for(tmp_path, openai_api_key="sk", openai_base_url=openai_up.base_url)
+    settings = openai_settings(tmp_path, openai_up)
     with running_server(settings) as server:
         async with ws_client(server.ws_url, server.token(), max_queue=1) as client:
             await client.start(catan(server))
@@ -149,10 +154,9 @@ async def test_fallback_answers_when_the_first_provider_fails_before_a_token(
     usage says which one did."""
     openai_up.script = Script(fail_status=500)
     anthropic_up.script = Script(tokens=["From ", "Claude."])
-    settings = settings_for(
+    settings = openai_settings(
         tmp_path,
-        openai_api_key="sk",
-        openai_base_url=openai_up.base_url,
+        openai_up,
         anthropic_api_key="sk-ant",
         anthropic_base_url=anthropic_up.base_url,
         provider_fallback="openai,anthropic",
@@ -180,7 +184,7 @@ async def test_drop_mid_stream_is_an_error_and_the_partial_text_is_stored(
     """A connection dropped mid-stream: error provider_unavailable, turn.completed error,
     the text streamed so far stored with status error, the quota kept."""
     openai_up.script = Script(tokens=["one ", "two ", "three ", "four "], drop_after=2)
-    settings = settings_for(tmp_path, openai_api_key="sk", openai_base_url=openai_up.base_url)
+    settings = openai_settings(tmp_path, openai_up)
     with running_server(settings) as server:
         async with ws_client(server.ws_url, server.token()) as client:
             session_id = (await client.start(catan(server)))["session"]["id"]
@@ -206,7 +210,7 @@ async def test_failure_before_the_first_token_gives_the_quota_back(
     """A provider failing before its first token: its code, an empty error message stored,
     and the quota given back."""
     openai_up.script = Script(fail_status=status)
-    settings = settings_for(tmp_path, openai_api_key="sk", openai_base_url=openai_up.base_url)
+    settings = openai_settings(tmp_path, openai_up)
     with running_server(settings) as server:
         async with ws_client(server.ws_url, server.token()) as client:
             ready = await client.start(catan(server))
@@ -225,7 +229,7 @@ async def test_slow_first_token_is_provider_unavailable(
 ) -> None:
     """No first token within the configured timeout: provider_unavailable."""
     openai_up.script = Script(first_token_delay=5.0)
-    settings = settings_for(tmp_path, openai_api_key="sk", openai_base_url=openai_up.base_url)
+    settings = openai_settings(tmp_path, openai_up)
     settings = settings.model_copy(update={"provider_first_token_timeout": 0.5})
     with running_server(settings) as server:
         async with ws_client(server.ws_url, server.token()) as client:
@@ -273,9 +277,7 @@ async def test_each_turn_sends_the_sessions_latest_turns(
     """Each turn sends the session's latest HISTORY_TURNS turns: a cancelled answer is
     left out, two connections on one session each see the other's turns, and a resume
     on a new connection goes on from what was stored."""
-    settings = settings_for(
-        tmp_path, openai_api_key="sk", openai_base_url=openai_up.base_url, history_turns=2
-    )
+    settings = openai_settings(tmp_path, openai_up, history_turns=2)
     with running_server(settings) as server:
         token = server.token()
         async with ws_client(server.ws_url, token) as first:
@@ -332,10 +334,9 @@ async def test_a_client_that_stops_reading_is_closed_after_the_send_timeout(
     notice): once one frame could not be written for WS_SEND_TIMEOUT the server lets it
     go, and its turn is handled like a disconnect (cancelled, upstream closed)."""
     openai_up.script = Script(tokens=["x" * 2000] * 20000, token_delay=0.0005)
-    settings = settings_for(
+    settings = openai_settings(
         tmp_path,
-        openai_api_key="sk",
-        openai_base_url=openai_up.base_url,
+        openai_up,
         ws_send_timeout=0.5,
         ws_ping_interval=600.0,
     )
@@ -371,10 +372,9 @@ async def test_a_client_that_pauses_reading_gets_the_whole_answer_in_order(
     WS_SEND_TIMEOUT, gets every delta, numbered in order, and the turn's end."""
     tokens = [f"{i:05d}" + "y" * 1995 for i in range(10000)]  # 20 MB: more than buffers hold
     openai_up.script = Script(tokens=tokens)
-    settings = settings_for(
+    settings = openai_settings(
         tmp_path,
-        openai_api_key="sk",
-        openai_base_url=openai_up.base_url,
+        openai_up,
         ws_send_timeout=30.0,
         ws_ping_interval=600.0,
     )
@@ -410,10 +410,9 @@ async def test_a_question_that_cannot_be_stored_gets_no_answer(
     import asyncpg
 
     openai_up.script = Script(tokens=["A1."])
-    settings = settings_for(
+    settings = openai_settings(
         tmp_path,
-        openai_api_key="sk",
-        openai_base_url=openai_up.base_url,
+        openai_up,
         database_url=postgres_url,
         database_timeout=1.0,
         seed_demo=True,
