@@ -145,13 +145,16 @@ def targets(results: dict[str, dict[str, Any]], idle_clients: int) -> str:
     scaling = p.get("scaling")
     if scaling and scaling.get("estimate") is not None:
         alone, a, b = (scaling[k]["server_cpu_per_1k"] for k in ("alone", "a", "b"))
+        paired = scaling.get("estimate_paired")
+        met = {e >= 1.8 for e in (scaling["estimate"], paired) if e is not None}
+        verdict = _verdict(met.pop()) if len(met) == 1 else "not settled (the two disagree)"
         lines.append(
             f"- Two instances on two cores >= 1.8x one: estimated {scaling['estimate']:.2f}x "
+            f"(medians), {_fmt(paired, '{:.2f}')}x (paired runs) "
             f"from CPU per token at {scaling['streams']} streams each ({alone:.3f} CPU-s/1k "
             f"alone; {a:.3f} and {b:.3f} with both serving; {scaling['tokens_per_s_alone']:.0f}"
-            f" -> {scaling['tokens_per_s_together']:.0f} tok/s delivered): "
-            f"{_verdict(scaling['estimate'] >= 1.8)} (estimated: saturating two instances "
-            "needs a third core for the load)"
+            f" -> {scaling['tokens_per_s_together']:.0f} tok/s delivered): {verdict} "
+            "(estimated: saturating two instances needs a third core for the load)"
         )
     else:
         lines.append("- Two instances on two cores >= 1.8x one: not measured (--scaling)")

@@ -284,7 +284,10 @@ class Bench:
                 self.procs.stop(server["name"])
         one = _median(alone)
         a, b = _median([t[0] for t in together]), _median([t[1] for t in together])
-        cpu = one["server_cpu_per_1k"]
+        # Also run by run: each "together" run follows its "alone" run, so pairing
+        # them cancels the drift of the machine between runs.
+        paired = [_two_over_one(x, y, z) for x, (y, z) in zip(alone, together, strict=True)]
+        paired_known = [e for e in paired if e is not None]
         return {
             "streams": streams,
             "alone": one,
@@ -292,9 +295,9 @@ class Bench:
             "b": b,
             "tokens_per_s_alone": one["tokens_per_s"],
             "tokens_per_s_together": a["tokens_per_s"] + b["tokens_per_s"],
-            "estimate": cpu / a["server_cpu_per_1k"] + cpu / b["server_cpu_per_1k"]
-            if cpu and a["server_cpu_per_1k"] and b["server_cpu_per_1k"]
-            else None,
+            "estimate": _two_over_one(one, a, b),
+            "estimate_paired": statistics.median(paired_known) if paired_known else None,
+            "estimates_by_run": paired,
         }
 
     def measure(self, only: list[str], results: dict[str, Any]) -> None:
@@ -378,13 +381,21 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def _two_over_one(alone: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    """What two instances deliver against one, from their CPU per token."""
+    cpu, cpu_a, cpu_b = (r["server_cpu_per_1k"] for r in (alone, a, b))
+    return cpu / cpu_a + cpu / cpu_b if cpu and cpu_a and cpu_b else None
+
+
 def _brief_scaling(s: dict[str, Any]) -> str:
-    est = s["estimate"]
+    def f(v: float | None) -> str:
+        return "-" if v is None else format(v, ".2f")
+
     return (
         f"{s['streams']} streams each: CPU-s/1k alone {s['alone']['server_cpu_per_1k']:.3f}, "
         f"together {s['a']['server_cpu_per_1k']:.3f} + {s['b']['server_cpu_per_1k']:.3f}; "
         f"tok/s {s['tokens_per_s_alone']:.0f} -> {s['tokens_per_s_together']:.0f}; "
-        f"estimate {'-' if est is None else format(est, '.2f')}x"
+        f"estimate {f(s['estimate'])}x (medians), {f(s['estimate_paired'])}x (paired runs)"
     )
 
 
