@@ -109,23 +109,24 @@ class GeminiProvider:
             if opened is not None:
                 opened.append(response)
 
+        # Our own httpx2 client, not aiohttp (which the SDK picks when it is
+        # installed): the hooks above need httpx2. Handing over a whole client rather
+        # than naming a transport keeps httpx2 reading HTTP(S)_PROXY / NO_PROXY (it
+        # skips them when a transport is named). The SDK leaves a client it was given
+        # open; ``aclose()`` closes it.
+        self._http = httpx2.AsyncClient(
+            event_hooks={"request": [set_timeouts], "response": [track_response]}
+        )
         self._client = genai.Client(
             vertexai=False,
             api_key=api_key,
-            http_options=types.HttpOptions(
-                base_url=base_url,
-                async_client_args={
-                    # httpx2, not aiohttp (which the SDK picks when it is installed):
-                    # the hooks below need it.
-                    "transport": httpx2.AsyncHTTPTransport(),
-                    "event_hooks": {"request": [set_timeouts], "response": [track_response]},
-                },
-            ),
+            http_options=types.HttpOptions(base_url=base_url, httpx_async_client=self._http),
         )
 
     async def aclose(self) -> None:
-        """Close the SDK's connection pools (the async one, and the unused sync one)."""
+        """Close the connection pools (ours, and the SDK's unused sync one)."""
         await self._client.aio.aclose()
+        await self._http.aclose()
         self._client.close()
 
     def _config(self, request: ProviderRequest) -> types.GenerateContentConfig:

@@ -172,6 +172,38 @@ class ProviderContract:
         assert isinstance(failure, ProviderUnavailable)
         assert len(upstream.requests) == 1  # the SDK did not retry on its own
 
+    @pytest.mark.parametrize("variable", ["HTTP_PROXY", "ALL_PROXY"])
+    async def test_the_proxy_in_the_environment_carries_the_request(
+        self, upstream: Upstream, monkeypatch: pytest.MonkeyPatch, variable: str
+    ) -> None:
+        """Behind an egress proxy named in the environment, the answer comes through it.
+
+        The loopback upstream plays the proxy (it reads an absolute-form target like
+        an origin-form one); the provider's host does not resolve (``.invalid``), so
+        an answer can only have come through the proxy.
+        """
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+            monkeypatch.delenv(name.lower(), raising=False)
+        origin = f"127.0.0.1:{upstream.port}"
+        monkeypatch.setenv(variable, f"http://{origin}")
+        provider = self.make_provider(upstream.base_url.replace(origin, "provider.invalid"))
+        try:
+            events = await collect(provider)
+        finally:
+            await provider.aclose()
+        assert text_of(events) == "".join(TOKENS)
+        assert [r.headers["host"] for r in upstream.requests] == ["provider.invalid"]
+
+        monkeypatch.setenv("NO_PROXY", "provider.invalid")
+        provider = self.make_provider(upstream.base_url.replace(origin, "provider.invalid"))
+        try:
+            _, failure = await collect_failure(provider)
+        finally:
+            await provider.aclose()
+        assert isinstance(failure, ProviderUnavailable)  # straight to a host that does not resolve
+        assert len(upstream.requests) == 1
+
     async def test_a_closed_port_is_unavailable(self) -> None:
         """A provider nobody listens for is provider_unavailable."""
         provider = self.make_provider(f"http://127.0.0.1:{closed_port()}")
