@@ -12,7 +12,15 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+)
 from pydantic import ValidationError as PydanticValidationError
 
 from .errors import ChatServerError, InvalidInput
@@ -56,9 +64,16 @@ class SessionResumeFrame(_Frame):
     after_seq: Annotated[StrictInt, Field(ge=0, le=10_000_000)] | None = None
 
 
+def _storable(text: str) -> str:
+    """PostgreSQL cannot store NUL: refused on every database alike, before any turn."""
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    return text
+
+
 class MessageFrame(_Frame):
     type: Literal["message"]
-    text: Annotated[StrictStr, Field(min_length=1)]
+    text: Annotated[StrictStr, Field(min_length=1), AfterValidator(_storable)]
     client_id: Annotated[StrictStr, Field(max_length=200)] | None = None
 
 

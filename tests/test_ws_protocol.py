@@ -405,3 +405,25 @@ async def test_drop_with_zero_grace_cancels_and_stores(tmp_path: Path) -> None:
             history = (await client.expect("session.ready"))["history"]
     assert history[-1]["status"] == "cancelled"
     assert len(history[-1]["content"]) > 0
+
+
+async def test_a_question_holding_nul_is_invalid_and_stores_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    """NUL in a question is invalid_frame on either database (PostgreSQL cannot store
+    it): no turn, nothing in the history, no quota used, and the connection goes on."""
+    settings = make_settings(tmp_path, database_url=database_url, seed_demo=True)
+    with running_server(settings) as server:
+        token = server.token()
+        async with ws_client(server.ws_url, token) as client:
+            session = (await client.start(games(server)["Catan"]))["session"]
+            await client.send({"type": "message", "text": "How do I\x00 win?"})
+            error = await client.expect("error")
+            assert error["code"] == "invalid_frame"
+            assert "turn_id" not in error
+            frames = await client.ask("How do I win?")
+            assert frames[0]["quota"]["used"] == 1
+        async with ws_client(server.ws_url, token) as client:
+            await client.send({"type": "session.resume", "session_id": session["id"]})
+            history = (await client.expect("session.ready"))["history"]
+            assert [m["content"] for m in history if m["role"] == "user"] == ["How do I win?"]

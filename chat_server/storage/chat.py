@@ -9,11 +9,12 @@ the assistant's text with its final status and the turn's ``usage_events`` row.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, select, update
 
 from .engine import Database
 from .ids import as_utc, new_id, utcnow
@@ -146,24 +147,26 @@ _USAGE_UPDATE = (
 )
 
 
-# Postgres: each of a turn's two writes is one statement (a data-modifying CTE) run in
-# autocommit (``Database.write_one``), one round trip each instead of four. Written
-# out: SQLAlchemy would add any parameter named like a column to the CTE's SET clause.
-_PG_BEGIN_TURN = text(
-    "WITH touched AS (UPDATE chat_sessions SET updated_at = :now WHERE id = :session) "
+# Postgres: each of a turn's two writes is one statement (a data-modifying CTE) run on
+# the driver in autocommit (``Database.driver``), one round trip each instead of four.
+# Parameters: question, answer, session, turn, text, instance, now.
+_PG_BEGIN_TURN = (
+    "WITH touched AS (UPDATE chat_sessions SET updated_at = $7 WHERE id = $3) "
     "INSERT INTO chat_messages (id, session_id, turn_id, role, content, status, citations, "
     "instance_id, created_at, updated_at) VALUES "
-    "(:question, :session, :turn, 'user', :text, 'complete', '[]', :instance, :now, :now), "
-    "(:answer, :session, :turn, 'assistant', '', 'streaming', '[]', :instance, :now, :now)"
+    "($1, $3, $4, 'user', $5, 'complete', '[]', $6, $7, $7), "
+    "($2, $3, $4, 'assistant', '', 'streaming', '[]', $6, $7, $7)"
 )
-_PG_FINISH_TURN = text(
-    "WITH finished AS (UPDATE chat_messages SET content = :content, status = :status, "
-    "finish_reason = :finish_reason, citations = :citations, updated_at = :updated_at "
-    "WHERE id = :message) "
+# Parameters: message, content, status, citations (JSON text), updated_at, turn_id, then
+# the ``_USAGE_UPDATE`` columns in order (``finish_reason`` is the message's too).
+_PG_FINISH_TURN = (
+    "WITH finished AS (UPDATE chat_messages SET content = $2, status = $3, "
+    f"finish_reason = ${7 + _USAGE_UPDATE.index('finish_reason')}, citations = $4, "
+    "updated_at = $5 WHERE id = $1) "
     f"INSERT INTO usage_events (turn_id, {', '.join(_USAGE_UPDATE)}) "
-    f"VALUES (:turn_id, {', '.join(':' + c for c in _USAGE_UPDATE)}) "
+    f"VALUES ($6, {', '.join(f'${7 + i}' for i in range(len(_USAGE_UPDATE)))}) "
     "ON CONFLICT (turn_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _USAGE_UPDATE)
-).bindparams(bindparam("citations", type_=chat_messages.c.citations.type))
+)
 
 
 async def begin_turn(
@@ -175,19 +178,10 @@ async def begin_turn(
     """
     now = utcnow()
     user_id, assistant_id = new_id(), new_id()
-    if db.is_postgres:
-        async with db.write_one() as conn:
-            await conn.execute(
-                _PG_BEGIN_TURN,
-                {
-                    "question": user_id,
-                    "answer": assistant_id,
-                    "session": session_id,
-                    "turn": turn_id,
-                    "text": text,
-                    "instance": instance_id,
-                    "now": now,
-                },
+    if db.is_postgres:  # one statement, before the turn's first token: on the driver
+        async with db.driver() as driver:
+            await driver.execute(
+                _PG_BEGIN_TURN, user_id, assistant_id, session_id, turn_id, text, instance_id, now
             )
     else:
         common = {
@@ -285,8 +279,17 @@ async def finish_turn(db: Database, record: TurnRecord) -> None:
     # The usage row is an upsert: should the sweep of dead instances have closed this
     # turn already, what the turn really did replaces its guess (one row per turn).
     if db.is_postgres:
-        async with db.write_one() as conn:
-            await conn.execute(_PG_FINISH_TURN, usage | answer)
+        async with db.driver() as driver:
+            await driver.execute(
+                _PG_FINISH_TURN,
+                record.message_id,
+                record.content,
+                record.status,
+                json.dumps(record.citations),
+                now,
+                record.turn_id,
+                *(usage[c] for c in _USAGE_UPDATE),
+            )
         return
     async with db.write() as conn:
         await conn.execute(_FINISH_MESSAGE, answer)

@@ -134,31 +134,29 @@ async def retrieve(
     if not languages:
         return Retrieval([], matched=False, has_documents=False)
     lang = serving_language(language, languages)
-    async with db.read() as conn:
-        rows = await search_passages(
-            conn, db.dialect, game_id=game_id, language=lang, question=question, limit=limit
+    rows = await search_passages(db, game_id=game_id, language=lang, question=question, limit=limit)
+    matched = bool(rows)
+    if not rows:
+        query = (
+            select(document_passages, game_documents.c.title)
+            .join(game_documents, game_documents.c.id == document_passages.c.document_id)
+            .where(document_passages.c.game_id == game_id)
+            .order_by(document_passages.c.document_id, document_passages.c.ordinal)
+            .limit(min(limit, 2))
         )
-        matched = bool(rows)
-        if not rows:
-            query = (
-                select(document_passages, game_documents.c.title)
-                .join(game_documents, game_documents.c.id == document_passages.c.document_id)
-                .where(document_passages.c.game_id == game_id)
-                .order_by(document_passages.c.document_id, document_passages.c.ordinal)
-                .limit(min(limit, 2))
-            )
-            if lang:
-                query = query.where(document_passages.c.language == lang)
-            rows = list((await conn.execute(query)).all())
+        if lang:
+            query = query.where(document_passages.c.language == lang)
+        async with db.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
     passages = [
         Passage(
             id=f"p{i + 1}",
-            document_id=r.document_id,
-            title=r.title,
-            heading=r.heading,
-            text=r.text,
-            ordinal=r.ordinal,
-            language=r.language,
+            document_id=r["document_id"],
+            title=r["title"],
+            heading=r["heading"],
+            text=r["text"],
+            ordinal=r["ordinal"],
+            language=r["language"],
         )
         for i, r in enumerate(rows)
     ]

@@ -12,12 +12,14 @@ ranked by ``bm25``.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Row, TextClause, text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .engine import Database
 
 __all__ = [
     "PG_SEARCH_COLUMN",
@@ -123,23 +125,26 @@ async def delete_document(conn: AsyncConnection, dialect: str, passage_ids: list
 _PASSAGE_COLUMNS = "p.id, p.document_id, p.language, p.ordinal, p.heading, p.text, d.title"
 
 
+def _pg_search(lang_clause: str, config: str) -> str:
+    """The Postgres search (asyncpg parameters: game, query, limit, [language, config])."""
+    return (
+        f"SELECT {_PASSAGE_COLUMNS} FROM document_passages AS p "
+        "JOIN game_documents AS d ON d.id = p.document_id, "
+        f"to_tsquery({config}, $2) AS q "
+        f"WHERE p.game_id = $1 {lang_clause} AND p.search @@ q "
+        "ORDER BY ts_rank(p.search, q) DESC, p.ordinal LIMIT $3"
+    )
+
+
+_PG_SEARCH_ONE = _pg_search("AND p.language = $4", "CAST($5 AS regconfig)")
+# Every language of the game, each question parsed with its passage's configuration:
+# the index holds French stems for French passages.
+_PG_SEARCH_ALL = _pg_search("", _PG_ROW_CONFIG)
+
+
 @cache
-def _search_statement(dialect: str, one_language: bool) -> TextClause:
-    """The search, made once per kind (its parameters come at execution)."""
-    if dialect == "postgresql":
-        if one_language:
-            lang_clause, config = "AND p.language = :language", "CAST(:config AS regconfig)"
-        else:
-            # Every language of the game, each question parsed with its passage's
-            # configuration: the index holds French stems for French passages.
-            lang_clause, config = "", _PG_ROW_CONFIG
-        return text(
-            f"SELECT {_PASSAGE_COLUMNS} FROM document_passages AS p "
-            "JOIN game_documents AS d ON d.id = p.document_id, "
-            f"to_tsquery({config}, :query) AS q "
-            f"WHERE p.game_id = :game_id {lang_clause} AND p.search @@ q "
-            "ORDER BY ts_rank(p.search, q) DESC, p.ordinal LIMIT :limit"
-        )
+def _sqlite_search(one_language: bool) -> TextClause:
+    """The SQLite search, made once per kind (its parameters come at execution)."""
     lang_clause = "AND f.language = :language" if one_language else ""
     return text(
         f"SELECT {_PASSAGE_COLUMNS} FROM document_passages_fts AS f "
@@ -151,27 +156,29 @@ def _search_statement(dialect: str, one_language: bool) -> TextClause:
 
 
 async def search_passages(
-    conn: AsyncConnection,
-    dialect: str,
-    *,
-    game_id: str,
-    language: str | None,
-    question: str,
-    limit: int,
-) -> list[Row[Any]]:
+    db: Database, *, game_id: str, language: str | None, question: str, limit: int
+) -> Sequence[Mapping[Any, Any]]:
     """The best-matching passages of a game (in ``language`` when given), best first,
-    with their document's title: one statement."""
+    with their document's title (the ``_PASSAGE_COLUMNS``): one statement, which on
+    Postgres goes straight to the driver (every turn runs it before its first token)."""
     words = terms(question)
     if not words:
         return []
-    params: dict[str, Any] = {"game_id": game_id, "limit": limit}
+    if db.is_postgres:
+        query = " | ".join(words)
+        async with db.driver() as driver:
+            if language:
+                return await driver.fetch(
+                    _PG_SEARCH_ONE, game_id, query, limit, language, pg_config(language)
+                )
+            return await driver.fetch(_PG_SEARCH_ALL, game_id, query, limit)
+    params: dict[str, Any] = {
+        "game_id": game_id,
+        "query": " OR ".join(f'"{w}"' for w in words),
+        "limit": limit,
+    }
     if language:
         params["language"] = language
-    if dialect == "postgresql":
-        params["query"] = " | ".join(words)
-        if language:
-            params["config"] = pg_config(language)
-    else:
-        params["query"] = " OR ".join(f'"{w}"' for w in words)
-    result = await conn.execute(_search_statement(dialect, bool(language)), params)
-    return list(result.all())
+    async with db.read() as conn:
+        result = await conn.execute(_sqlite_search(bool(language)), params)
+        return result.mappings().all()
