@@ -152,13 +152,20 @@ def _gc_run(bench: Bench, *, freeze: bool) -> dict[str, Any]:
     return report
 
 
-def profile(bench: Bench, server: dict[str, Any]) -> None:
-    """py-spy on a server under the 50-stream load (a run of its own)."""
+def profile(bench: Bench, server: dict[str, Any], *, per_turn: bool = False) -> None:
+    """py-spy on a server under the 50-stream load (a run of its own).
+
+    ``per_turn``: 8 clients asking back to back for 2-token answers (40 ms apart: a
+    connection may send 20 frames a second) instead, so that nearly every sample is a
+    turn's own work (before its first token and after its last), which the 50-stream
+    profile drowns in per-token work.
+    """
 
     spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
     seconds = bench.args.profile_seconds
-    turns = math.ceil((seconds + 10) / (TOKENS * GAP_MS / 1000)) + 1
-    out = Path(bench.args.profile_dir) / server["target"]
+    clients, tokens, gap_ms = (8, 2, 40.0) if per_turn else (bench.args.streams, TOKENS, GAP_MS)
+    turns = math.ceil((seconds + 10) / (tokens * gap_ms / 1000)) + 1
+    out = Path(bench.args.profile_dir) / (server["target"] + ("-turn" if per_turn else ""))
     out.mkdir(parents=True, exist_ok=True)
     common = ["--pid", str(server["pid"]), "--duration", str(seconds), "--rate", "250"]
     common += ["--gil", "--full-filenames"]  # only what holds the GIL: the CPU work
@@ -171,9 +178,8 @@ def profile(bench: Bench, server: dict[str, Any]) -> None:
         [spy, "record", "--format", "raw", "-o", str(out / "profile.txt"), *common],
         core=LOAD_CORE,
     )
-    bench.load(
-        server, "profile", clients=bench.args.streams, turns=turns, tokens=TOKENS, gap_ms=GAP_MS
-    )
+    done = bench.load(server, "profile", clients=clients, turns=turns, tokens=tokens, gap_ms=gap_ms)
+    print(f"  profile load: {done['turns']} turns, errors {done.get('errors')}", file=sys.stderr)
     for proc in (svg, raw):
         proc.wait(timeout=seconds + 60)
     dump = subprocess.run(

@@ -71,6 +71,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="py-spy these systems at 50 streams (default: product)",
     )
+    p.add_argument(
+        "--profile-turn",
+        action="store_true",
+        help="py-spy the product at 1 stream of 2-token answers: where a turn's own CPU goes",
+    )
     p.add_argument("--profile-seconds", type=int, default=20)
     p.add_argument("--profile-dir", default="/tmp/chat-bench-profile")
     p.add_argument(

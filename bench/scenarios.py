@@ -331,6 +331,8 @@ class Bench:
             for target in self.args.profile:
                 if target in servers:
                     probes.profile(self, servers[target])
+            if self.args.profile_turn and "product" in servers:
+                probes.profile(self, servers["product"], per_turn=True)
             if self.args.ramp:
                 for target in only:
                     print(f"== ramp {TITLES[target]}", file=sys.stderr)
