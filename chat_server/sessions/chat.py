@@ -293,6 +293,10 @@ class ChatService:
             # holds its text back until ``release``.
             live = self.manager.begin(turn, chain, request, span)
             try:
+                # The provider task builds and sends its request first: that is on the
+                # first token's path, and the question's write (its CPU, its round
+                # trip) fits in the time the provider takes to answer.
+                await asyncio.sleep(0)
                 with span.child("chat.store_question"):
                     user_message, assistant_id = await chat_store.begin_turn(
                         self.db,
