@@ -20,6 +20,9 @@ from typing import TypeAlias
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
 from .config import Settings
@@ -55,7 +58,11 @@ def connect_redis(settings: Settings) -> RedisClient:
             health_check_interval=15,
         )
     # redis-py 8's default pool refuses (MaxConnectionsError) past 100 connections
-    # instead of waiting: a blocking pool waits up to the timeout.
+    # instead of waiting: a blocking pool waits up to the timeout. A pool built this
+    # way retries nothing by default, so after a Redis restart each pooled connection
+    # to the old server failed one command (a refused turn) before reconnecting: a
+    # command that meets a broken connection is tried once more, at once, on a new one
+    # (not on a timeout: a hung Redis is not asked twice).
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
@@ -63,6 +70,7 @@ def connect_redis(settings: Settings) -> RedisClient:
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=15,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return Redis.from_pool(pool)
 
