@@ -176,9 +176,7 @@ class Database:
                     idle = True
                 except asyncpg.PostgresError as exc:
                     if conn.is_closed():  # e.g. the server is shutting down
-                        raise Unavailable(
-                            "the database is unavailable", context={"service": "database"}
-                        ) from exc
+                        raise _unavailable() from exc
                     idle = True  # the server refused the statement; the connection is fine
                     raise
                 finally:
@@ -210,27 +208,30 @@ def _mapped_errors() -> Iterator[None]:
     try:
         yield
     except (OperationalError, InterfaceError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-        raise Unavailable("the database is unavailable", context={"service": "database"}) from exc
-    except DBAPIError as exc:
-        _raise_mapped(exc)
+        raise _unavailable() from exc
+    except DBAPIError as exc:  # through SQLAlchemy: the driver's error is ``orig``
+        _raise_mapped(exc, exc.orig, lost=exc.connection_invalidated)
         raise
     except asyncpg.PostgresError as exc:  # through driver()
-        if exc.sqlstate == NUL_IN_TEXT:
-            raise InvalidInput("text must not contain NUL characters") from exc
-        if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.OperatorInterventionError):
-            raise Unavailable(
-                "the database is unavailable", context={"service": "database"}
-            ) from exc
+        lost = isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.OperatorInterventionError)
+        _raise_mapped(exc, exc, lost=lost)
         raise
 
 
-def _raise_mapped(exc: DBAPIError) -> None:
-    """Raise our error for a driver error that is not a bug of ours; else return."""
-    if exc.connection_invalidated:
-        raise Unavailable("the database is unavailable", context={"service": "database"}) from exc
-    if getattr(exc.orig, "sqlstate", None) == NUL_IN_TEXT:
+def _raise_mapped(exc: BaseException, orig: object, *, lost: bool) -> None:
+    """Raise our error for a driver error that is not a bug of ours; else return.
+
+    ``lost``: the connection is gone (or the server going away).
+    """
+    if lost:
+        raise _unavailable() from exc
+    if getattr(orig, "sqlstate", None) == NUL_IN_TEXT:
         # Postgres text cannot hold U+0000, in a stored value or in a lookup key.
         raise InvalidInput("text must not contain NUL characters") from exc
+
+
+def _unavailable() -> Unavailable:
+    return Unavailable("the database is unavailable", context={"service": "database"})
 
 
 def _statement_name() -> str:
