@@ -157,14 +157,24 @@ _PG_BEGIN_TURN = (
     "($1, $3, $4, 'user', $5, 'complete', '[]', $6, $7, $7), "
     "($2, $3, $4, 'assistant', '', 'streaming', '[]', $6, $7, $7)"
 )
-# Parameters: message, content, status, citations (JSON text), updated_at, turn_id, then
-# the ``_USAGE_UPDATE`` columns in order (``finish_reason`` is the message's too).
+# Its parameters, in order: the answer's fields, then the usage row's.
+_PG_FINISH_PARAMS = (
+    *("message", "content", "status", "citations", "updated_at", "turn_id"),
+    *_USAGE_UPDATE,
+)
+
+
+def _p(name: str) -> str:
+    return f"${_PG_FINISH_PARAMS.index(name) + 1}"
+
+
 _PG_FINISH_TURN = (
-    "WITH finished AS (UPDATE chat_messages SET content = $2, status = $3, "
-    f"finish_reason = ${7 + _USAGE_UPDATE.index('finish_reason')}, citations = $4, "
-    "updated_at = $5 WHERE id = $1) "
+    f"WITH finished AS (UPDATE chat_messages SET content = {_p('content')}, "
+    f"status = {_p('status')}, finish_reason = {_p('finish_reason')}, "
+    f"citations = {_p('citations')}, updated_at = {_p('updated_at')} "
+    f"WHERE id = {_p('message')}) "
     f"INSERT INTO usage_events (turn_id, {', '.join(_USAGE_UPDATE)}) "
-    f"VALUES ($6, {', '.join(f'${7 + i}' for i in range(len(_USAGE_UPDATE)))}) "
+    f"VALUES ({', '.join(_p(c) for c in ('turn_id', *_USAGE_UPDATE))}) "
     "ON CONFLICT (turn_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _USAGE_UPDATE)
 )
 
@@ -279,17 +289,9 @@ async def finish_turn(db: Database, record: TurnRecord) -> None:
     # The usage row is an upsert: should the sweep of dead instances have closed this
     # turn already, what the turn really did replaces its guess (one row per turn).
     if db.is_postgres:
+        params = answer | usage | {"citations": json.dumps(record.citations)}  # JSON as text
         async with db.driver() as driver:
-            await driver.execute(
-                _PG_FINISH_TURN,
-                record.message_id,
-                record.content,
-                record.status,
-                json.dumps(record.citations),
-                now,
-                record.turn_id,
-                *(usage[c] for c in _USAGE_UPDATE),
-            )
+            await driver.execute(_PG_FINISH_TURN, *(params[n] for n in _PG_FINISH_PARAMS))
         return
     async with db.write() as conn:
         await conn.execute(_FINISH_MESSAGE, answer)
