@@ -110,14 +110,20 @@ class ProviderContract:
             api_key="test-key", model="loopback-model", base_url=base_url, **kwargs
         )
 
-    @pytest.fixture
-    async def provider(self, upstream: Upstream) -> AsyncIterator[Any]:
-        provider = self.make_provider(upstream.base_url)
+    @contextlib.asynccontextmanager
+    async def opened(self, base_url: str, **kwargs: float) -> AsyncIterator[Any]:
+        """A provider for ``base_url``, closed (within ``TIMEOUT``) on the way out."""
+        provider = self.make_provider(base_url, **kwargs)
         try:
             yield provider
         finally:
             async with asyncio.timeout(TIMEOUT):
                 await provider.aclose()
+
+    @pytest.fixture
+    async def provider(self, upstream: Upstream) -> AsyncIterator[Any]:
+        async with self.opened(upstream.base_url) as provider:
+            yield provider
 
     async def test_text_and_usage_arrive(self, upstream: Upstream, provider: Provider) -> None:
         """The answer streams token by token, then the usage, then a normal finish."""
@@ -187,30 +193,22 @@ class ProviderContract:
             monkeypatch.delenv(name.lower(), raising=False)
         origin = f"127.0.0.1:{upstream.port}"
         monkeypatch.setenv(variable, f"http://{origin}")
-        provider = self.make_provider(upstream.base_url.replace(origin, "provider.invalid"))
-        try:
+        unresolvable = upstream.base_url.replace(origin, "provider.invalid")
+        async with self.opened(unresolvable) as provider:
             events = await collect(provider)
-        finally:
-            await provider.aclose()
         assert text_of(events) == "".join(TOKENS)
         assert [r.headers["host"] for r in upstream.requests] == ["provider.invalid"]
 
         monkeypatch.setenv("NO_PROXY", "provider.invalid")
-        provider = self.make_provider(upstream.base_url.replace(origin, "provider.invalid"))
-        try:
+        async with self.opened(unresolvable) as provider:
             _, failure = await collect_failure(provider)
-        finally:
-            await provider.aclose()
         assert isinstance(failure, ProviderUnavailable)  # straight to a host that does not resolve
         assert len(upstream.requests) == 1
 
     async def test_a_closed_port_is_unavailable(self) -> None:
         """A provider nobody listens for is provider_unavailable."""
-        provider = self.make_provider(f"http://127.0.0.1:{closed_port()}")
-        try:
+        async with self.opened(f"http://127.0.0.1:{closed_port()}") as provider:
             events, failure = await collect_failure(provider)
-        finally:
-            await provider.aclose()
         assert events == []
         assert isinstance(failure, ProviderUnavailable)
 
@@ -231,11 +229,10 @@ class ProviderContract:
 
         server = await asyncio.start_server(answer, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        provider = self.make_provider(f"http://127.0.0.1:{port}/v1")
         try:
-            events, failure = await collect_failure(provider)
+            async with self.opened(f"http://127.0.0.1:{port}/v1") as provider:
+                events, failure = await collect_failure(provider)
         finally:
-            await provider.aclose()
             server.close()
         assert events == []
         assert isinstance(failure, ProviderUnavailable)
@@ -280,12 +277,9 @@ class ProviderContract:
     async def test_a_silent_upstream_times_out_as_unavailable(self, upstream: Upstream) -> None:
         """A provider that stops sending for longer than the read timeout is unavailable."""
         upstream.script.first_token_delay = 1.0
-        provider = self.make_provider(upstream.base_url, read_timeout=0.2)
         started = time.monotonic()
-        try:
+        async with self.opened(upstream.base_url, read_timeout=0.2) as provider:
             events, failure = await collect_failure(provider)
-        finally:
-            await provider.aclose()
         assert isinstance(failure, ProviderUnavailable)
         assert text_of(events) == ""
         assert time.monotonic() - started < 0.9
@@ -378,13 +372,9 @@ class ProviderContract:
         self, upstream: Upstream
     ) -> None:
         """Finished streams give their connection back to the pool; aclose() closes it."""
-        provider = self.make_provider(upstream.base_url)
-        try:
+        async with self.opened(upstream.base_url) as provider:
             for _ in range(3):
                 await collect(provider)
             assert upstream.open_connections == 1
-        finally:
-            async with asyncio.timeout(TIMEOUT):
-                await provider.aclose()
         await wait_until(lambda: upstream.open_connections == 0, within=1.0)
         assert not upstream.disconnected.is_set()
