@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ROLE = "basic"
 STAFF_ROLES = frozenset({"admin", "developer"})
+MAX_SUB_CHARS = 64  # the width of every user id column
 AUDIENCE = "authenticated"
 
 RoleLookup = Callable[[str], Awaitable[str | None]]
@@ -143,6 +144,7 @@ class TokenVerifier:
             issuer=settings.jwt_issuer,
             leeway=settings.jwt_leeway,
             role_lookup=role_lookup,
+            role_cache_ttl=settings.role_cache_ttl,
         )
 
     async def aclose(self) -> None:
@@ -223,6 +225,8 @@ class TokenVerifier:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise Unauthorized("token has no subject")
+        if len(sub) > MAX_SUB_CHARS:
+            raise Unauthorized(f"token subject is longer than {MAX_SUB_CHARS} characters")
         exp = claims.get("exp")
         if isinstance(exp, bool) or not isinstance(exp, int | float):
             raise Unauthorized("token expiry is not a number")

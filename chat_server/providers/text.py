@@ -1,0 +1,59 @@
+"""Valid text out of whatever a provider sends: surrogates and NUL mended.
+
+A provider's JSON may escape one character as a surrogate pair split across two
+events (``"\\ud83c"`` ending one, ``"\\udfb2"`` starting the next), or send a lone
+surrogate or a ``\\u0000``: legal JSON, but such a ``str`` cannot be encoded as UTF-8
+(the WebSocket send fails) nor stored (Postgres refuses NUL in text). ``Mender``
+holds back a high surrogate that ends a delta until the next one shows whether its
+pair follows, joins pairs, and turns every lone surrogate and NUL into U+FFFD.
+``clean()`` does the same for one whole string (a citation's quote).
+
+Text that is ASCII without NUL, the common case, costs two C-level scans.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["REPLACEMENT", "Mender", "clean"]
+
+REPLACEMENT = "\ufffd"
+_SUSPECT = re.compile("[\x00\ud800-\udfff]")
+
+
+def clean(text: str) -> str:
+    """``text`` with surrogate pairs joined and lone surrogates and NUL as U+FFFD."""
+    if _SUSPECT.search(text) is None:
+        return text
+    text = text.replace("\x00", REPLACEMENT)
+    # UTF-16 round trip: a pair of surrogate code units becomes its character, a
+    # lone one cannot be decoded and becomes U+FFFD.
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+class Mender:
+    """Mends one stream's text deltas in order; ``flush()`` at the stream's end."""
+
+    __slots__ = ("_high",)
+
+    def __init__(self) -> None:
+        self._high = ""  # a high surrogate that ended the last delta
+
+    def text(self, text: str) -> str:
+        """The mended ``text`` (may be empty while a high surrogate is held back)."""
+        if self._high:
+            text = self._high + text
+            self._high = ""
+        elif text.isascii() and "\x00" not in text:
+            return text
+        if "\ud800" <= text[-1:] <= "\udbff":
+            self._high = text[-1]
+            text = text[:-1]
+        return clean(text)
+
+    def flush(self) -> str:
+        """What is still held back: a high surrogate alone is U+FFFD."""
+        if self._high:
+            self._high = ""
+            return REPLACEMENT
+        return ""
