@@ -18,6 +18,7 @@ from starlette.websockets import WebSocket
 from http_api import api_router
 from http_api.body_limit import BodyLimit
 from http_api.errors import install_error_handlers
+from http_api.guards import InputGuard, SafeJSONResponse
 
 from . import __version__
 from .config import Settings, load_settings
@@ -78,9 +79,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Streaming chat backend: REST side. The WebSocket protocol at "
         "`/ws/chat` is described in docs/protocol.md.",
         lifespan=lifespan,
+        default_response_class=SafeJSONResponse,
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(InputGuard)  # inside the body limit: reads at most that much
     app.add_middleware(BodyLimit, max_bytes=settings.http_max_body_bytes)
     app.add_middleware(RequestContext)  # outermost: a request id on every log line
     app.include_router(api_router)

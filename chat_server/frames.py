@@ -9,6 +9,7 @@ plain dicts built by the functions below and encoded once by ``encode``.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -24,6 +25,7 @@ from pydantic import (
 from pydantic import ValidationError as PydanticValidationError
 
 from .errors import ChatServerError, InvalidInput
+from .text import clean, cut, unstorable
 
 __all__ = [
     "AuthFrame",
@@ -116,6 +118,8 @@ def parse_frame(
     kind = data.get("type")
     if not isinstance(kind, str):
         raise InvalidInput("frame needs a string 'type'")
+    if _ESCAPED.search(raw) is not None and _unstorable(data):
+        raise InvalidInput("frame holds a NUL or a lone surrogate")
     try:
         return _adapter.validate_python(data)
     except PydanticValidationError as exc:
@@ -123,7 +127,22 @@ def parse_frame(
         where = ".".join(str(p) for p in err.get("loc", ()) if p != kind) or "frame"
         if err.get("type") == "union_tag_invalid":
             raise InvalidInput(f"unknown frame type {kind[:40]!r}") from None
-        raise InvalidInput(f"{where}: {err.get('msg', 'invalid')}") from None
+        raise InvalidInput(f"{cut(where)}: {err.get('msg', 'invalid')}") from None
+
+
+# Only a \u escape can put a NUL or a surrogate in a str decoded from valid UTF-8 text.
+_ESCAPED = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _unstorable(value: Any) -> bool:
+    """Any string or key of ``value`` (at most ``MAX_DEPTH`` deep) holds NUL or a surrogate."""
+    if isinstance(value, str):
+        return unstorable(value)
+    if isinstance(value, dict):
+        return any(unstorable(k) or _unstorable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_unstorable(v) for v in value)
+    return False
 
 
 def _depth(value: Any, level: int = 1) -> int:
@@ -146,7 +165,9 @@ _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_
 
 
 def encode(frame: dict[str, Any]) -> str:
-    return _encoder.encode(frame)
+    """The frame's JSON; never holds a lone surrogate (it could not be sent as UTF-8)."""
+    text = _encoder.encode(frame)
+    return text if text.isascii() else clean(text)
 
 
 def error_frame(

@@ -83,6 +83,12 @@ _TIMERS = contextvars.Context()
 
 async def chat_endpoint(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
+    allowed = services.settings.allowed_origins
+    if allowed is not None:
+        origin = websocket.headers.get("origin", "").rstrip("/").lower()
+        if origin not in allowed:
+            await websocket.close()  # before accept: HTTP 403 at the handshake
+            return
     await websocket.accept()
     if not services.connections.open_socket():
         with contextlib.suppress(Exception):
@@ -361,6 +367,11 @@ class Connection:
         self.principal = principal
         self._arm_expiry()
 
+    async def _refresh_role(self) -> None:
+        """A changed ``profiles`` role applies from the next session on an open socket."""
+        assert self.principal is not None
+        self.principal = await self.services.verifier.refresh_role(self.principal)
+
     def _arm_expiry(self) -> None:
         """(Re)schedule the expiry check for when the token, plus leeway, runs out."""
         assert self.principal is not None
@@ -458,10 +469,12 @@ class Connection:
                 raise NotFound("no running turn to cancel", error_code="TURN_NOT_FOUND")
             self.services.manager.cancel(live.turn.id)
         elif isinstance(frame, SessionStartFrame):
+            await self._refresh_role()
             attached, ready = await self.services.chat.start_session(self.who, frame)
             self._attach(attached)
             self.put(ready)
         elif isinstance(frame, SessionResumeFrame):
+            await self._refresh_role()
             self._detach_session()
             attached, ready, resumed = await self.services.chat.resume_session(
                 self.who, frame, self.outbox
@@ -544,7 +557,14 @@ class Connection:
                     self._watchdog = loop.call_at(
                         started + self.settings.ws_send_timeout, self._check_send, context=_TIMERS
                     )
-                await send(encode(frame))
+                try:
+                    data = encode(frame)
+                except (ValueError, TypeError):  # a bug: that frame is lost, not the socket
+                    log.exception(
+                        "connection %s: a %s frame could not be encoded", self.id, frame.get("type")
+                    )
+                    continue
+                await send(data)
                 self._send_started = None
         except (WebSocketDisconnect, RuntimeError, OSError):
             self.close(None)

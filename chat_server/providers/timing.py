@@ -21,8 +21,8 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from ..errors import ProviderUnavailable
+from ..text import Mender, clean
 from .base import CitationRef, Finish, StreamEvent, TextDelta
-from .text import Mender, clean
 
 __all__ = ["with_timeouts"]
 

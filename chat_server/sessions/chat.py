@@ -287,6 +287,7 @@ class ChatService:
                 started_at=time.monotonic(),
                 quota_at=now,
                 passages=found.passages,
+                max_delta=self.settings.ws_max_delta_chars,
             )
             request = self._request(attached, frame.text, found.passages)
             # The provider request and the question's write go out together; the turn

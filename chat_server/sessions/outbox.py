@@ -82,6 +82,8 @@ class Outbox:
             if isinstance(item, Turn):
                 frame = item.take_delta()
                 if frame is not None:
+                    if item.pending:  # a delta's worth at a time: the rest goes next
+                        items.appendleft(item)
                     return frame
                 continue
             return item

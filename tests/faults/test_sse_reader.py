@@ -3,6 +3,8 @@ framed with random legal variations and cut at random points, give the same even
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -68,7 +70,7 @@ def stream(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     if draw(st.booleans()):
         cuts = list(range(len(sent) + 1))  # one byte per read
     edges = [0, *cuts, len(sent)]
-    chunks = [sent[a:b] for a, b in zip(edges, edges[1:], strict=False) if b > a]
+    chunks = [sent[a:b] for a, b in itertools.pairwise(edges) if b > a]
     return body, chunks
 
 

@@ -6,7 +6,10 @@ surrogate or a ``\\u0000``: legal JSON, but such a ``str`` cannot be encoded as 
 (the WebSocket send fails) nor stored (Postgres refuses NUL in text). ``Mender``
 holds back a high surrogate that ends a delta until the next one shows whether its
 pair follows, joins pairs, and turns every lone surrogate and NUL into U+FFFD.
-``clean()`` does the same for one whole string (a citation's quote).
+``clean()`` does the same for one whole string (a citation's quote, a frame's JSON,
+an answer about to be stored); ``unstorable()`` says whether a client's string holds
+what the contract refuses (NUL, a lone surrogate), and ``cut()`` shortens an echo of
+client input.
 
 Text that is ASCII without NUL, the common case, costs two C-level scans.
 """
@@ -15,9 +18,10 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["REPLACEMENT", "Mender", "clean"]
+__all__ = ["ECHO_CHARS", "REPLACEMENT", "Mender", "clean", "cut", "unstorable"]
 
 REPLACEMENT = "\ufffd"
+ECHO_CHARS = 200  # client input echoed in an error: at most this much of it
 _SUSPECT = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -29,6 +33,17 @@ def clean(text: str) -> str:
     # UTF-16 round trip: a pair of surrogate code units becomes its character, a
     # lone one cannot be decoded and becomes U+FFFD.
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def unstorable(text: str) -> bool:
+    """``text`` holds a NUL or a surrogate (in a ``str`` from JSON: a lone one, or a
+    pair left as two code units, which no encoder takes either)."""
+    return _SUSPECT.search(text) is not None
+
+
+def cut(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` as an error may echo it: ``limit`` characters at most, marked if cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class Mender:
