@@ -22,7 +22,7 @@ from http_api.guards import InputGuard, SafeJSONResponse
 
 from . import __version__
 from .config import Settings, load_settings
-from .logs import RequestContext
+from .logs import RequestContext, quiet_client_garbage
 from .services import build_services, close_services, with_local_secret
 from .ws import chat_endpoint
 
@@ -63,6 +63,7 @@ _CHAT = RequestContext(_chat)
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI app; clients are made when the lifespan starts, not here."""
     settings = with_local_secret(settings or load_settings())
+    quiet_client_garbage()  # also when uvicorn is run without configure_logging
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

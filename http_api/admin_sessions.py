@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
@@ -11,6 +12,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from chat_server.errors import BadRequest
 from chat_server.storage.pages import decode_cursor, encode_cursor
 
 from .deps import ServicesDep, Staff
@@ -23,6 +25,8 @@ router = APIRouter(
     responses={**ERROR_RESPONSES, 403: {"model": ErrorBody, "description": "Not staff"}},
 )
 KEEPALIVE_SECONDS = 15.0
+# The ids the feed gives: a counter in process, a Redis Stream id ("ms-seq") on Redis.
+_EVENT_ID = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20})?")
 
 
 class LiveSessionOut(BaseModel):
@@ -67,14 +71,23 @@ async def list_live(
     summary="Live feed (Server-Sent Events): session.started, turn.started, turn.completed, "
     "session.ended; send Last-Event-ID to resume",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "An SSE stream"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "An SSE stream"},
+        400: {"model": ErrorBody, "description": "Malformed Last-Event-ID"},
+    },
 )
 async def events(
     request: Request,
     _staff: Staff,
     services: ServicesDep,
-    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
+    if last_event_id is not None and not _EVENT_ID.fullmatch(last_event_id):
+        raise BadRequest(
+            "Last-Event-ID is not an event id of this feed (digits, or digits-digits)",
+            context={"header": "Last-Event-ID"},
+        )
+
     async def stream() -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
         async for batch in services.monitor.events.subscribe(last_event_id, wait=KEEPALIVE_SECONDS):
