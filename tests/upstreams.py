@@ -367,7 +367,7 @@ class Upstream:
         events = list(self.head_events(req, script))
         events += [self.token_event(req, script, i, t) for i, t in enumerate(script.tokens)]
         events += self.tail_events(req, script)
-        for index, data in enumerate(writes(events)):
+        for index, data in enumerate(w for w in writes(events) if w):  # empty: the end
             if index and script.write_delay:
                 await asyncio.sleep(script.write_delay)
             if conn.lost:
