@@ -8,6 +8,7 @@ that follows the WHATWG rules gets the same answer.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 
@@ -75,7 +76,7 @@ def inside_characters(events: list[bytes]) -> list[bytes]:
     body = b"".join(_lf(events))
     cuts = [i + 1 for i, b in enumerate(body) if b >= 0xC0]
     edges = [0, *cuts, len(body)]
-    return [body[a:b] for a, b in zip(edges, edges[1:], strict=False) if b > a]
+    return [body[a:b] for a, b in itertools.pairwise(edges) if b > a]
 
 
 def crlf_cut_between(events: list[bytes]) -> list[bytes]:

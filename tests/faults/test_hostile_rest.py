@@ -66,6 +66,11 @@ def staff(server: RunningServer) -> Iterator[httpx.Client]:
         yield http
 
 
+# A user flag's body up to its metadata (a user scope: no seeded flag is replaced).
+HEAD = '{"feature_key": "chat", "scope_type": "user", "scope_id": "u", "enabled": true, '
+HEAD += '"metadata": '
+
+
 def flag(**metadata: Any) -> dict[str, Any]:
     return {"feature_key": "chat", "scope_type": "global", "enabled": True, "metadata": metadata}
 
@@ -84,7 +89,7 @@ def test_a_body_nested_600_deep_is_422_without_a_traceback(
     """600 levels of JSON: 422 with the flat body, nothing stored, no error logged."""
     headers = {"content-type": "application/json"}
     before = staff.get("/admin/flags").json()["flags"]
-    body = f'{{"feature_key": "chat", "scope_type": "user", "scope_id": "u", "enabled": true, "metadata": {nested(600)}}}'
+    body = HEAD + nested(600) + "}"
     response = staff.put("/admin/flags", content=body, headers=headers)
     expect_error(response, 422, "VALIDATION_ERROR")
     assert "32" in response.json()["detail"]
@@ -104,10 +109,10 @@ def test_32_levels_are_accepted_and_33_are_not(staff: httpx.Client) -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        '{"feature_key": "chat", "scope_type": "global", "enabled": true, "metadata": {"n": "a\\u0000b"}}',
-        '{"feature_key": "chat", "scope_type": "global", "enabled": true, "metadata": {"n": "a\\ud800"}}',
-        '{"feature_key": "chat", "scope_type": "global", "enabled": true, "metadata": {"\\udfb2": 1}}',
-        '{"feature_key": "chat", "scope_type": "global", "enabled": true, "metadata": {"l": ["\\uDBFF x"]}}',
+        HEAD + '{"n": "a\\u0000b"}}',
+        HEAD + '{"n": "a\\ud800"}}',
+        HEAD + '{"\\udfb2": 1}}',
+        HEAD + '{"l": ["\\uDBFF x"]}}',
     ],
     ids=["nul", "lone-high", "lone-low-key", "in-a-list"],
 )
@@ -116,7 +121,6 @@ def test_nul_and_lone_surrogates_anywhere_in_a_body_are_422_and_nothing_is_store
 ) -> None:
     """In a value, a key or a list: 422 with the flat body, and the flag is not stored."""
     before = staff.get("/admin/flags").json()["flags"]
-    body = body.replace('"global"', '"user", "scope_id": "u"')
     response = staff.put("/admin/flags", content=body, headers={"content-type": "application/json"})
     expect_error(response, 422, "VALIDATION_ERROR")
     assert staff.get("/admin/flags").json()["flags"] == before
@@ -124,7 +128,7 @@ def test_nul_and_lone_surrogates_anywhere_in_a_body_are_422_and_nothing_is_store
 
 def test_a_surrogate_pair_in_a_body_is_fine(staff: httpx.Client) -> None:
     """``\\ud83c\\udfb2`` is one character (🎲), not a lone surrogate: stored and read back."""
-    body = '{"feature_key": "chat", "scope_type": "user", "scope_id": "u", "enabled": true, "metadata": {"n": "\\ud83c\\udfb2"}}'
+    body = HEAD + '{"n": "\\ud83c\\udfb2"}}'
     response = staff.put("/admin/flags", content=body, headers={"content-type": "application/json"})
     assert response.status_code in (200, 201), response.text
     flags = staff.get("/admin/flags").json()["flags"]

@@ -78,9 +78,7 @@ async def test_every_legal_framing_gives_the_whole_answer(
     assert events[-1] == Finish("stop")
 
 
-async def test_line_separators_inside_json_text_are_text(
-    upstream: Upstream, provider: Any
-) -> None:
+async def test_line_separators_inside_json_text_are_text(upstream: Upstream, provider: Any) -> None:
     """Raw U+2028, U+2029 and U+0085 inside a JSON string (legal JSON) arrive as text."""
     tokens = ["a\u2028b", " c\u2029d", " e\u0085f"]
     upstream.script = Script(tokens=tokens, ensure_ascii=False, writes=plain)

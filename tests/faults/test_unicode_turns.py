@@ -101,7 +101,7 @@ async def test_a_one_megabyte_event_goes_out_in_deltas_of_at_most_the_limit(
     assert len(deltas) >= 1_000_000 // MAX_DELTA
     assert text_of(first) == big + "."  # seq 1, 2, 3 ... without a gap
     assert text_of(second) == "fine"
-    assert [m["content"] for m in stored if m["role"] == "assistant"][0] == big + "."
+    assert next(m["content"] for m in stored if m["role"] == "assistant") == big + "."
 
 
 async def test_a_json_answer_is_provider_error_and_the_session_goes_on(
