@@ -124,6 +124,19 @@ class Turn:
             self.error_code = error_code
             self.finished_at = now
 
+    def drop_text(self) -> bool:
+        """Make the record an ``internal_error`` without text or citations (the answer
+        could not be stored as it was); False when it already is one."""
+        if self.error_code == "internal_error" and not self.length and not self.cited:
+            return False
+        self.parts.clear()
+        self.pending_parts.clear()
+        self.length = 0
+        self.cited.clear()
+        self.passages = []
+        self.finish_reason, self.error_code = "error", "internal_error"
+        return True
+
     @property
     def status(self) -> str:
         """The stored message status for this turn's end."""

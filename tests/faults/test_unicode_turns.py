@@ -4,11 +4,13 @@ answer is provider_error; the socket and session stay usable after each."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text as sql_text
 
 from tests.http_api.support import backend_settings
 from tests.server import RunningServer, running_server
@@ -118,3 +120,46 @@ async def test_a_json_answer_is_provider_error_and_the_session_goes_on(
     assert text_of(second) == "fine"
     statuses = [m["status"] for m in stored if m["role"] == "assistant"]
     assert statuses == ["error", "complete"]
+
+
+async def poison(db: Any) -> None:
+    """A trigger that refuses to store an answer holding POISON (a store that fails for
+    a reason other than the database being away)."""
+    if db.is_postgres:
+        statements = [
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN IF NEW.content LIKE '%POISON%' THEN RAISE EXCEPTION 'poisoned'; END IF; "
+            "RETURN NEW; END $$",
+            "CREATE TRIGGER refuse_poison BEFORE UPDATE ON chat_messages "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+        ]
+    else:
+        statements = [
+            "CREATE TRIGGER refuse_poison BEFORE UPDATE ON chat_messages "
+            "WHEN NEW.content LIKE '%POISON%' BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+        ]
+    async with db.write() as conn:
+        for statement in statements:
+            await conn.execute(sql_text(statement))
+
+
+async def test_an_answer_the_store_refuses_ends_as_an_error_not_streaming(
+    server: RunningServer, upstream: OpenAIUpstream
+) -> None:
+    """The store refuses the answer (not an outage): the client has its turn, the
+    answer is stored as an error within a second, and the socket goes on."""
+    server.call(poison(server.services.db))
+    upstream.script = Script(tokens=["a ", "POISON ", "answer"])
+    async with ws_client(server.ws_url, server.token()) as client:
+        session_id = (await client.start(catan(server)))["session"]["id"]
+        first = await client.ask("What happens when a seven is rolled?")
+        assert first[-1]["finish_reason"] == "stop"
+        stored: list[dict[str, Any]] = []
+        for _ in range(50):
+            stored = [m for m in await history(client, session_id) if m["role"] == "assistant"]
+            if stored and stored[0]["status"] != "streaming":
+                break
+            await asyncio.sleep(0.05)
+        assert [(m["content"], m["status"]) for m in stored] == [("", "error")]
+        upstream.script = Script(tokens=["fine"])
+        assert text_of(await client.ask("And then?")) == "fine"
