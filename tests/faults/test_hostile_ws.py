@@ -16,6 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from chat_server.frames import encode
 from chat_server.logs import configure_logging
 from chat_server.storage.profiles import set_role
 from tests.faults.support import RawWebSocket, bearer
@@ -191,3 +192,11 @@ async def test_a_changed_profiles_role_applies_at_the_next_session_start(
         frames = await client.ask("robber?")
         assert frames[0]["type"] == "turn.started"
         assert frames[-1]["finish_reason"] == "stop"
+
+
+def test_an_outbound_frame_is_always_valid_utf8() -> None:
+    """A frame whose text holds a lone surrogate (a row stored before these rules) goes
+    out with U+FFFD in its place; a pair left as two code units is one character."""
+    data = encode({"type": "turn.delta", "text": "a\ud800b\ud83c\udfb2"})
+    data.encode("utf-8")
+    assert json.loads(data)["text"] == "a\ufffdb🎲"
