@@ -85,6 +85,9 @@ class _Reframed(httpx2.AsyncByteStream):
             events = reader.feed(chunk)
             if events:
                 yield reframe(events)
+        events = reader.close()  # the body ended whole: an event left without its blank line
+        if events:
+            yield reframe(events)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
