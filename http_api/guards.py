@@ -100,8 +100,7 @@ class InputGuard:
         more = True
         while more:
             message = await receive()
-            if message["type"] != "http.request":  # the client left
-                await self.app(scope, receive, send_nosniff)
+            if message["type"] != "http.request":  # the client left: nobody to answer
                 return
             chunks.append(message.get("body", b""))
             more = bool(message.get("more_body", False))
