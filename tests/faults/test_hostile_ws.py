@@ -200,3 +200,16 @@ def test_an_outbound_frame_is_always_valid_utf8() -> None:
     data = encode({"type": "turn.delta", "text": "a\ud800b\ud83c\udfb2"})
     data.encode("utf-8")
     assert json.loads(data)["text"] == "a\ufffdb🎲"
+
+
+def test_role_cache_ttl_zero_applies_a_demotion_to_the_next_request(
+    server: RunningServer,
+) -> None:
+    """ROLE_CACHE_TTL=0: a profiles row turned from developer to basic refuses the very
+    next admin request (403), where the default would keep it for 30 s."""
+    server.call(set_role(server.services.db, "demoted", "developer"))
+    headers = bearer(server.token("demoted", role=None))
+    with httpx.Client(base_url=server.url, headers=headers, timeout=10) as http:
+        assert http.get("/admin/flags").status_code == 200
+        server.call(set_role(server.services.db, "demoted", "basic"))
+        assert http.get("/admin/flags").status_code == 403
