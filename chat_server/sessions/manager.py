@@ -357,31 +357,30 @@ class TurnManager:
     async def _persist_later(self, turn: Turn) -> None:
         """Retry storing a finished turn with backoff for up to ``PERSIST_RETRY_FOR``.
 
-        A failure that is not the database being away (``Unavailable``) does not go
-        away by storing the same record again: the turn is then stored as an
-        ``internal_error`` without its text, so that it never stays ``streaming``.
+        A failure that is not the database being away (``Unavailable``), twice in a
+        row, does not go away by storing the same record again: the turn is then stored
+        as an ``internal_error`` without its text, so that it never stays ``streaming``.
         """
         delay, deadline = 0.25, time.monotonic() + PERSIST_RETRY_FOR
+        refused = 0  # failures in a row that were not an outage
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)
             try:
                 await self._persist(turn)
                 log.info("turn %s: stored after a retry", turn.id)
                 return
-            except Unavailable as exc:
-                log.warning("turn %s: storing still fails (%s)", turn.id, type(exc).__name__)
-                delay = min(delay * 2, 5.0)
             except Exception as exc:
-                if not turn.drop_text():
-                    log.warning("turn %s: storing still fails (%s)", turn.id, type(exc).__name__)
-                    delay = min(delay * 2, 5.0)
+                refused = 0 if isinstance(exc, Unavailable) else refused + 1
+                if refused >= 2 and turn.drop_text():
+                    log.error(
+                        "turn %s: the answer cannot be stored (%s); storing it as an error",
+                        turn.id,
+                        type(exc).__name__,
+                    )
+                    delay = 0.0
                     continue
-                log.error(
-                    "turn %s: the answer cannot be stored (%s); storing it as an error",
-                    turn.id,
-                    type(exc).__name__,
-                )
-                delay = 0.0
+                log.warning("turn %s: storing still fails (%s)", turn.id, type(exc).__name__)
+                delay = min(max(delay, 0.25) * 2, 5.0)
         log.error("turn %s: gave up storing the answer; the orphan sweep will close it", turn.id)
 
     def _notify(self, event: str, turn: Turn) -> None:
