@@ -17,6 +17,10 @@ anywhere, and returns the events they complete:
   an event left without its blank line when the body ends whole is dispatched then
   (``close()``; the one departure from the standard, which drops it).
 
+One event holds at most ``MAX_EVENT_BYTES`` (16 MiB) of data: past that the stream is
+a ``ProviderError``, so an upstream cannot fill the memory with one endless line. Data
+lines are joined once, at the event's end (never copied once per line).
+
 Event data is decoded as UTF-8, an invalid byte becoming U+FFFD (as the standard
 decodes the whole stream). Any split of the same bytes gives the same events: a test
 compares the reader with the openai SDK's own decoder over random framings and cuts.
@@ -26,26 +30,49 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-__all__ = ["SSEReader", "event_data", "reframe"]
+from ..errors import ProviderError
+
+__all__ = ["MAX_EVENT_BYTES", "SSEReader", "event_data", "reframe"]
 
 _BOM = b"\xef\xbb\xbf"
+MAX_EVENT_BYTES = 16 * 1024 * 1024  # one event's data, at most: the rest of a turn's memory
+
+
+def _too_large() -> ProviderError:
+    return ProviderError(f"the provider sent an event over {MAX_EVENT_BYTES >> 20} MiB")
 
 
 class SSEReader:
     """An incremental event-stream parser for one response (no I/O)."""
 
-    __slots__ = ("_data", "_event", "_head", "_pieces", "_skip_lf", "last_id")
+    __slots__ = (
+        "_data",
+        "_event",
+        "_head",
+        "_more",
+        "_pieces",
+        "_size",
+        "_skip_lf",
+        "_unfinished",
+        "last_id",
+    )
 
     def __init__(self) -> None:
-        self._data: bytes | None = None  # the event's data so far; None: no data field
+        self._data: bytes | None = None  # the event's first data line; None: no data field
+        self._more: list[bytes] | None = None  # all its data lines, once there are two
+        self._size = 0  # bytes of data in the event so far
         self._event = b""
         self._head: bytes | None = b""  # bytes seen before the BOM is decided; None: decided
         self._pieces: list[bytes] = []  # an unfinished line, in the chunks it came in
+        self._unfinished = 0  # bytes in those pieces
         self._skip_lf = False  # the last chunk ended with CR: a LF now ends nothing
         self.last_id = ""
 
     def feed(self, chunk: bytes) -> list[tuple[str, str]]:
-        """The ``(event type, data)`` of each event that ``chunk`` completes."""
+        """The ``(event type, data)`` of each event that ``chunk`` completes.
+
+        Raises ``ProviderError`` when one event grows past ``MAX_EVENT_BYTES``.
+        """
         if self._head is not None:
             head = self._head + chunk
             if len(head) < 3 and _BOM.startswith(head):
@@ -63,25 +90,32 @@ class SSEReader:
         elif b"\n" not in chunk:
             if chunk:
                 self._pieces.append(chunk)
+                self._unfinished += len(chunk)
+                if self._unfinished + self._size > MAX_EVENT_BYTES:
+                    raise _too_large()
             return []
         if self._pieces:
             self._pieces.append(chunk)
             chunk = b"".join(self._pieces)
             self._pieces.clear()
+            self._unfinished = 0
         lines = chunk.split(b"\n")
         rest = lines.pop()
         if rest:
             self._pieces.append(rest)
+            self._unfinished = len(rest)
         out: list[tuple[str, str]] = []
-        data = self._data
+        data, more, size = self._data, self._more, self._size
         for line in lines:
             if line.startswith(b"data: "):
                 value = line[6:]
             elif not line:
                 if data is not None:
+                    raw = data if more is None else b"\n".join(more)
                     event = self._event.decode("utf-8", "replace")
-                    out.append((event, data.decode("utf-8", "replace")))
-                    data = None
+                    out.append((event, raw.decode("utf-8", "replace")))
+                    data = more = None
+                    size = 0
                 self._event = b""
                 continue
             elif line.startswith(b"data:"):
@@ -92,16 +126,22 @@ class SSEReader:
                 name, colon, value = line.partition(b":")
                 if colon and value[:1] == b" ":
                     value = value[1:]
-                if name == b"event":
-                    self._event = value
-                elif name == b"id":
-                    if b"\0" not in value:
+                if name != b"data":
+                    if name == b"event":
+                        self._event = value
+                    elif name == b"id" and b"\0" not in value:
                         self.last_id = value.decode("utf-8", "replace")
-                elif name == b"data":
-                    data = value if data is None else data + b"\n" + value
-                continue  # retry and unknown fields: nothing to do
-            data = value if data is None else data + b"\n" + value
-        self._data = data
+                    continue  # retry and unknown fields: nothing to do
+            if data is None:
+                data = value
+            elif more is None:
+                more = [data, value]  # joined once, at the blank line (not n² copies)
+            else:
+                more.append(value)
+            size += len(value) + 1
+            if size > MAX_EVENT_BYTES:
+                raise _too_large()
+        self._data, self._more, self._size = data, more, size
         return out
 
     def close(self) -> list[tuple[str, str]]:

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai._streaming import SSEDecoder
 
-from chat_server.providers.sse import SSEReader, reframe
+from chat_server.errors import ProviderError
+from chat_server.providers.sse import MAX_EVENT_BYTES, SSEReader, reframe
 
 from .support import scaled
 
@@ -136,3 +137,23 @@ def test_an_id_is_kept_unless_it_holds_a_nul() -> None:
     reader = SSEReader()
     assert reader.feed(b"id: 7\ndata: x\n\nid: 8\x00\ndata: y\n\n") == [("", "x"), ("", "y")]
     assert reader.last_id == "7"
+
+
+def test_an_event_over_16_mib_is_provider_error() -> None:
+    """One endless line, or an event of very many data lines, past 16 MiB: the stream is
+    provider_error (an upstream cannot fill the memory); 16 MiB of lines read quickly."""
+    endless = SSEReader()
+    with pytest.raises(ProviderError):
+        for _ in range(MAX_EVENT_BYTES // (1 << 20) + 1):
+            endless.feed(b"x" * (1 << 20))
+    many = SSEReader()
+    line = b"data: " + b"y" * 9 + b"\n"
+    block = line * 100_000  # 1 MB of data, in 10-byte lines
+    with pytest.raises(ProviderError):
+        for _ in range(MAX_EVENT_BYTES // 1_000_000 + 2):
+            many.feed(block)
+    just_under = SSEReader()
+    for _ in range(15):
+        just_under.feed(block)
+    ((_, data),) = just_under.feed(b"\n")
+    assert len(data) == 15 * 100_000 * 10 - 1
