@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from chat_server.frames import encode
-from chat_server.logs import configure_logging
+from chat_server.logs import ClientGarbageFilter, configure_logging
 from chat_server.storage.profiles import set_role
 from tests.faults.support import RawWebSocket, bearer
 from tests.server import RunningServer, make_settings, running_server
@@ -213,3 +214,25 @@ def test_role_cache_ttl_zero_applies_a_demotion_to_the_next_request(
         assert http.get("/admin/flags").status_code == 200
         server.call(set_role(server.services.db, "demoted", "basic"))
         assert http.get("/admin/flags").status_code == 403
+
+
+def test_garbage_lines_past_the_limit_are_counted_on_the_next_one() -> None:
+    """Past ``limit`` lines in a window the rest are dropped; the first line of the next
+    window says how many were; other lines pass untouched."""
+    garbage = ClientGarbageFilter(limit=2, window=0.2)
+
+    def record(msg: str) -> logging.LogRecord:
+        error = ValueError("bad bytes")
+        return logging.LogRecord(
+            "uvicorn.error", logging.ERROR, __file__, 1, msg, None, (ValueError, error, None)
+        )
+
+    utf8 = "Invalid UTF-8 sequence received from client."
+    passed = [r for r in (record(utf8) for _ in range(5)) if garbage.filter(r)]
+    assert len(passed) == 2
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in passed)
+    time.sleep(0.25)
+    (later,) = [r for r in [record(utf8)] if garbage.filter(r)]
+    assert later.getMessage() == f"{utf8} (3 more not logged)"
+    other = record("Exception in ASGI application\n")
+    assert garbage.filter(other) and other.levelno == logging.ERROR and other.exc_info
