@@ -25,6 +25,11 @@ ROW_FIELDS = {
     "errors",
     "cancelled",
     "first_token_ms_p50",
+    "first_token_ms_p95",
+    "cost_usd",
+    "denied",
+    "unpriced",
+    "estimated",
 }
 
 
