@@ -9,11 +9,11 @@ import itertools
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from chat_server.denials import Denial, DenialLog
 from chat_server.storage import Database
 from chat_server.storage.chat import begin_turn, create_session, fail_stale_turns
 from chat_server.storage.ids import new_id
 from chat_server.storage.schema import usage_events
-from chat_server.denials import Denial, DenialLog
 from chat_server.storage.usage import aggregate_usage
 
 from .conftest import WAIT
@@ -247,9 +247,7 @@ async def test_p95_first_token(db: Database) -> None:
     """p95 of first-token times interpolates between the closest ranks."""
     async with asyncio.timeout(WAIT):
         await store(db, [event(first_ms=ms) for ms in range(100, 2100, 100)])  # 20 turns
-        (row,) = await aggregate_usage(
-            db, start=DAY, end=DAY + timedelta(days=1), group_by="game"
-        )
+        (row,) = await aggregate_usage(db, start=DAY, end=DAY + timedelta(days=1), group_by="game")
     assert row["first_token_ms_p50"] == 1050
     assert row["first_token_ms_p95"] == 1905  # 100 + 0.95 * 19 * 100
 
