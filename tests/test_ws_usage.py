@@ -73,8 +73,7 @@ async def test_cost_comes_from_the_model_prices_file(
     """A MODEL_PRICES file prices a model the built-in table lacks, cached input apart."""
     prices = tmp_path / "prices.toml"
     prices.write_text(
-        'as_of = "2026-12-01"\n'
-        '[models."gpt-test"]\ninput = 2.5\ncached_input = 1.0\noutput = 10\n',
+        'as_of = "2026-12-01"\n[models."gpt-test"]\ninput = 2.5\ncached_input = 1.0\noutput = 10\n',
         encoding="utf-8",
     )
     openai_up.script = Script(
