@@ -113,6 +113,9 @@ async def admin_usage(
     from_: Annotated[datetime | None, Query(alias="from")] = None,
     to: datetime | None = None,
     group_by: Literal["game", "user", "provider", "model", "day"] = "game",
+    provider: Annotated[
+        str | None, Query(min_length=1, max_length=32, description="only this provider")
+    ] = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> UsageOut | Response:
     now = utcnow()
@@ -121,7 +124,7 @@ async def admin_usage(
     if start >= end:
         raise InvalidInput("'from' must be before 'to'", error_code="INVALID_RANGE")
     found: list[dict[str, Any]] = await aggregate_usage(
-        services.db, start=start, end=end, group_by=group_by
+        services.db, start=start, end=end, group_by=group_by, provider=provider
     )
     rows = [UsageRow(**r) for r in found]
     if _wants_csv(accept):

@@ -67,7 +67,12 @@ def _new_row(key: str) -> dict[str, Any]:
 
 
 async def aggregate_usage(
-    db: Database, *, start: datetime, end: datetime, group_by: GroupBy
+    db: Database,
+    *,
+    start: datetime,
+    end: datetime,
+    group_by: GroupBy,
+    provider: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per key: turns (every started turn), tokens, cost, errors, cancels,
     refusals, and the first token's p50 and p95 in milliseconds.
@@ -76,6 +81,7 @@ async def aggregate_usage(
     are taken as UTC); ``day`` keys are UTC dates (``2026-12-06``). ``cost_usd`` sums the
     priced turns and is None when no turn of the row has a price; ``unpriced`` counts
     the started turns whose model has none, ``estimated`` those with estimated tokens.
+    ``provider``: only that provider's rows (the admin page's per-provider series).
     Percentiles are computed here rather than in SQL so that both databases give the
     same figure (SQLite has no percentile function). Rows: most turns first.
     """
@@ -94,6 +100,8 @@ async def aggregate_usage(
         usage_events.c.finish_reason,
         usage_events.c.first_token_ms,
     ).where(usage_events.c.created_at >= start, usage_events.c.created_at < end)
+    if provider is not None:
+        query = query.where(usage_events.c.provider == provider)
     rows: dict[str, dict[str, Any]] = {}
     firsts: dict[str, list[int]] = {}
     async with db.read(timeout=60.0) as conn:  # a report, not the chat path
