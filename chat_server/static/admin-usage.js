@@ -155,6 +155,16 @@
     }
   }
 
+  let resizing = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizing);
+    resizing = setTimeout(() => {
+      for (const [name, chart] of Object.entries(charts)) {
+        const holder = $("usage-" + name);
+        if (holder.clientWidth) chart.setSize({ width: holder.clientWidth, height: 240 });
+      }
+    }, 150);
+  });
   $("usage-days").addEventListener("change", () => show());
   $("usage-csv").addEventListener("click", () => downloadCsv());
   window.admin.view("usage", { show });

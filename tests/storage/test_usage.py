@@ -9,6 +9,8 @@ import itertools
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from prometheus_client import REGISTRY
+
 from chat_server.denials import Denial, DenialLog
 from chat_server.storage import Database
 from chat_server.storage.chat import begin_turn, create_session, fail_stale_turns
@@ -294,3 +296,17 @@ async def test_denials_wait_for_the_database_and_are_written_at_close(db: Databa
         await log.aclose()
         rows = await day_rows(db, "game")
     assert rows["azul"]["denied"] == 1
+
+
+async def test_a_full_denial_buffer_keeps_the_newest(db: Database) -> None:
+    """Past max_pending the oldest refusals are dropped and counted; the newest are written."""
+    dropped = REGISTRY.get_sample_value("chat_denials_dropped_total") or 0.0
+    log = DenialLog(db, interval=3600, max_pending=3)
+    for i in range(5):
+        log.record(Denial("s", f"user-{i}", "full", "local", "m", "quota_exceeded", DAY))
+    assert len(log) == 3
+    assert REGISTRY.get_sample_value("chat_denials_dropped_total") == dropped + 2
+    async with asyncio.timeout(WAIT):
+        assert await log.flush() == 3
+        rows = await day_rows(db, "user")
+    assert sorted(rows) == ["user-2", "user-3", "user-4"]
