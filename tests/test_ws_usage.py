@@ -11,7 +11,7 @@ import httpx
 from chat_server.accounting import CHARS_PER_TOKEN
 from tests.server import RunningServer, running_server
 from tests.test_ws_providers import anthropic_up, catan, openai_settings, openai_up, settings_for
-from tests.upstreams import AnthropicUpstream, OpenAIUpstream, Script
+from tests.upstreams import AnthropicUpstream, GeminiUpstream, OpenAIUpstream, Script
 from tests.wsclient import ws_client
 
 __all__ = ["anthropic_up", "openai_up"]  # the fixtures, used by name
@@ -180,3 +180,21 @@ async def test_a_refused_request_counts_no_tokens(
         "estimated": False,
         "cost_usd": 0.0,
     }
+
+
+async def test_a_cut_gemini_turn_keeps_the_reported_prompt_tokens(tmp_path: Path) -> None:
+    """Gemini's first chunk counts the prompt: a stream cut later keeps that input count
+    and estimates only the output."""
+    with GeminiUpstream() as upstream:
+        upstream.script = Script(tokens=["Gem", "ini ", "says ", "more"], input_tokens=432)
+        upstream.script.drop_after = 2
+        settings = settings_for(tmp_path, gemini_api_key="g-key", gemini_base_url=upstream.base_url)
+        with running_server(settings) as server:
+            async with ws_client(server.ws_url, server.token()) as client:
+                await client.start(catan(server), provider="gemini")
+                frames = await client.ask("How do I win?")
+    usage = frames[-1]["usage"]
+    assert frames[-1]["finish_reason"] == "error"
+    assert text_of(frames) == "Gemini "
+    assert (usage["input_tokens"], usage["output_tokens"]) == (432, tokens_for("Gemini "))
+    assert usage["estimated"] is True
