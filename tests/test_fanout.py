@@ -188,9 +188,8 @@ async def test_admin_sessions_counts_the_connections_of_a_session(server: Runnin
         assert (await row(session_id))["connections"] == 2
 
 
-async def read_sse(response: httpx.Response, until: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """(id, event, data) of each event up to and including the first ``until``."""
-    events: list[tuple[str, str, dict[str, Any]]] = []
+async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
+    """(id, event, data) of each event of an SSE response, as they come."""
     block: dict[str, str] = {}
     async for line in response.aiter_lines():
         if line.startswith(":"):
@@ -200,10 +199,17 @@ async def read_sse(response: httpx.Response, until: str) -> list[tuple[str, str,
             block[key] = value
             continue
         if "data" in block:
-            events.append((block.get("id", ""), block.get("event", ""), json.loads(block["data"])))
-            if events[-1][1] == until:
-                return events
+            yield block.get("id", ""), block.get("event", ""), json.loads(block["data"])
         block = {}
+
+
+async def read_sse(response: httpx.Response, until: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(id, event, data) of each event up to and including the first ``until``."""
+    events: list[tuple[str, str, dict[str, Any]]] = []
+    async for event in sse_events(response):
+        events.append(event)
+        if event[1] == until:
+            break
     return events
 
 
