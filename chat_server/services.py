@@ -229,8 +229,18 @@ async def build_services(settings: Settings) -> Services:
             registry = MemoryRegistry(instance_id)
             events = MemoryEvents()
         relay = TurnRelay(
-            redis=redis, backplane=backplane, manager=manager, prefix=settings.redis_prefix
+            redis=redis,
+            backplane=backplane,
+            manager=manager,
+            instance_id=instance_id,
+            prefix=settings.redis_prefix,
+            # the longest an owner's turn may stay silent: waiting for the provider, then
+            # storing the answer before its turn.completed
+            silence=max(settings.provider_first_token_timeout, settings.provider_idle_timeout)
+            + settings.database_timeout
+            + 5.0,
         )
+        manager.listeners.append(relay.announce)
         stack.push_async_callback(relay.aclose)
         hub = SessionHub(
             chat=chat,
