@@ -238,6 +238,15 @@ def test_a_malformed_last_event_id_is_400(staff: httpx.Client, value: str) -> No
     expect_error(response, 400, "BAD_REQUEST")
 
 
+@pytest.mark.parametrize("value", ["abc", "turn:", ":5", "turn:x", "turn:-1", "turn:" + "9" * 30])
+def test_a_malformed_last_event_id_on_a_session_watch_is_400(
+    staff: httpx.Client, value: str
+) -> None:
+    """Watching one session with a Last-Event-ID that is not <turn_id>:<seq>: 400."""
+    response = staff.get("/admin/sessions/any-session/stream", headers={"last-event-id": value})
+    expect_error(response, 400, "BAD_REQUEST")
+
+
 def test_a_well_formed_last_event_id_streams(staff: httpx.Client) -> None:
     """A counter id (or a Redis Stream id) starts the stream."""
     with staff.stream("GET", "/admin/sessions/events", headers={"last-event-id": "0"}) as r:
