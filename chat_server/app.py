@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket
 
 from http_api import api_router
 from http_api.body_limit import BodyLimit
+from http_api.documents import UPLOAD_PATHS
 from http_api.errors import install_error_handlers
 
 from . import __version__
@@ -81,7 +82,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.http_max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.http_max_body_bytes,
+        upload_paths=UPLOAD_PATHS,
+        # the file, plus the form's other fields and boundaries
+        upload_max_bytes=settings.document_max_bytes + 64 * 1024,
+    )
     app.add_middleware(RequestContext)  # outermost: a request id on every log line
     app.include_router(api_router)
     return app

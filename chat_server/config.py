@@ -90,6 +90,20 @@ class Settings(BaseSettings):
     history_chars: int = Field(default=8000, ge=0, le=1_000_000)
     grounding_passages: int = Field(default=4, ge=1, le=20)
 
+    # Documents (rulebooks, FAQs, errata)
+    document_max_bytes: int = Field(
+        default=20 * 1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="The largest document file an admin may upload (PDF, Markdown, text).",
+    )
+    documents_bucket: str = Field(
+        default="documents",
+        pattern=r"^[a-z0-9][a-z0-9._-]{1,62}$",
+        description="The Supabase Storage bucket of original documents "
+        "(with SUPABASE_URL and SUPABASE_SERVICE_KEY).",
+    )
+
     # BoardGameGeek
     bgg_base_url: str = "https://boardgamegeek.com/xmlapi2"
     bgg_api_token: str | None = None

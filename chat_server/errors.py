@@ -12,6 +12,7 @@ place each.
     ├── NotFound                (not_found, 404)
     ├── Conflict                (conflict, 409)
     ├── InvalidInput            (invalid_frame / 422)
+    ├── TooLarge                (payload_too_large, 413): an upload over its limit
     ├── SessionRequired         (session_required, 409)
     ├── TurnInProgress          (turn_in_progress, 409)
     ├── FeatureDisabled         (feature_disabled, 403)
@@ -42,6 +43,7 @@ __all__ = [
     "SessionRequired",
     "ShuttingDown",
     "TokenExpired",
+    "TooLarge",
     "TurnInProgress",
     "Unauthorized",
     "Unavailable",
@@ -106,6 +108,12 @@ class InvalidInput(ChatServerError):
     def __init__(self, message: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("error_code", "VALIDATION_ERROR")
         super().__init__(message, **kwargs)
+
+
+class TooLarge(ChatServerError):
+    code = "payload_too_large"
+    status_code = 413
+    default_message = "request body too large"
 
 
 class SessionRequired(ChatServerError):

@@ -22,6 +22,7 @@ from .bgg import BggClient
 from .config import Settings
 from .connections import Connections
 from .demo import seed_demo_games
+from .document_files import DOCUMENTS_CHANNEL, FileStore, build_file_store
 from .errors import Unavailable
 from .flag_cache import FlagCache
 from .providers import Provider, build_providers
@@ -64,6 +65,7 @@ class Services:
     registry: Registry
     monitor: Monitor
     relay: TurnRelay
+    files: FileStore
     instance_id: str
     started_at: float = field(default_factory=time.time)
 
@@ -237,6 +239,15 @@ async def build_services(settings: Settings) -> Services:
         stack.push_async_callback(relay.aclose)
         await monitor.start()
         stack.push_async_callback(monitor.aclose)
+        files = build_file_store(
+            settings.supabase_url, settings.supabase_service_key, settings.documents_bucket
+        )
+        stack.push_async_callback(files.aclose)
+
+        async def documents_changed(_channel: str, game_id: str) -> None:
+            chat.rulebook_added(game_id)  # forget the game's languages: read them again
+
+        backplane.subscribe(DOCUMENTS_CHANNEL, documents_changed)
         await backplane.start()  # after every subscriber registered
     except BaseException:
         await stack.aclose()
@@ -258,6 +269,7 @@ async def build_services(settings: Settings) -> Services:
         registry=registry,
         monitor=monitor,
         relay=relay,
+        files=files,
         instance_id=instance_id,
     )
     services._stack = stack  # type: ignore[attr-defined]

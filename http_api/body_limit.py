@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -10,16 +11,40 @@ __all__ = ["BodyLimit"]
 
 
 class BodyLimit:
-    """ASGI middleware: a declared or streamed HTTP body over ``max_bytes`` gets 413."""
+    """ASGI middleware: a declared or streamed HTTP body over ``max_bytes`` gets 413.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Paths matching ``upload_paths`` take bodies up to ``upload_max_bytes`` instead (a
+    document upload, whose handler enforces its own, exact limit on the file)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        *,
+        upload_paths: re.Pattern[str] | None = None,
+        upload_max_bytes: int = 0,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_paths = upload_paths
+        self.upload_max_bytes = max(upload_max_bytes, max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.upload_paths is not None and self.upload_paths.fullmatch(scope["path"]):
+            await _Limited(self.app, self.upload_max_bytes)(scope, receive, send)
+            return
+        await _Limited(self.app, self.max_bytes)(scope, receive, send)
+
+
+class _Limited:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:

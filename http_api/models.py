@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, m
 __all__ = [
     "DocumentIn",
     "DocumentOut",
+    "DocumentUpload",
+    "DocumentsOut",
     "ErrorBody",
     "FlagIn",
     "FlagOut",
@@ -131,15 +133,38 @@ class DocumentIn(_In):
     openai_vector_store_id: Annotated[str, Field(max_length=100)] | None = None
 
 
+DocumentKind = Literal["rulebook", "faq", "errata", "expansion"]
+
+
+class DocumentUpload(_In):
+    """The text fields of a ``multipart/form-data`` upload, beside its ``file``."""
+
+    file: Annotated[bytes, Field(description="The PDF, Markdown or text file")] = b""
+    language: Annotated[str, Field(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?$")] = "en"
+    title: Name | None = Field(default=None, description="Default: the file's name")
+    kind: DocumentKind = "rulebook"
+    format: Literal["pdf", "markdown", "text"] | None = Field(
+        default=None, description="Default: from the file's media type, else its name"
+    )
+
+
 class DocumentOut(BaseModel):
     id: str
     game_id: str
-    language: str
     title: str
-    format: str
+    language: str
     kind: str
+    format: str
+    media_type: str | None
+    pages: int | None
     passages: int
+    bytes: int
     created_at: datetime
+    updated_at: datetime | None
+
+
+class DocumentsOut(BaseModel):
+    documents: list[DocumentOut]
 
 
 class FlagIn(_In):

@@ -27,6 +27,10 @@ def system_instructions(game_name: str, language: str, has_passages: bool) -> st
         )
     else:
         lines.append("If the passages do not answer the question, say that they do not.")
+        lines.append(
+            "A passage marked (errata) corrects the rulebook and overrides it where they "
+            "differ; a passage marked (faq) is an official clarification."
+        )
     return "\n".join(lines)
 
 
@@ -35,6 +39,10 @@ def passages_block(passages: list[Passage]) -> str:
     parts = []
     for p in passages:
         head = f"[{p.id}] {p.title}" + (f" — {p.heading}" if p.heading else "")
+        if p.page is not None:
+            head += f" (page {p.page})"
+        if p.kind in ("errata", "faq"):
+            head += f" ({p.kind})"
         parts.append(f"{head}\n{p.text}")
     return "\n\n".join(parts)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from ..document_files import document_url
 from ..providers.base import CitationRef, Passage, Usage
 from ..storage.chat import TurnRecord
 
@@ -140,6 +141,8 @@ class Turn:
                     "document_id": p.document_id,
                     "title": p.title,
                     "heading": p.heading,
+                    "page": p.page,
+                    "url": document_url(self.game_id, p.document_id, p.page),
                     "offset": p.ordinal,
                     "quote": quote,
                 }

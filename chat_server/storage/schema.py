@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -28,6 +29,7 @@ __all__ = [
     "admin_audit",
     "chat_messages",
     "chat_sessions",
+    "document_files",
     "document_passages",
     "feature_flags",
     "game_documents",
@@ -115,6 +117,21 @@ document_passages = Table(
     # The PDF page (1-based) the passage comes from; null for text and Markdown.
     Column("page", Integer),
     Index(None, "game_id", "language"),
+)
+
+# The original file of a document: its bytes here (the default), or the key of the
+# object that holds them in Supabase Storage (``storage_key``, with ``data`` null).
+document_files = Table(
+    "document_files",
+    metadata,
+    Column(
+        "document_id",
+        ID,
+        ForeignKey("game_documents.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("data", LargeBinary),
+    Column("storage_key", String(300)),
 )
 
 feature_flags = Table(
