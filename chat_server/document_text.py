@@ -158,8 +158,17 @@ def _read_pdf(data: bytes, deadline: float) -> ReadDocument:
         raise _reject("DOCUMENT_ENCRYPTED", "the PDF is encrypted") from exc
     except LimitReachedError as exc:
         raise _reject("DOCUMENT_TOO_COMPLEX", "the PDF exceeds the reading limits") from exc
-    except (PyPdfError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-        # pypdf raises its own errors and, on some malformed files, Python's.
+    except (
+        PyPdfError,
+        ValueError,
+        KeyError,
+        TypeError,
+        IndexError,
+        AttributeError,
+        Warning,
+    ) as exc:
+        # pypdf raises its own errors and, on some malformed files, Python's (and its
+        # warnings, where they are made errors).
         raise _reject("DOCUMENT_CORRUPT", "the PDF cannot be read (corrupt)") from exc
     except RecursionError as exc:
         raise _reject("DOCUMENT_TOO_COMPLEX", "the PDF nests too deeply") from exc

@@ -13,8 +13,9 @@ __all__ = ["BodyLimit"]
 class BodyLimit:
     """ASGI middleware: a declared or streamed HTTP body over ``max_bytes`` gets 413.
 
-    Paths matching ``upload_paths`` take bodies up to ``upload_max_bytes`` instead (a
-    document upload, whose handler enforces its own, exact limit on the file)."""
+    A ``multipart/form-data`` body to a path matching ``upload_paths`` may be up to
+    ``upload_max_bytes`` instead (a document upload, whose handler enforces its own,
+    exact limit on the file); a JSON body there keeps ``max_bytes``."""
 
     def __init__(
         self,
@@ -34,8 +35,10 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         if self.upload_paths is not None and self.upload_paths.fullmatch(scope["path"]):
-            await _Limited(self.app, self.upload_max_bytes)(scope, receive, send)
-            return
+            content_type = dict(scope.get("headers", [])).get(b"content-type", b"")
+            if content_type.lower().startswith(b"multipart/form-data"):
+                await _Limited(self.app, self.upload_max_bytes)(scope, receive, send)
+                return
         await _Limited(self.app, self.max_bytes)(scope, receive, send)
 
 

@@ -17,7 +17,7 @@ from ..rulebooks import split_passages
 from .engine import Database
 from .fulltext import delete_document as forget_index
 from .fulltext import index_passages, search_passages
-from .ids import new_id, utcnow
+from .ids import as_utc, new_id, utcnow
 from .schema import document_files, document_passages, game_documents
 
 __all__ = [
@@ -253,7 +253,8 @@ async def replace_document(
             )
         await _store_passages(conn, db, rows)
     old_key = found.storage_key if found.storage_key != body.storage_key else None
-    return _document_out(doc_id, game_id, body, len(rows), found.created_at, now), old_key
+    created = as_utc(found.created_at)
+    return _document_out(doc_id, game_id, body, len(rows), created, now), old_key
 
 
 async def delete_document(db: Database, *, game_id: str, doc_id: str) -> str | None:
@@ -306,7 +307,11 @@ async def list_documents(db: Database, game_id: str) -> list[dict[str, Any]]:
         .order_by(game_documents.c.created_at, game_documents.c.id)
     )
     async with db.read() as conn:
-        return [dict(r) for r in (await conn.execute(query)).mappings()]
+        rows = (await conn.execute(query)).mappings().all()
+    return [
+        {**r, "created_at": as_utc(r["created_at"]), "updated_at": as_utc(r["updated_at"])}
+        for r in rows
+    ]
 
 
 @dataclass(frozen=True, slots=True)

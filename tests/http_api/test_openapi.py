@@ -149,10 +149,20 @@ async def test_real_responses_match_the_schema(
         await call("POST", "/admin/games/import", 200, headers=staff, json={"bgg_id": 822})
         await call("POST", "/admin/games/import", 404, headers=staff, json={"bgg_id": 777})
         doc = {"title": "Tour rules", "content": "Win by touring."}
-        await call("POST", f"/admin/games/{new_id}/documents", 201, headers=staff, json=doc)
+        posted = await call(
+            "POST", f"/admin/games/{new_id}/documents", 201, headers=staff, json=doc
+        )
+        docs, doc_id = f"/admin/games/{new_id}/documents", posted.json()["id"]
+        await call("GET", docs, 200, headers=staff)
+        await call("PUT", f"{docs}/{doc_id}", 200, headers=staff, json=doc)
+        await call("PUT", f"{docs}/missing", 404, headers=staff, json=doc)
+        await call("GET", f"/games/{new_id}/documents/{doc_id}/file", 200, headers=staff)
+        await call("GET", f"/games/{new_id}/documents/{doc_id}/file", 404, headers=user)
         await call("POST", "/admin/games/missing/documents", 404, headers=staff, json=doc)
         big = {**doc, "content": "x" * 200_000}
         await call("POST", f"/admin/games/{new_id}/documents", 413, headers=staff, json=big)
+        await call("DELETE", f"{docs}/{doc_id}", 204, headers=staff)
+        await call("DELETE", f"{docs}/{doc_id}", 404, headers=staff)
 
         flag = {"feature_key": "tour", "scope_type": "game", "scope_id": new_id, "enabled": True}
         put = await call("PUT", "/admin/flags", 200, headers=staff, json=flag)
