@@ -334,3 +334,51 @@ async def test_a_document_kind_reaches_its_passages(db: Database, game: dict[str
     assert kinds["Errata: the robber"] == "errata"
     assert kinds["The robber"] == "rulebook"
     assert all(p.page is None for p in found.passages)
+
+
+async def test_errata_then_faq_outrank_the_rulebook_at_equal_relevance(
+    db: Database, game: dict[str, Any]
+) -> None:
+    """The same words in a rulebook, a FAQ and errata: errata first, then the FAQ."""
+    text = "A castle scores two points per tile when it is completed."
+    async with asyncio.timeout(WAIT):
+        for kind in ("rulebook", "faq", "errata", "expansion"):
+            await add_document(
+                db,
+                game_id=game["id"],
+                language="en",
+                title=f"The {kind}",
+                content=text,
+                fmt="text",
+                kind=kind,
+            )
+        found = await retrieve(
+            db, game_id=game["id"], language="en", question="castle points", limit=4
+        )
+    assert found.matched
+    assert [p.kind for p in found.passages][:2] == ["errata", "faq"]
+    assert {p.kind for p in found.passages[2:]} == {"rulebook", "expansion"}
+
+
+async def test_deleted_and_replaced_documents_stop_matching(
+    db: Database, game: dict[str, Any]
+) -> None:
+    """After replace, only the new text matches; after delete, nothing of it does."""
+    from chat_server.storage.documents import DocumentBody, delete_document, replace_document
+
+    async with asyncio.timeout(WAIT):
+        doc = await add(db, game["id"], CATAN_EN)
+        body = DocumentBody.from_text(
+            language="en", title="Rules", content="Bridges cost one plank.", fmt="text"
+        )
+        replaced, old_key = await replace_document(
+            db, game_id=game["id"], doc_id=doc["id"], body=body
+        )
+        robber = await retrieve(db, game_id=game["id"], language="en", question="robber", limit=4)
+        bridge = await retrieve(db, game_id=game["id"], language="en", question="bridges", limit=4)
+        await delete_document(db, game_id=game["id"], doc_id=doc["id"])
+        gone = await retrieve(db, game_id=game["id"], language="en", question="bridges", limit=4)
+    assert (replaced["passages"], old_key) == (1, None)
+    assert not robber.matched
+    assert bridge.matched and bridge.passages[0].text == "Bridges cost one plank."
+    assert gone.passages == [] and not gone.has_documents
