@@ -43,6 +43,8 @@ class LocalProvider:
             ]
             for p in passages:
                 where = f"{p.title} — {p.heading}" if p.heading else p.title
+                if p.page is not None:
+                    where += f", page {p.page}"
                 parts.append(f"[{p.id}] {where}:\n{p.text}\n\n")
             text = "".join(parts).rstrip()
         output_tokens = 0

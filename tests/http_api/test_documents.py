@@ -107,6 +107,7 @@ async def test_answer_is_grounded_on_the_right_page_and_cites_it(
     doc = upload(staff, game["id"], text_pdf(PAGES), title="Carcassonne rules").json()
     completed = await ask(server, game["id"], "How many points does a castle score?")
     assert "castle scores nine points" in completed["text"]
+    assert "[p1] Carcassonne rules, page 2:" in completed["text"]
     first = completed["citations"][0]
     assert (first["document_id"], first["title"], first["page"]) == (
         doc["id"],
