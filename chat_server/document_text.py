@@ -108,6 +108,11 @@ def _read_text(data: bytes, fmt: Format) -> ReadDocument:
     return ReadDocument(fmt, MEDIA_TYPES[fmt], None, [PageText(None, text)])
 
 
+def _storable(text: str) -> str:
+    """Text both databases store: no NUL, no lone surrogate (some fonts' maps make them)."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
 def _read_pdf(data: bytes, deadline: float) -> ReadDocument:
     """Every page's text (runs in a worker thread)."""
     import pypdf
@@ -144,7 +149,7 @@ def _read_pdf(data: bytes, deadline: float) -> ReadDocument:
             for number, page in enumerate(reader.pages, start=1):
                 if time.monotonic() > deadline:
                     raise _reject("DOCUMENT_TOO_COMPLEX", "reading the PDF took too long")
-                text = (page.extract_text() or "").replace("\x00", "")
+                text = _storable(page.extract_text() or "")
                 total += len(text)
                 if total > PDF_MAX_TEXT_CHARS:
                     raise _reject(

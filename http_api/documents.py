@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 # The paths that take a document's file (BodyLimit lets their bodies be larger).
 UPLOAD_PATHS = re.compile(r"/admin/games/[^/]+/documents(/[^/]+)?")
 _CHUNK = 64 * 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _BODY_FORMS: dict[str, Any] = {
     "requestBody": {
@@ -114,7 +115,7 @@ async def _body(request: Request, services: Services) -> store.DocumentBody:
         )
     try:
         data = await request.json()
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         error = {"loc": ["body"], "msg": "not valid JSON", "type": "json_invalid"}
         raise RequestValidationError([error]) from exc
     doc = _validated(DocumentIn, data)
@@ -131,7 +132,8 @@ async def _body(request: Request, services: Services) -> store.DocumentBody:
 
 
 def _title_from(filename: str | None) -> str:
-    stem = (filename or "").rsplit("/", 1)[-1].rsplit(".", 1)[0].strip()
+    stem = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    stem = _CONTROL.sub("", stem).encode("utf-8", "replace").decode("utf-8").strip()
     return stem[:300] or "Rulebook"
 
 

@@ -268,3 +268,35 @@ def test_documents_are_staff_only(server: RunningServer, staff: httpx.Client) ->
             "FORBIDDEN",
         )
         expect_error(player.delete(f"{path}/x"), 403, "FORBIDDEN")
+
+
+def test_a_hostile_file_name_becomes_a_clean_title(staff: httpx.Client) -> None:
+    """Without a title, the file's name (path, control characters and NUL removed) is used."""
+    game = create_game(staff, name="Carcassonne")
+    body = (
+        b"--b0undary\r\n"
+        b'Content-Disposition: form-data; name="file"; '
+        b'filename="C:\\uploads\\Big\x00 Box\x1f rules.md"\r\n'
+        b"Content-Type: text/markdown\r\n\r\n"
+        b"# Rules\n\nScore castles.\r\n"
+        b"--b0undary--\r\n"
+    )
+    response = staff.post(
+        f"/admin/games/{game['id']}/documents",
+        content=body,
+        headers={"content-type": "multipart/form-data; boundary=b0undary"},
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["title"] == "Big Box rules"
+
+
+def test_deeply_nested_json_is_422(staff: httpx.Client) -> None:
+    """A JSON body nested far too deep is 422, never a 500."""
+    game = create_game(staff, name="Carcassonne")
+    body = "[" * 100_000 + "]" * 100_000
+    response = staff.post(
+        f"/admin/games/{game['id']}/documents",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
+    expect_error(response, 422, "VALIDATION_ERROR")
