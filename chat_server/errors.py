@@ -13,6 +13,7 @@ place each.
     ├── Conflict                (conflict, 409)
     ├── InvalidInput            (invalid_frame / 422)
     ├── TooLarge                (payload_too_large, 413): an upload over its limit
+    ├── RequestTimeout          (request_timeout, 408): an upload that did not arrive in time
     ├── SessionRequired         (session_required, 409)
     ├── TurnInProgress          (turn_in_progress, 409)
     ├── FeatureDisabled         (feature_disabled, 403)
@@ -40,6 +41,7 @@ __all__ = [
     "ProviderUnavailable",
     "QuotaExceeded",
     "RateLimited",
+    "RequestTimeout",
     "SessionRequired",
     "ShuttingDown",
     "TokenExpired",
@@ -114,6 +116,12 @@ class TooLarge(ChatServerError):
     code = "payload_too_large"
     status_code = 413
     default_message = "request body too large"
+
+
+class RequestTimeout(ChatServerError):
+    code = "request_timeout"
+    status_code = 408
+    default_message = "the request body did not arrive in time"
 
 
 class SessionRequired(ChatServerError):

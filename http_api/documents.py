@@ -52,6 +52,7 @@ _BODY_FORMS: dict[str, Any] = {
 }
 _DOCUMENT_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No such game or document"},
+    408: {"model": ErrorBody, "description": "The upload did not arrive in time"},
     413: {"model": ErrorBody, "description": "The file is larger than DOCUMENT_MAX_BYTES"},
     422: {
         "model": ErrorBody,
@@ -59,6 +60,7 @@ _DOCUMENT_ERRORS: dict[int | str, dict[str, Any]] = {
         "DOCUMENT_TYPE_MISMATCH, DOCUMENT_ENCRYPTED, DOCUMENT_CORRUPT, DOCUMENT_TOO_COMPLEX, "
         "DOCUMENT_EMPTY",
     },
+    503: {"model": ErrorBody, "description": "Database, Redis or Supabase Storage unavailable"},
 }
 
 admin = APIRouter(

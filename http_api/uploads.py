@@ -3,23 +3,26 @@
 Starlette's own form parser spools files to disk without a size limit; this reader
 keeps the one file in memory and stops at ``max_file_bytes`` (413 at once, before the
 rest of the body is read), each text field at ``MAX_FIELD_BYTES`` and the number of
-parts at ``MAX_PARTS``. Nothing of the upload is written anywhere.
+parts at ``MAX_PARTS``, the time to send it all at ``UPLOAD_TIMEOUT``. Nothing of the
+upload is written anywhere.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from chat_server.errors import InvalidInput, TooLarge
+from chat_server.errors import InvalidInput, RequestTimeout, TooLarge
 
-__all__ = ["MAX_FIELD_BYTES", "MAX_PARTS", "Upload", "read_upload"]
+__all__ = ["MAX_FIELD_BYTES", "MAX_PARTS", "UPLOAD_TIMEOUT", "Upload", "read_upload"]
 
 MAX_FIELD_BYTES = 4096
 MAX_PARTS = 16
+UPLOAD_TIMEOUT = 300.0  # seconds for the whole body: 20 MiB at about 70 KB/s
 
 
 @dataclass(slots=True)
@@ -108,9 +111,12 @@ class _Reader:
             raise _invalid("not UTF-8", self._name) from exc
 
 
-async def read_upload(request: Request, max_file_bytes: int) -> Upload:
+async def read_upload(
+    request: Request, max_file_bytes: int, *, timeout: float = UPLOAD_TIMEOUT
+) -> Upload:
     """Read the form; ``TooLarge`` (413) as soon as the file passes ``max_file_bytes``,
-    ``InvalidInput`` (422) for a malformed form or one without a ``file``."""
+    ``InvalidInput`` (422) for a malformed form or one without a ``file``,
+    ``RequestTimeout`` (408) if the whole body takes longer than ``timeout``."""
     _, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if not boundary:
@@ -129,11 +135,17 @@ async def read_upload(request: Request, max_file_bytes: int) -> Upload:
         },
     )
     try:
-        async for chunk in request.stream():
-            parser.write(chunk)
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:
         raise _invalid(f"malformed multipart body ({exc})", "body") from exc
+    except TimeoutError as exc:
+        raise RequestTimeout(
+            f"the upload did not arrive within {timeout:.0f} s",
+            error_code="UPLOAD_TIMEOUT",
+        ) from exc
     if not reader.seen_file:
         raise _invalid("field required", "file")
     return reader.upload
