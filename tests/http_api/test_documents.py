@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.pdfs import encrypted, image_only_pdf, text_pdf
+from tests.pdfs import bomb_pdf, encrypted, image_only_pdf, many_pages_pdf, text_pdf
 from tests.server import RunningServer, make_settings, running_server
 from tests.wsclient import ws_client
 
@@ -208,13 +208,24 @@ def test_json_and_text_uploads_still_work(staff: httpx.Client) -> None:
         (text_pdf(PAGES)[:400], "broken.pdf", PDF_TYPE, "DOCUMENT_CORRUPT"),
         (b"PK\x03\x04 a zip archive", "rules.pdf", PDF_TYPE, "DOCUMENT_TYPE_MISMATCH"),
         (text_pdf(PAGES), "rules.md", "text/markdown", "DOCUMENT_TYPE_MISMATCH"),
+        (many_pages_pdf(3000), "many.pdf", PDF_TYPE, "DOCUMENT_TOO_COMPLEX"),
+        (bomb_pdf(), "bomb.pdf", PDF_TYPE, "DOCUMENT_TOO_COMPLEX"),
     ],
-    ids=["scanned", "encrypted", "corrupt", "zip-named-pdf", "pdf-named-markdown"],
+    ids=[
+        "scanned",
+        "encrypted",
+        "corrupt",
+        "zip-named-pdf",
+        "pdf-named-markdown",
+        "3000-pages",
+        "flate-bomb",
+    ],
 )
 def test_unreadable_uploads_are_422_and_store_nothing(
     staff: httpx.Client, data: bytes, filename: str, media_type: str, code: str
 ) -> None:
-    """A scanned, encrypted, corrupt or mislabelled file is 422 with its code; nothing stored."""
+    """A scanned, encrypted, corrupt, mislabelled or bomb PDF is 422 with its code; nothing
+    stored."""
     game = create_game(staff, name="Carcassonne")
     response = upload(staff, game["id"], data, filename=filename, media_type=media_type)
     expect_error(response, 422, code)
@@ -224,7 +235,7 @@ def test_unreadable_uploads_are_422_and_store_nothing(
 def test_oversize_upload_is_413_and_the_server_carries_on(staff: httpx.Client) -> None:
     """A file over DOCUMENT_MAX_BYTES is 413 DOCUMENT_TOO_LARGE; nothing stored; next works."""
     game = create_game(staff, name="Carcassonne")
-    big = b"Roll the dice. " * 5000  # 75 000 bytes > 64 KiB
+    big = b"Roll the dice. " * 7000  # 105 000 bytes > 96 KiB
     response = upload(staff, game["id"], big, filename="big.txt", media_type="text/plain")
     expect_error(response, 413, "DOCUMENT_TOO_LARGE")
     assert staff.get(f"/admin/games/{game['id']}/documents").json() == {"documents": []}
@@ -300,3 +311,23 @@ def test_deeply_nested_json_is_422(staff: httpx.Client) -> None:
         headers={"content-type": "application/json"},
     )
     expect_error(response, 422, "VALIDATION_ERROR")
+
+
+async def test_the_server_answers_while_a_pdf_bomb_is_read(
+    server: RunningServer, staff: httpx.Client
+) -> None:
+    """While a PDF bomb is being read (in a thread), other requests are answered at once."""
+    game = create_game(staff, name="Carcassonne")
+    files = {"file": ("bomb.pdf", bomb_pdf(), PDF_TYPE)}
+    async with httpx.AsyncClient(base_url=server.url, headers=staff.headers, timeout=10) as http:
+        posting = asyncio.create_task(
+            http.post(f"/admin/games/{game['id']}/documents", files=files)
+        )
+        slowest = 0.0
+        while not posting.done():
+            started = asyncio.get_running_loop().time()
+            assert (await http.get("/healthz")).status_code == 200
+            slowest = max(slowest, asyncio.get_running_loop().time() - started)
+            await asyncio.sleep(0.01)
+        expect_error(await posting, 422, "DOCUMENT_TOO_COMPLEX")
+    assert slowest < 0.5, slowest  # the read itself takes about 0.4 s of CPU
