@@ -65,9 +65,9 @@ def _pdf(contents: list[bytes], *, kids_repeat: int = 1, flate: bool = False) ->
     return out.getvalue()
 
 
-def text_pdf(pages: list[list[str]]) -> bytes:
-    """A PDF whose page N shows the lines ``pages[N-1]``."""
-    return _pdf([_text_stream(lines) for lines in pages])
+def text_pdf(pages: list[list[str]], *, compress: bool = False) -> bytes:
+    """A PDF whose page N shows the lines ``pages[N-1]`` (streams deflated: ``compress``)."""
+    return _pdf([_text_stream(lines) for lines in pages], flate=compress)
 
 
 def image_only_pdf(pages: int = 2) -> bytes:
