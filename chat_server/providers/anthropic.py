@@ -43,7 +43,7 @@ from .base import (
     Usage,
     UsageReport,
 )
-from .prompt import system_instructions
+from .prompt import passage_label, system_instructions
 from .transport import DROPPED, close_response
 
 __all__ = ["AnthropicProvider"]
@@ -82,9 +82,7 @@ def _document_block(passages: list[Passage], game_name: str) -> dict[str, Any]:
         },
         "title": f"{game_name} rulebook",
         "context": "Rulebook passages, in this order: "
-        + "; ".join(
-            f"{p.id} ({p.title}" + (f" — {p.heading})" if p.heading else ")") for p in passages
-        ),
+        + "; ".join(f"{p.id} ({passage_label(p)})" for p in passages),
         "citations": {"enabled": True},
         "cache_control": {"type": "ephemeral"},
     }

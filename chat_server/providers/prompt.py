@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .base import Passage
 
-__all__ = ["passages_block", "system_instructions", "system_prompt"]
+__all__ = ["passage_label", "passages_block", "system_instructions", "system_prompt"]
 
 
 def system_instructions(game_name: str, language: str, has_passages: bool) -> str:
@@ -34,17 +34,20 @@ def system_instructions(game_name: str, language: str, has_passages: bool) -> st
     return "\n".join(lines)
 
 
+def passage_label(p: Passage) -> str:
+    """How a passage is named to the model: title, heading, PDF page, and its kind when
+    that outranks the rulebook (errata, FAQ)."""
+    label = p.title + (f" — {p.heading}" if p.heading else "")
+    if p.page is not None:
+        label += f" (page {p.page})"
+    if p.kind in ("errata", "faq"):
+        label += f" ({p.kind})"
+    return label
+
+
 def passages_block(passages: list[Passage]) -> str:
     """The passages as text, each headed by its id."""
-    parts = []
-    for p in passages:
-        head = f"[{p.id}] {p.title}" + (f" — {p.heading}" if p.heading else "")
-        if p.page is not None:
-            head += f" (page {p.page})"
-        if p.kind in ("errata", "faq"):
-            head += f" ({p.kind})"
-        parts.append(f"{head}\n{p.text}")
-    return "\n\n".join(parts)
+    return "\n\n".join(f"[{p.id}] {passage_label(p)}\n{p.text}" for p in passages)
 
 
 def system_prompt(game_name: str, language: str, passages: list[Passage]) -> str:
