@@ -12,8 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..document_text import MEDIA_TYPES, PageText
 from ..errors import NotFound
-from ..providers.base import Passage
-from ..rulebooks import split_passages
+from ..rulebooks import Passage, split_passages
 from .engine import Database
 from .fulltext import delete_document as forget_index
 from .fulltext import index_passages, search_passages
