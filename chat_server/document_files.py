@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Protocol
+from urllib.parse import quote
 
 import httpx
 from storage3 import AsyncStorageClient
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 # The backplane channel on which a change of a game's documents is announced (the
 # message: the game id), so that every instance forgets what it cached of them.
 DOCUMENTS_CHANNEL = "documents"
+_CHUNK = 256 * 1024
 
 
 def document_url(game_id: str, document_id: str, page: int | None = None) -> str:
@@ -54,7 +57,10 @@ class FileStore(Protocol):
         """Store ``data``; the key to keep in the database, or None to keep the bytes there."""
         ...
 
-    async def get(self, key: str) -> bytes: ...
+    async def open(self, key: str) -> tuple[int | None, AsyncIterator[bytes]]:
+        """The object's size (if told) and its bytes as they arrive; ``Unavailable`` if
+        it cannot be had. The iterator must be run to its end or closed."""
+        ...
 
     async def remove(self, keys: list[str]) -> None:
         """Best effort: a failure is logged, not raised (the document is gone already)."""
@@ -69,7 +75,7 @@ class DatabaseFiles:
     async def put(self, key: str, data: bytes, media_type: str) -> str | None:
         return None
 
-    async def get(self, key: str) -> bytes:
+    async def open(self, key: str) -> tuple[int | None, AsyncIterator[bytes]]:
         raise Unavailable("this document's file is in Supabase Storage, which is not configured")
 
     async def remove(self, keys: list[str]) -> None:
@@ -87,9 +93,8 @@ class SupabaseFiles:
         self._http = httpx.AsyncClient(
             headers=headers, timeout=httpx.Timeout(timeout, connect=5.0), follow_redirects=False
         )
-        self._client = AsyncStorageClient(
-            url.rstrip("/") + "/storage/v1/", headers, http_client=self._http
-        )
+        self._base = url.rstrip("/") + "/storage/v1/"
+        self._client = AsyncStorageClient(self._base, headers, http_client=self._http)
         self._bucket = bucket
         self._timeout = timeout
 
@@ -109,16 +114,35 @@ class SupabaseFiles:
             ) from exc
         return key
 
-    async def get(self, key: str) -> bytes:
+    async def open(self, key: str) -> tuple[int | None, AsyncIterator[bytes]]:
+        """Streams the object (the GET ``download()`` makes, read as it arrives: a large
+        PDF is never held whole); each chunk waits at most ``timeout``."""
+        url = f"{self._base}object/{self._bucket}/{quote(key)}"
         try:
             async with asyncio.timeout(self._timeout):
-                data: bytes = await self._files().download(key)
-                return data
-        except (TimeoutError, httpx.HTTPError, StorageException) as exc:
+                response = await self._http.send(self._http.build_request("GET", url), stream=True)
+        except (TimeoutError, httpx.HTTPError) as exc:
             log.warning("Supabase Storage download failed: %s", type(exc).__name__)
             raise Unavailable(
                 "Supabase Storage is unavailable", context={"service": "storage"}
             ) from exc
+        if response.status_code != 200:
+            await response.aclose()
+            log.warning("Supabase Storage download: status %d", response.status_code)
+            raise Unavailable("Supabase Storage is unavailable", context={"service": "storage"})
+        length = response.headers.get("content-length")
+        size = int(length) if length and length.isdigit() else None
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.aiter_bytes(_CHUNK):
+                    yield chunk
+            except httpx.HTTPError as exc:
+                raise Unavailable("Supabase Storage is unavailable") from exc
+            finally:
+                await response.aclose()
+
+        return size, body()
 
     async def remove(self, keys: list[str]) -> None:
         if not keys:

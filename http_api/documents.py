@@ -24,6 +24,7 @@ from chat_server.document_text import read_document, sniff_format
 from chat_server.errors import InvalidInput, NotFound, Unavailable
 from chat_server.services import Services
 from chat_server.storage import documents as store
+from chat_server.storage import originals
 from chat_server.storage.games import get_game
 from chat_server.storage.ids import new_id
 
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 
 # The paths that take a document's file (BodyLimit lets their bodies be larger).
 UPLOAD_PATHS = re.compile(r"/admin/games/[^/]+/documents(/[^/]+)?")
-_CHUNK = 64 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _BODY_FORMS: dict[str, Any] = {
@@ -248,27 +248,29 @@ async def document_file(
     game = await get_game(services.db, game_id)
     if not can_see_game(principal.role, game):
         raise NotFound("game not found", error_code="GAME_NOT_FOUND")
-    stored = await store.document_file(services.db, game_id=game_id, doc_id=doc_id)
-    data = stored.data
-    if data is None:
-        data = await services.files.get(stored.storage_key or "")
+    stored = await originals.document_file(services.db, game_id=game_id, doc_id=doc_id)
+    size = stored.size
+    chunks: AsyncIterator[bytes]
+    if stored.inline is not None:
+        chunks = _once(stored.inline)
+    elif stored.storage_key is not None:
+        size, chunks = await services.files.open(stored.storage_key)
+    else:
+        chunks = originals.file_chunks(services.db, stored, doc_id)
     extension = {"pdf": ".pdf", "markdown": ".md"}.get(stored.fmt, ".txt")
     filename = re.sub(r"[^A-Za-z0-9._ -]", "_", stored.title)[:100] + extension
+    headers = {
+        "Content-Disposition": f'inline; filename="{filename}"',
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, no-store",
+    }
+    if size is not None:
+        headers["Content-Length"] = str(size)
+    return StreamingResponse(chunks, media_type=stored.media_type, headers=headers)
 
-    async def chunks() -> AsyncIterator[bytes]:
-        for start in range(0, len(data), _CHUNK):
-            yield data[start : start + _CHUNK]
 
-    return StreamingResponse(
-        chunks(),
-        media_type=stored.media_type,
-        headers={
-            "Content-Length": str(len(data)),
-            "Content-Disposition": f'inline; filename="{filename}"',
-            "X-Content-Type-Options": "nosniff",
-            "Cache-Control": "private, no-store",
-        },
-    )
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 router = APIRouter()

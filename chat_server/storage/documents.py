@@ -22,10 +22,8 @@ from .schema import document_files, document_passages, game_documents
 __all__ = [
     "DocumentBody",
     "Retrieval",
-    "StoredFile",
     "add_document",
     "delete_document",
-    "document_file",
     "game_languages",
     "list_documents",
     "replace_document",
@@ -311,42 +309,6 @@ async def list_documents(db: Database, game_id: str) -> list[dict[str, Any]]:
         {**r, "created_at": as_utc(r["created_at"]), "updated_at": as_utc(r["updated_at"])}
         for r in rows
     ]
-
-
-@dataclass(frozen=True, slots=True)
-class StoredFile:
-    """A document's original: its bytes (here, or to fetch by ``storage_key``)."""
-
-    media_type: str
-    title: str
-    fmt: str
-    data: bytes | None
-    storage_key: str | None
-
-
-async def document_file(db: Database, *, game_id: str, doc_id: str) -> StoredFile:
-    """The original of a document (for a document posted as text: that text)."""
-    query = (
-        select(
-            game_documents.c.media_type,
-            game_documents.c.title,
-            game_documents.c.format,
-            game_documents.c.content,
-            document_files.c.data,
-            document_files.c.storage_key,
-        )
-        .select_from(game_documents.outerjoin(document_files))
-        .where(game_documents.c.id == doc_id, game_documents.c.game_id == game_id)
-    )
-    async with db.read() as conn:
-        row = (await conn.execute(query)).first()
-    if row is None:
-        raise NotFound("document not found", error_code="DOCUMENT_NOT_FOUND")
-    data = row.data
-    if data is None and row.storage_key is None:
-        data = row.content.encode("utf-8", "surrogatepass")
-    media_type = row.media_type or MEDIA_TYPES.get(row.format, MEDIA_TYPES["text"])
-    return StoredFile(media_type, row.title, row.format, data, row.storage_key)
 
 
 async def game_languages(db: Database, game_id: str) -> frozenset[str]:

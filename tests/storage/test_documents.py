@@ -382,3 +382,43 @@ async def test_deleted_and_replaced_documents_stop_matching(
     assert not robber.matched
     assert bridge.matched and bridge.passages[0].text == "Bridges cost one plank."
     assert gone.passages == [] and not gone.has_documents
+
+
+async def test_an_original_is_read_back_in_chunks_and_never_spliced(
+    db: Database, game: dict[str, Any]
+) -> None:
+    """The stored file comes back chunk by chunk, byte for byte; a replacement that
+    overtakes a download ends it with Unavailable instead of mixing two files."""
+    from chat_server.document_text import PageText
+    from chat_server.errors import Unavailable
+    from chat_server.storage.documents import DocumentBody, replace_document
+    from chat_server.storage.originals import document_file, file_chunks
+
+    original = bytes(range(256)) * 40  # 10 240 bytes, every byte value
+    body = DocumentBody(
+        language="en",
+        title="Rules",
+        kind="rulebook",
+        fmt="pdf",
+        texts=[PageText(1, "Roads score one point per tile.")],
+        media_type="application/pdf",
+        pages=1,
+        size=len(original),
+        data=original,
+    )
+    async with asyncio.timeout(WAIT):
+        doc = await add_document(db, game_id=game["id"], body=body)
+        stored = await document_file(db, game_id=game["id"], doc_id=doc["id"])
+        pieces = [p async for p in file_chunks(db, stored, doc["id"], chunk=1000)]
+        assert (stored.size, stored.media_type, stored.inline) == (
+            len(original),
+            "application/pdf",
+            None,
+        )
+        assert len(pieces) == 11 and b"".join(pieces) == original
+
+        reading = file_chunks(db, stored, doc["id"], chunk=1000)
+        assert await anext(reading) == original[:1000]
+        await replace_document(db, game_id=game["id"], doc_id=doc["id"], body=body)
+        with pytest.raises(Unavailable):
+            await anext(reading)
