@@ -124,7 +124,9 @@ class AnswerChunks:
             chunks = self.start(message_id, str(frame["turn_id"]))
             reason = frame.get("finish_reason")
             return chunks + self.finish(
-                reason, list(frame.get("citations") or []), aborted=aborted and reason == "cancelled"
+                reason,
+                list(frame.get("citations") or []),
+                aborted=aborted and reason == "cancelled",
             )
         return []
 
@@ -139,7 +141,12 @@ class Sequencer:
         self.next = 0
 
     def frame(self, chunk: Chunk) -> dict[str, Any]:
-        frame = {"type": "chunk", "requestId": self.request_id, "sequence": self.next, "chunk": chunk}
+        frame = {
+            "type": "chunk",
+            "requestId": self.request_id,
+            "sequence": self.next,
+            "chunk": chunk,
+        }
         self.next += 1
         return frame
 
@@ -147,4 +154,8 @@ class Sequencer:
         return {"type": kind, "requestId": self.request_id}
 
     def error(self, code: str, message: str) -> dict[str, Any]:
-        return {"type": "error", "requestId": self.request_id, "errorText": error_text(code, message)}
+        return {
+            "type": "error",
+            "requestId": self.request_id,
+            "errorText": error_text(code, message),
+        }

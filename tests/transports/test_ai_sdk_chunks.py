@@ -86,7 +86,15 @@ def test_a_failure_mid_answer_is_an_error_chunk_then_finish() -> None:
         completed("error"),
     )
     kinds = [c["type"] for c in chunks]
-    assert kinds == ["start", "text-start", "text-delta", "error", "text-end", "data-quota", "finish"]
+    assert kinds == [
+        "start",
+        "text-start",
+        "text-delta",
+        "error",
+        "text-end",
+        "data-quota",
+        "finish",
+    ]
     assert chunks[3]["errorText"].startswith("provider_error: ")
     assert chunks[-1]["finishReason"] == "error"
 
