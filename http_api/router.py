@@ -4,9 +4,31 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from . import admin_games, admin_page, admin_sessions, asyncapi, flags, games, health, me, usage
+from . import (
+    admin_games,
+    admin_page,
+    admin_sessions,
+    ai_sdk,
+    asyncapi,
+    flags,
+    games,
+    health,
+    me,
+    usage,
+)
 from .deps import refuse_nul
 
 api_router = APIRouter(dependencies=[Depends(refuse_nul)])
-for module in (health, asyncapi, games, admin_games, admin_sessions, admin_page, flags, usage, me):
+for module in (
+    health,
+    asyncapi,
+    ai_sdk,
+    games,
+    admin_games,
+    admin_sessions,
+    admin_page,
+    flags,
+    usage,
+    me,
+):
     api_router.include_router(module.router)

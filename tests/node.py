@@ -25,6 +25,8 @@ from tests.services import missing
 __all__ = ["NODE_DIR", "node_script", "run_node"]
 
 NODE_DIR = Path(__file__).parent / "ai_sdk"
+#: Node 20 has a global WebSocket (the transport's) behind this flag; 22 has it always.
+NODE_FLAGS = ("--experimental-websocket",)
 
 
 def node_script(name: str) -> Path:
@@ -45,6 +47,7 @@ async def run_node(
     assert node is not None
     proc = await asyncio.create_subprocess_exec(
         node,
+        *NODE_FLAGS,
         str(script),
         *args,
         cwd=NODE_DIR,

@@ -153,8 +153,9 @@ class ChatService:
         return decision.enabled or decision.flag_id is None
 
     async def start_session(
-        self, who: Who, frame: SessionStartFrame
+        self, who: Who, frame: SessionStartFrame, session_id: str | None = None
     ) -> tuple[Attached, dict[str, Any]]:
+        """A new session (under ``session_id`` when the client names it: AI SDK chats)."""
         game = await self._visible_game(who, frame.game_id)
         name = frame.provider or self.settings.default_provider or "local"
         if name not in self.providers:
@@ -171,6 +172,7 @@ class ChatService:
             language=frame.language,
             provider=name,
             model=self.providers[name].model,
+            session_id=session_id,
         )
         attached = Attached(
             session["id"], session["language"], name, game, self._history(session["id"])

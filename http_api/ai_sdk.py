@@ -1,0 +1,128 @@
+"""``/ai-sdk/chat``: the Vercel AI SDK's ``DefaultChatTransport`` (CONTRACT §8).
+
+``POST /ai-sdk/chat`` asks and answers a UI message stream: Server-Sent Events, one
+``data: <chunk JSON>`` per chunk, ``data: [DONE]`` at the end, and a comment line
+whenever nothing was sent for ``HEARTBEAT`` seconds (load balancers close idle
+streams). ``GET /ai-sdk/chat/{id}/stream`` follows the chat's running turn from the
+answer's beginning (``start``, ``text-start`` first) or answers 204;
+``DELETE /ai-sdk/chat/{id}/stream`` cancels it. Refusals before the turn are the
+flat error body (403, 404, 429 ...) from the app's one error mapping. A client that
+disconnects only detaches: the turn runs on for the resume grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Response
+from fastapi.responses import StreamingResponse
+
+from chat_server.errors import ChatServerError
+from chat_server.sessions.chat import Who
+from chat_server.transports.ai_sdk_answers import Answer, ask, follow, stop_running
+from chat_server.transports.ai_sdk_chunks import error_text
+from chat_server.transports.ai_sdk_frames import ChatRequest, question
+
+from .deps import Caller, ServicesDep
+from .models import ErrorBody
+
+__all__ = ["HEARTBEAT", "router"]
+
+#: Seconds of silence after which a comment line is sent (the contract: at most 15).
+HEARTBEAT = 10.0
+HEADERS = {
+    "x-vercel-ai-ui-message-stream": "v1",
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",
+}
+ChatIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": what}
+    for status, what in (
+        (401, "No valid token"),
+        (403, "The chat feature is switched off for this user (feature_disabled)"),
+        (404, "Another user's chat, or a game the user may not see"),
+        (409, "A turn of this chat is already running"),
+        (422, "A malformed body"),
+        (429, "The daily quota is used up (quota_exceeded)"),
+        (503, "Our database or Redis is down"),
+    )
+}
+STREAM: dict[str, Any] = {"content": {"text/event-stream": {}}, "description": "UI message stream"}
+router = APIRouter(prefix="/ai-sdk", tags=["ai-sdk"])
+
+
+def _sse(answer: Answer) -> StreamingResponse:
+    return StreamingResponse(
+        _events(answer), media_type="text/event-stream", headers=HEADERS, status_code=200
+    )
+
+
+async def _events(answer: Answer) -> AsyncIterator[str]:
+    """The answer's chunks as SSE, with heartbeats; a disconnect only detaches."""
+    chunks = answer.chunks()
+    step: asyncio.Future[list[dict[str, Any]]] | None = None
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(chunks))
+            while True:
+                done, _ = await asyncio.wait((step,), timeout=HEARTBEAT)
+                if done:
+                    break
+                yield ": keep-alive\n\n"
+            try:
+                batch = step.result()
+            except StopAsyncIteration:
+                break
+            except ChatServerError as exc:
+                error = {"type": "error", "errorText": error_text(exc.code, exc.message)}
+                yield f"data: {json.dumps(error)}\n\n"
+                break
+            yield "".join(f"data: {json.dumps(c, ensure_ascii=False)}\n\n" for c in batch)
+        yield "data: [DONE]\n\n"
+    finally:
+        if step is not None and not step.done():
+            step.cancel()
+        if not answer.ended:
+            answer.detach()
+
+
+@router.post(
+    "/chat",
+    summary="Ask (the AI SDK's DefaultChatTransport): a UI message stream over SSE",
+    response_class=StreamingResponse,
+    responses={200: STREAM, **ERRORS},
+)
+async def post_chat(request: ChatRequest, principal: Caller, services: ServicesDep) -> Response:
+    who = Who(principal.user_id, principal.role)
+    text = None if request.trigger == "regenerate-message" else question(request.messages)
+    answer = await ask(services, who, request.id, request.chat_body(), text)
+    return _sse(answer)
+
+
+@router.get(
+    "/chat/{chat_id}/stream",
+    summary="Resume: the chat's running answer from its beginning, then live; 204 if none",
+    response_class=StreamingResponse,
+    responses={200: STREAM, 204: {"description": "No turn of this chat is running"}, **ERRORS},
+)
+async def resume_chat(chat_id: ChatIdPath, principal: Caller, services: ServicesDep) -> Response:
+    answer = await follow(services, Who(principal.user_id, principal.role), chat_id)
+    if answer is None:
+        return Response(status_code=204)
+    return _sse(answer)
+
+
+@router.delete(
+    "/chat/{chat_id}/stream",
+    status_code=204,
+    response_class=Response,
+    summary="Cancel the chat's running turn (wherever it runs)",
+    responses=ERRORS,
+)
+async def stop_chat(chat_id: ChatIdPath, principal: Caller, services: ServicesDep) -> Response:
+    await stop_running(services, Who(principal.user_id, principal.role), chat_id)
+    return Response(status_code=204)

@@ -1,0 +1,177 @@
+"""The Vercel AI SDK's own transports (the real ``ai`` package, in Node) against a real
+server: ``/ws/ai-sdk`` (WebSocketChatTransport) and ``/ai-sdk/chat`` (DefaultChatTransport).
+
+Each Node run prints what the client saw: every chunk (each checked against the
+package's ``uiMessageChunkSchema``, unknown keys refused), the message text and sources
+as ``readUIMessageStream`` builds them (what ``useChat`` shows), or the error it threw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.node import run_node
+from tests.server import RunningServer, make_settings, running_server
+from tests.upstreams import OpenAIUpstream, Script
+
+TOKENS = ["The ", "robber ", "moves ", "on ", "a ", "seven", "."]
+TRANSPORTS = ["ws", "http"]
+
+
+@pytest.fixture
+def upstream() -> Iterator[OpenAIUpstream]:
+    with OpenAIUpstream(Script(tokens=TOKENS, token_delay=0.01)) as up:
+        yield up
+
+
+def settings(tmp_path: Path, upstream: OpenAIUpstream, **extra: Any) -> Any:
+    return make_settings(
+        tmp_path,
+        openai_api_key="sk",
+        openai_base_url=upstream.base_url,
+        ws_resume_grace=10.0,
+        **extra,
+    )
+
+
+@pytest.fixture
+def server(tmp_path: Path, upstream: OpenAIUpstream) -> Iterator[RunningServer]:
+    with running_server(settings(tmp_path, upstream)) as srv:
+        yield srv
+
+
+async def game(server: RunningServer, name: str = "catan") -> str:
+    headers = {"Authorization": f"Bearer {server.token('root', 'admin')}"}
+    async with httpx.AsyncClient(timeout=5) as http:
+        found = await http.get(f"{server.url}/games", params={"search": name}, headers=headers)
+    return str(found.json()["games"][0]["id"])
+
+
+async def client(server: RunningServer, transport: str, **spec: Any) -> dict[str, Any]:
+    spec = {"transport": transport, "action": "send", "base": server.url, **spec}
+    spec.setdefault("token", server.token())
+    result: dict[str, Any] = await run_node("client.mjs", json.dumps(spec))
+    assert result["invalid"] == [], result["invalid"]
+    return result
+
+
+def kinds(result: dict[str, Any]) -> list[str]:
+    return [c["type"] for c in result["chunks"]]
+
+
+async def stored(server: RunningServer, chat_id: str, user: str = "user-1") -> list[Any]:
+    headers = {"Authorization": f"Bearer {server.token(user)}"}
+    async with httpx.AsyncClient(timeout=5) as http:
+        got = await http.get(f"{server.url}/me/sessions/{chat_id}", headers=headers)
+    got.raise_for_status()
+    return list(got.json()["messages"])
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_an_answer_streams_with_the_upstreams_text_and_sources(
+    server: RunningServer, upstream: OpenAIUpstream, transport: str
+) -> None:
+    """A question over the SDK's transport streams the upstream's text, its citations as
+    sources and a finish, and the chat is a stored session under the client's id."""
+    chat_id = f"chat-{transport}-1"
+    result = await client(
+        server, transport, chatId=chat_id, gameId=await game(server), text="Seven?"
+    )
+    assert result["outcome"] == "stream", result
+    assert result["text"] == "".join(TOKENS)
+    order = kinds(result)
+    assert order[:2] == ["start", "text-start"]
+    assert order[-3:] == ["source-document", "data-quota", "finish"] or order[-2:] == [
+        "data-quota",
+        "finish",
+    ]
+    assert result["chunks"][-1]["finishReason"] == "stop"
+    assert result["sources"], "the answer names the rulebook passages it rests on"
+    messages = await stored(server, chat_id)
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[1]["content"] == "".join(TOKENS)
+    assert result["chunks"][0]["messageId"] == messages[1]["id"]
+    asked = upstream.requests[-1].body["messages"][-1]["content"]
+    assert "Seven?" in json.dumps(asked)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_refusals_name_the_contract_code(
+    tmp_path: Path, upstream: OpenAIUpstream, transport: str
+) -> None:
+    """Another user's chat is not_found; a new chat without a game is invalid."""
+    with running_server(settings(tmp_path, upstream)) as server:
+        catan = await game(server)
+        first = await client(server, transport, chatId="mine", gameId=catan, text="Hi")
+        assert first["outcome"] == "stream"
+        theirs = await client(
+            server, transport, chatId="mine", text="Hi", token=server.token("user-2")
+        )
+        assert theirs["outcome"] == "failed"
+        if transport == "ws":
+            assert theirs["error"].startswith("not_found: ")
+        else:
+            assert theirs["status"] == 404
+            assert json.loads(theirs["responseBody"])["error_code"] == "SESSION_NOT_FOUND"
+
+
+async def test_resume_without_a_running_turn_is_no_active_or_204(server: RunningServer) -> None:
+    """Resuming a chat with no running turn: no-active over WebSocket, 204 over HTTP."""
+    for transport in TRANSPORTS:
+        result = await client(server, transport, action="resume", chatId="nothing-runs")
+        assert result["outcome"] == "no-active", result
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_abort_reaches_the_upstream(
+    server: RunningServer, upstream: OpenAIUpstream, transport: str
+) -> None:
+    """Aborting in the client cancels the turn: the upstream request is closed and the
+    answer is stored as cancelled."""
+    upstream.script = Script(tokens=[f"t{i} " for i in range(2000)], token_delay=0.01)
+    chat_id = f"abort-{transport}"
+    result = await client(
+        server, transport, chatId=chat_id, gameId=await game(server), text="Go", abortAfterDeltas=3
+    )
+    if transport == "http":
+        # DefaultChatTransport's abort only drops the request; stop is DELETE .../stream.
+        headers = {"Authorization": f"Bearer {server.token()}"}
+        async with httpx.AsyncClient(timeout=5) as http:
+            stop = await http.delete(f"{server.url}/ai-sdk/chat/{chat_id}/stream", headers=headers)
+        assert stop.status_code == 204
+    assert "text-delta" in kinds(result)
+    assert await asyncio.to_thread(upstream.disconnected.wait, 5)
+    for _ in range(50):
+        messages = await stored(server, chat_id)
+        if messages[-1]["status"] != "streaming":
+            break
+        await asyncio.sleep(0.1)
+    assert messages[-1]["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_dropped_client_resumes_the_answer_from_its_beginning(
+    server: RunningServer, upstream: OpenAIUpstream, transport: str
+) -> None:
+    """A client that drops mid-answer leaves the turn running; resuming replays the
+    answer from start and text-start, then live, to the whole upstream text."""
+    tokens = [f"w{i} " for i in range(150)]
+    upstream.script = Script(tokens=tokens, token_delay=0.01)
+    chat_id = f"drop-{transport}"
+    first = await client(
+        server, transport, chatId=chat_id, gameId=await game(server), text="Go", dropAfterDeltas=2
+    )
+    assert kinds(first)[-1] == "text-delta"
+    resumed = await client(server, transport, action="resume", chatId=chat_id)
+    assert resumed["outcome"] == "stream", resumed
+    assert kinds(resumed)[:2] == ["start", "text-start"]
+    assert resumed["text"] == "".join(tokens)
+    assert resumed["chunks"][-1] == {"type": "finish", "finishReason": "stop"}
+    assert not upstream.disconnected.is_set() or upstream.requests
