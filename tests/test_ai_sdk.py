@@ -17,9 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
+from chat_server.storage.flags import upsert_flag
 from tests.node import run_node
 from tests.server import RunningServer, make_settings, running_server
 from tests.upstreams import OpenAIUpstream, Script
+from tests.wsclient import ws_client
 
 TOKENS = ["The ", "robber ", "moves ", "on ", "a ", "seven", "."]
 TRANSPORTS = ["ws", "http"]
@@ -175,3 +177,152 @@ async def test_a_dropped_client_resumes_the_answer_from_its_beginning(
     assert resumed["text"] == "".join(tokens)
     assert resumed["chunks"][-1] == {"type": "finish", "finishReason": "stop"}
     assert not upstream.disconnected.is_set() or upstream.requests
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_flag_then_the_quota_refuse_before_the_turn(
+    server: RunningServer, upstream: OpenAIUpstream, transport: str
+) -> None:
+    """The chat flag off is feature_disabled (HTTP 403); a used-up quota is quota_exceeded
+    (HTTP 429); nothing reaches the upstream."""
+    catan = await game(server)
+
+    async def set_flag(enabled: bool, limit: int | None) -> None:
+        await upsert_flag(
+            server.services.db,
+            feature_key="chat",
+            scope_type="game",
+            scope_id=catan,
+            role=None,
+            environment="dev",
+            enabled=enabled,
+            metadata={} if limit is None else {"daily_limit": limit},
+        )
+        await server.services.flags.changed()
+
+    server.call(set_flag(False, None))
+    chat_id = f"flags-{transport}"
+    off = await client(server, transport, chatId=chat_id, gameId=catan, text="Hi")
+    server.call(set_flag(True, 1))
+    ok = await client(server, transport, chatId=chat_id, gameId=catan, text="Hi")
+    over = await client(server, transport, chatId=chat_id, gameId=catan, text="Hi again")
+    assert ok["outcome"] == "stream"
+    quota = next(c for c in ok["chunks"] if c["type"] == "data-quota")["data"]
+    assert (quota["daily_limit"], quota["used"], quota["remaining"]) == (1, 1, 0)
+    assert len(upstream.requests) == 1
+    for result, code, status in ((off, "feature_disabled", 403), (over, "quota_exceeded", 429)):
+        assert result["outcome"] == "failed"
+        if transport == "ws":
+            assert result["error"].startswith(f"{code}: "), result
+        else:
+            assert result["status"] == status
+            assert json.loads(result["responseBody"])["error_code"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_regenerate_asks_the_last_stored_question_again(
+    server: RunningServer, upstream: OpenAIUpstream, transport: str
+) -> None:
+    """regenerate-message asks the chat's last stored question as a new turn."""
+    chat_id = f"regen-{transport}"
+    await client(server, transport, chatId=chat_id, gameId=await game(server), text="Robber?")
+    again = await client(server, transport, chatId=chat_id, trigger="regenerate-message")
+    assert again["outcome"] == "stream" and again["text"] == "".join(TOKENS)
+    questions = [m["content"] for m in await stored(server, chat_id) if m["role"] == "user"]
+    assert questions == ["Robber?", "Robber?"]
+
+
+async def test_a_chat_started_in_one_dialect_continues_in_the_other(
+    server: RunningServer,
+) -> None:
+    """The chat id is the session id: a chat begun over WebSocket goes on over HTTP and
+    over /ws/chat's session.resume, with one history."""
+    chat_id = "both-ways"
+    await client(server, "ws", chatId=chat_id, gameId=await game(server), text="One")
+    await client(server, "http", chatId=chat_id, text="Two")
+    async with ws_client(server.ws_url, server.token()) as ws:
+        await ws.send({"type": "session.resume", "session_id": chat_id})
+        history = (await ws.expect("session.ready"))["history"]
+    assert [m["content"] for m in history if m["role"] == "user"] == ["One", "Two"]
+
+
+async def test_tokens_come_from_headers_never_from_the_url(server: RunningServer) -> None:
+    """The handshake's Authorization header signs a socket in; a token in the URL is
+    refused (4401); a frame with another user's token is forbidden (4403)."""
+    base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+    async with ws_client(f"{base}?token={server.token()}", ready=False) as ws:
+        assert await ws.closed() == 4401
+    send = {
+        "type": "send",
+        "requestId": "r1",
+        "id": "hdr-chat",
+        "trigger": "submit-message",
+        "messages": [{"id": "u", "role": "user", "parts": [{"type": "text", "text": "Hi"}]}],
+        "headers": {},
+        "body": {"game_id": await game(server)},
+    }
+    async with ws_client(base, server.token(), ready=False) as ws:
+        await ws.send(send)
+        frames = [await ws.recv()]
+        while frames[-1]["type"] not in ("end", "error"):
+            frames.append(await ws.recv())
+        assert frames[0] == {"type": "start", "requestId": "r1"}
+        assert [f["sequence"] for f in frames if f["type"] == "chunk"] == list(
+            range(len(frames) - 2)
+        )
+        other = {
+            **send,
+            "requestId": "r2",
+            "headers": {"Authorization": f"Bearer {server.token('user-2')}"},
+        }
+        await ws.send(other)
+        refused = await ws.recv()
+        assert refused["requestId"] == "r2" and refused["errorText"].startswith("forbidden: ")
+        assert await ws.closed() == 4403
+    async with ws_client(base, ready=False) as ws:
+        await ws.send({**send, "requestId": "r3"})
+        refused = await ws.recv()
+        assert refused["errorText"].startswith("unauthorized: ")
+
+
+@pytest.fixture
+def pair(
+    tmp_path: Path, postgres_url: str, redis_url: str, upstream: OpenAIUpstream
+) -> Iterator[tuple[RunningServer, RunningServer]]:
+    config = settings(
+        tmp_path, upstream, database_url=postgres_url, redis_url=redis_url, seed_demo=True
+    )
+    with running_server(config) as a, running_server(config) as b:
+        yield a, b
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_dropped_client_resumes_on_another_instance(
+    pair: tuple[RunningServer, RunningServer], upstream: OpenAIUpstream, transport: str
+) -> None:
+    """Two instances on one Postgres and Redis: a client that drops on A resumes on B and
+    gets the whole answer from its beginning; an abort on B stops the turn on A."""
+    a, b = pair
+    tokens = [f"w{i} " for i in range(150)]
+    upstream.script = Script(tokens=tokens, token_delay=0.01)
+    chat_id = f"cross-{transport}"
+    first = await client(
+        a, transport, chatId=chat_id, gameId=await game(a), text="Go", dropAfterDeltas=2
+    )
+    assert kinds(first)[-1] == "text-delta"
+    resumed = await client(b, transport, action="resume", chatId=chat_id)
+    assert resumed["outcome"] == "stream", resumed
+    assert kinds(resumed)[:2] == ["start", "text-start"]
+    assert resumed["text"] == "".join(tokens)
+    assert (await stored(b, chat_id))[-1]["content"] == "".join(tokens)
+    upstream.disconnected.clear()
+    upstream.script = Script(tokens=[f"t{i} " for i in range(3000)], token_delay=0.01)
+    await client(a, transport, chatId=chat_id, text="Again", dropAfterDeltas=2)
+    if transport == "ws":
+        await client(b, transport, action="resume", chatId=chat_id, abortAfterDeltas=3)
+    else:
+        headers = {"Authorization": f"Bearer {b.token()}"}
+        async with httpx.AsyncClient(timeout=5) as http:
+            stop = await http.delete(f"{b.url}/ai-sdk/chat/{chat_id}/stream", headers=headers)
+        assert stop.status_code == 204
+    assert await asyncio.to_thread(upstream.disconnected.wait, 5)
