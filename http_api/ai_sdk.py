@@ -2,7 +2,7 @@
 
 ``POST /ai-sdk/chat`` asks and answers a UI message stream: Server-Sent Events, one
 ``data: <chunk JSON>`` per chunk, ``data: [DONE]`` at the end, and a comment line
-whenever nothing was sent for ``HEARTBEAT`` seconds (load balancers close idle
+whenever nothing was sent for ``SSE_HEARTBEAT`` seconds (default 10) (load balancers close idle
 streams). ``GET /ai-sdk/chat/{id}/stream`` follows the chat's running turn from the
 answer's beginning (``start``, ``text-start`` first) or answers 204;
 ``DELETE /ai-sdk/chat/{id}/stream`` cancels it. Refusals before the turn are the
@@ -29,10 +29,8 @@ from chat_server.transports.ai_sdk_frames import ChatRequest, question
 from .deps import Caller, ServicesDep
 from .models import ErrorBody
 
-__all__ = ["HEARTBEAT", "router"]
+__all__ = ["router"]
 
-#: Seconds of silence after which a comment line is sent (the contract: at most 15).
-HEARTBEAT = 10.0
 HEADERS = {
     "x-vercel-ai-ui-message-stream": "v1",
     "cache-control": "no-cache",
@@ -55,13 +53,13 @@ STREAM: dict[str, Any] = {"content": {"text/event-stream": {}}, "description": "
 router = APIRouter(prefix="/ai-sdk", tags=["ai-sdk"])
 
 
-def _sse(answer: Answer) -> StreamingResponse:
+def _sse(answer: Answer, heartbeat: float) -> StreamingResponse:
     return StreamingResponse(
-        _events(answer), media_type="text/event-stream", headers=HEADERS, status_code=200
+        _events(answer, heartbeat), media_type="text/event-stream", headers=HEADERS, status_code=200
     )
 
 
-async def _events(answer: Answer) -> AsyncIterator[str]:
+async def _events(answer: Answer, heartbeat: float) -> AsyncIterator[str]:
     """The answer's chunks as SSE, with heartbeats; a disconnect only detaches."""
     chunks = answer.chunks()
     step: asyncio.Future[list[dict[str, Any]]] | None = None
@@ -69,7 +67,7 @@ async def _events(answer: Answer) -> AsyncIterator[str]:
         while True:
             step = asyncio.ensure_future(anext(chunks))
             while True:
-                done, _ = await asyncio.wait((step,), timeout=HEARTBEAT)
+                done, _ = await asyncio.wait((step,), timeout=heartbeat)
                 if done:
                     break
                 yield ": keep-alive\n\n"
@@ -100,7 +98,7 @@ async def post_chat(request: ChatRequest, principal: Caller, services: ServicesD
     who = Who(principal.user_id, principal.role)
     text = None if request.trigger == "regenerate-message" else question(request.messages)
     answer = await ask(services, who, request.id, request.chat_body(), text)
-    return _sse(answer)
+    return _sse(answer, services.settings.sse_heartbeat)
 
 
 @router.get(
@@ -113,7 +111,7 @@ async def resume_chat(chat_id: ChatIdPath, principal: Caller, services: Services
     answer = await follow(services, Who(principal.user_id, principal.role), chat_id)
     if answer is None:
         return Response(status_code=204)
-    return _sse(answer)
+    return _sse(answer, services.settings.sse_heartbeat)
 
 
 @router.delete(

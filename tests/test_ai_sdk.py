@@ -326,3 +326,35 @@ async def test_a_dropped_client_resumes_on_another_instance(
             stop = await http.delete(f"{b.url}/ai-sdk/chat/{chat_id}/stream", headers=headers)
         assert stop.status_code == 204
     assert await asyncio.to_thread(upstream.disconnected.wait, 5)
+
+
+async def test_the_sse_stream_has_the_sdk_headers_heartbeats_and_done(
+    tmp_path: Path, upstream: OpenAIUpstream
+) -> None:
+    """POST /ai-sdk/chat answers the UI message stream headers, comment lines while the
+    provider is silent, one data line per chunk and data: [DONE] at the end."""
+    upstream.script = Script(tokens=TOKENS, first_token_delay=1.0)
+    with running_server(settings(tmp_path, upstream, sse_heartbeat=0.2)) as server:
+        body = {
+            "id": "sse-chat",
+            "trigger": "submit-message",
+            "messages": [{"id": "u", "role": "user", "parts": [{"type": "text", "text": "Hi"}]}],
+            "game_id": await game(server),
+        }
+        headers = {"Authorization": f"Bearer {server.token()}"}
+        async with (
+            httpx.AsyncClient(timeout=10) as http,
+            http.stream("POST", f"{server.url}/ai-sdk/chat", json=body, headers=headers) as got,
+        ):
+            lines = [line async for line in got.aiter_lines() if line]
+    assert got.status_code == 200
+    assert got.headers["content-type"].startswith("text/event-stream")
+    assert got.headers["x-vercel-ai-ui-message-stream"] == "v1"
+    assert got.headers["cache-control"] == "no-cache"
+    assert got.headers["x-accel-buffering"] == "no"
+    first_data = next(i for i, line in enumerate(lines) if line.startswith("data:"))
+    assert any(line.startswith(":") for line in lines[first_data + 2 :]), lines[:8]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1] if line.startswith("data: ")]
+    assert [c["type"] for c in chunks][:2] == ["start", "text-start"]
+    assert "".join(c["delta"] for c in chunks if c["type"] == "text-delta") == "".join(TOKENS)
