@@ -47,6 +47,7 @@ class Answer:
     outbox: Outbox
     mapper: AnswerChunks
     relay: asyncio.Task[Any] | None = None
+    attached: Attached | None = None
     aborted: bool = False
     ended: bool = False
     #: chunks to send before the first event (a resume's ``start`` and ``text-start``)
@@ -120,19 +121,31 @@ async def _attach(
 
 
 async def ask(
-    services: Services, who: Who, chat_id: str, body: ChatBody, text: str | None
+    services: Services,
+    who: Who,
+    chat_id: str,
+    body: ChatBody,
+    text: str | None,
+    attached: Attached | None = None,
 ) -> Answer:
-    """Start a turn in the chat: ``text``, or (``None``: regenerate) its last question."""
-    attached, ready = await _attach(services, who, chat_id, body)
-    if text is None:
-        asked = [m["content"] for m in ready["history"] if m["role"] == "user"]
-        if not asked:
-            raise InvalidInput("regenerate-message: this chat has no question yet")
-        text = asked[-1]
+    """Start a turn in the chat: ``text``, or (``None``: regenerate) its last question.
+
+    ``attached``: the chat's session as this caller attached it before (a socket keeps
+    its chats attached, as ``/ws/chat`` keeps its session: no reads per turn).
+    """
+    if attached is None or text is None:
+        attached, ready = await _attach(services, who, chat_id, body)
+        if text is None:
+            asked = [m["content"] for m in ready["history"] if m["role"] == "user"]
+            if not asked:
+                raise InvalidInput("regenerate-message: this chat has no question yet")
+            text = asked[-1]
     outbox = Outbox(max_frames=1024)
     message = MessageFrame(type="message", text=text)
     turn = await services.chat.start_turn(who, attached, message, outbox)
-    return Answer(services, turn.id, turn.message_id, outbox, AnswerChunks())
+    answer = Answer(services, turn.id, turn.message_id, outbox, AnswerChunks())
+    answer.attached = attached
+    return answer
 
 
 async def follow(services: Services, who: Who, chat_id: str) -> Answer | None:

@@ -34,7 +34,7 @@ from ..errors import (
     Unauthorized,
 )
 from ..frames import encode
-from ..sessions.chat import Who
+from ..sessions.chat import Attached, Who
 from ..sessions.limits import AbuseCounter, TokenBucket
 from ..sessions.outbox import SlowClient
 from ..storage.ids import new_id
@@ -60,6 +60,8 @@ CLOSE_ABUSE = 1008
 CLOSE_ERROR = 1011
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
+#: Chats one socket keeps attached (beyond: each request attaches again).
+MAX_CHATS = 64
 #: Query parameters that would carry a token in the URL (refused: URLs get logged).
 URL_TOKENS = frozenset({"token", "access_token", "authorization", "auth", "jwt"})
 
@@ -97,6 +99,8 @@ class AiSdkSocket:
         self.principal: Principal | None = None
         self.slot = False
         self.requests: dict[str, tuple[asyncio.Task[None], list[Answer]]] = {}
+        #: the chats this socket asked in, attached (their sessions are not read again)
+        self.chats: dict[str, Attached] = {}
         self.send_lock = asyncio.Lock()
         self.close_code: int | None = None
         settings = services.settings
@@ -174,13 +178,14 @@ class AiSdkSocket:
     # -- frames in ---------------------------------------------------------------
     async def _on_text(self, raw: str | None) -> None:
         now = time.monotonic()
+        allowed = self.bucket.allow(now)  # every frame counts, a malformed one too
         request_id = ""
         try:
             if raw is None:
                 raise InvalidInput("binary frames are not accepted; send JSON text")
             frame = parse_client_frame(raw)
             request_id = frame.requestId
-            if not self.bucket.allow(now):
+            if not allowed:
                 if self.abuse.hit(now):
                     self.close_code = CLOSE_ABUSE
                 raise RateLimited("too many frames; slow down")
@@ -220,7 +225,10 @@ class AiSdkSocket:
             if isinstance(frame, SendFrame):
                 body = body_of(frame)
                 text = None if frame.trigger == "regenerate-message" else question(frame.messages)
-                answer = await ask(self.services, who, frame.id, body, text)
+                known = self.chats.get(frame.id)
+                answer = await ask(self.services, who, frame.id, body, text, known)
+                if answer.attached is not None and len(self.chats) < MAX_CHATS:
+                    self.chats[frame.id] = answer.attached
             else:
                 answer = await follow(self.services, who, frame.id)
                 if answer is None:
