@@ -29,6 +29,7 @@ from .quotas import MemoryQuotaCounter, QuotaCounter, RedisQuotaCounter
 from .redis_client import RedisClient, connect_redis, discover_cluster
 from .sessions.chat import ChatService
 from .sessions.events import EventFeed, MemoryEvents, RedisEvents
+from .sessions.hub import SessionHub
 from .sessions.manager import TurnManager
 from .sessions.monitor import Monitor
 from .sessions.registry import MemoryRegistry, RedisRegistry, Registry
@@ -59,6 +60,7 @@ class Services:
     bgg: BggClient
     manager: TurnManager
     chat: ChatService
+    hub: SessionHub
     connections: Connections
     slots: UserSlots
     registry: Registry
@@ -220,21 +222,29 @@ async def build_services(settings: Settings) -> Services:
         else:
             registry = MemoryRegistry(instance_id)
             events = MemoryEvents()
+        relay = TurnRelay(
+            redis=redis, backplane=backplane, manager=manager, prefix=settings.redis_prefix
+        )
+        stack.push_async_callback(relay.aclose)
+        hub = SessionHub(
+            chat=chat,
+            manager=manager,
+            relay=relay,
+            registry=registry,
+            feed=events,
+            instance_id=instance_id,
+        )
         monitor = Monitor(
             db=db,
             registry=registry,
             events=events,
             backplane=backplane,
-            connections=connections,
+            hub=hub,
             quotas=quotas,
             sweep_interval=settings.orphan_sweep_interval,
             orphan_age=settings.registry_ttl + 5,
         )
         manager.listeners.append(monitor.on_turn)
-        relay = TurnRelay(
-            redis=redis, backplane=backplane, manager=manager, prefix=settings.redis_prefix
-        )
-        stack.push_async_callback(relay.aclose)
         await monitor.start()
         stack.push_async_callback(monitor.aclose)
         await backplane.start()  # after every subscriber registered
@@ -253,6 +263,7 @@ async def build_services(settings: Settings) -> Services:
         bgg=bgg,
         manager=manager,
         chat=chat,
+        hub=hub,
         connections=connections,
         slots=slots,
         registry=registry,

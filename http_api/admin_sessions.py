@@ -39,6 +39,7 @@ class LiveSessionOut(BaseModel):
     turn_id: str | None = None
     tokens: int = 0
     first_token_ms: int | None = None
+    connections: int = 1
 
 
 class LiveSessionsPage(BaseModel):

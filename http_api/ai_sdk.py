@@ -20,10 +20,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import StreamingResponse
 
-from chat_server.errors import ChatServerError
 from chat_server.sessions.chat import Who
-from chat_server.transports.ai_sdk_answers import Answer, ask, follow, stop_running
-from chat_server.transports.ai_sdk_chunks import error_text
+from chat_server.transports.ai_sdk_answers import (
+    Answer,
+    ChatLink,
+    follow,
+    open_chat,
+    stop_running,
+)
 from chat_server.transports.ai_sdk_frames import ChatRequest, question
 
 from .deps import Caller, ServicesDep
@@ -53,39 +57,46 @@ STREAM: dict[str, Any] = {"content": {"text/event-stream": {}}, "description": "
 router = APIRouter(prefix="/ai-sdk", tags=["ai-sdk"])
 
 
-def _sse(answer: Answer, heartbeat: float) -> StreamingResponse:
+def _sse(link: ChatLink, answer: Answer, heartbeat: float) -> StreamingResponse:
     return StreamingResponse(
-        _events(answer, heartbeat), media_type="text/event-stream", headers=HEADERS, status_code=200
+        _events(link, answer, heartbeat),
+        media_type="text/event-stream",
+        headers=HEADERS,
+        status_code=200,
     )
 
 
-async def _events(answer: Answer, heartbeat: float) -> AsyncIterator[str]:
+def _data(chunks: list[dict[str, Any]]) -> str:
+    return "".join(f"data: {json.dumps(c, ensure_ascii=False)}\n\n" for c in chunks)
+
+
+async def _events(link: ChatLink, answer: Answer, heartbeat: float) -> AsyncIterator[str]:
     """The answer's chunks as SSE, with heartbeats; a disconnect only detaches."""
-    chunks = answer.chunks()
-    step: asyncio.Future[list[dict[str, Any]]] | None = None
+    events = link.events()
+    step: asyncio.Future[Any] | None = None
     try:
-        while True:
-            step = asyncio.ensure_future(anext(chunks))
+        opening = answer.take_opening()
+        if opening:
+            yield _data(opening)
+        while not answer.ended:
+            step = asyncio.ensure_future(anext(events))
             while True:
                 done, _ = await asyncio.wait((step,), timeout=heartbeat)
                 if done:
                     break
                 yield ": keep-alive\n\n"
             try:
-                batch = step.result()
+                event = step.result()
             except StopAsyncIteration:
                 break
-            except ChatServerError as exc:
-                error = {"type": "error", "errorText": error_text(exc.code, exc.message)}
-                yield f"data: {json.dumps(error)}\n\n"
-                break
-            yield "".join(f"data: {json.dumps(c, ensure_ascii=False)}\n\n" for c in batch)
+            chunks = answer.feed(event)
+            if chunks:
+                yield _data(chunks)
         yield "data: [DONE]\n\n"
     finally:
         if step is not None and not step.done():
             step.cancel()
-        if not answer.ended:
-            answer.detach()
+        link.leave()
 
 
 @router.post(
@@ -97,8 +108,13 @@ async def _events(answer: Answer, heartbeat: float) -> AsyncIterator[str]:
 async def post_chat(request: ChatRequest, principal: Caller, services: ServicesDep) -> Response:
     who = Who(principal.user_id, principal.role)
     text = None if request.trigger == "regenerate-message" else question(request.messages)
-    answer = await ask(services, who, request.id, request.chat_body(), text)
-    return _sse(answer, services.settings.sse_heartbeat)
+    link = await open_chat(services, who, request.id, request.chat_body())
+    try:
+        answer = await link.ask(text)
+    except BaseException:
+        link.leave()
+        raise
+    return _sse(link, answer, services.settings.sse_heartbeat)
 
 
 @router.get(
@@ -108,10 +124,10 @@ async def post_chat(request: ChatRequest, principal: Caller, services: ServicesD
     responses={200: STREAM, 204: {"description": "No turn of this chat is running"}, **ERRORS},
 )
 async def resume_chat(chat_id: ChatIdPath, principal: Caller, services: ServicesDep) -> Response:
-    answer = await follow(services, Who(principal.user_id, principal.role), chat_id)
-    if answer is None:
+    followed = await follow(services, Who(principal.user_id, principal.role), chat_id)
+    if followed is None:
         return Response(status_code=204)
-    return _sse(answer, services.settings.sse_heartbeat)
+    return _sse(*followed, services.settings.sse_heartbeat)
 
 
 @router.delete(

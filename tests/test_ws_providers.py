@@ -275,8 +275,8 @@ async def test_each_turn_sends_the_sessions_latest_turns(
     tmp_path: Path, openai_up: OpenAIUpstream
 ) -> None:
     """Each turn sends the session's latest HISTORY_TURNS turns: a cancelled answer is
-    left out, two connections on one session each see the other's turns, and a resume
-    on a new connection goes on from what was stored."""
+    left out, two connections on one session each see the other's turns (both receive
+    every turn live), and a resume on a new connection goes on from what was stored."""
     settings = openai_settings(tmp_path, openai_up, history_turns=2)
     with running_server(settings) as server:
         token = server.token()
@@ -289,14 +289,17 @@ async def test_each_turn_sends_the_sessions_latest_turns(
                 await second.expect("session.ready")
                 openai_up.script = Script(tokens=["A2."])
                 await second.ask("Q2")
+                await first.until("turn.completed")  # first follows second's turn too
                 openai_up.script = Script(tokens=["A3."])
                 await first.ask("Q3")
+                await second.until("turn.completed")
                 openai_up.script = Script(tokens=[f"t{i} " for i in range(2000)], token_delay=0.01)
                 await second.send({"type": "message", "text": "Q4"})
                 await second.expect("turn.started")
                 await second.expect("turn.delta")
                 await second.send({"type": "cancel"})
                 assert (await second.until("turn.completed"))[-1]["finish_reason"] == "cancelled"
+                await first.until("turn.completed")
             openai_up.script = Script(tokens=["A5."])
             await first.ask("Q5")
         async with ws_client(server.ws_url, token) as third:

@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from ..rulebooks import Passage  # re-exported: the providers' interface names it
+
 __all__ = [
     "ChatMessage",
     "CitationRef",
@@ -33,19 +35,6 @@ __all__ = [
     "Usage",
     "UsageReport",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Passage:
-    """A searchable piece of a game's rulebook, as sent to a provider and cited back."""
-
-    id: str
-    document_id: str
-    title: str
-    heading: str | None
-    text: str
-    ordinal: int
-    language: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
-"""The chat service: sessions and turns as the WebSocket endpoint asks for them.
+"""The chat service: sessions and turns, the rules that need storage.
 
 It holds the rules that need storage (visibility, ownership, flags, quota, history,
 grounding) and hands running turns to the ``TurnManager``. It knows nothing of
-sockets: it takes validated frames and an ``Outbox`` and returns frames to send.
+transports: it takes the core's commands (``protocol.py``) and returns its events;
+adapters reach it through the ``SessionHub``, which also attaches their followers.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from ..errors import (
 )
 from ..flag_cache import FlagCache
 from ..flags import Decision
-from ..frames import MessageFrame, SessionResumeFrame, SessionStartFrame
-from ..providers.base import ChatMessage, Passage, Provider, ProviderRequest
+from ..providers.base import ChatMessage, Provider, ProviderRequest
 from ..quotas import Quota, QuotaCounter, Reservation, next_midnight
+from ..rulebooks import Passage
 from ..storage import chat as chat_store
 from ..storage.documents import Retrieval, game_languages, retrieve
 from ..storage.engine import Database
@@ -40,8 +41,8 @@ from ..storage.games import get_game
 from ..storage.ids import new_id, utcnow
 from ..tracing import TurnSpan, start_turn_span
 from .history import History
-from .manager import TurnManager
-from .outbox import Outbox, SlowClient
+from .manager import LiveTurn, TurnManager
+from .protocol import Ask, Event, Resume, Start
 from .turn import Turn
 
 __all__ = ["Attached", "ChatService", "Game", "Who"]
@@ -152,10 +153,7 @@ class ChatService:
         decision = self._decide(who, f"chat.provider.{name}", game)
         return decision.enabled or decision.flag_id is None
 
-    async def start_session(
-        self, who: Who, frame: SessionStartFrame, session_id: str | None = None
-    ) -> tuple[Attached, dict[str, Any]]:
-        """A new session (under ``session_id`` when the client names it: AI SDK chats)."""
+    async def start_session(self, who: Who, frame: Start) -> tuple[Attached, Event]:
         game = await self._visible_game(who, frame.game_id)
         name = frame.provider or self.settings.default_provider or "local"
         if name not in self.providers:
@@ -172,7 +170,7 @@ class ChatService:
             language=frame.language,
             provider=name,
             model=self.providers[name].model,
-            session_id=session_id,
+            session_id=frame.session_id,
         )
         attached = Attached(
             session["id"], session["language"], name, game, self._history(session["id"])
@@ -180,12 +178,10 @@ class ChatService:
         return attached, self._ready(session, [], quota)
 
     async def resume_session(
-        self, who: Who, frame: SessionResumeFrame, sink: Outbox
-    ) -> tuple[Attached, dict[str, Any], str | None]:
-        """Re-attach; also re-attach the running turn when ``turn_id`` names it.
-
-        Returns the attachment, the ``session.ready`` frame, and the id of the turn now
-        streaming to ``sink`` (if any).
+        self, who: Who, frame: Resume
+    ) -> tuple[Attached, Event, LiveTurn | None]:
+        """Re-attach: the attachment, the ``session.ready`` event (``running`` is None:
+        the hub fills it in) and this instance's running turn of the session, if any.
         """
         session = await chat_store.get_session(self.db, frame.session_id)
         if session is None or session["user_id"] != who.user_id:
@@ -202,17 +198,12 @@ class ChatService:
         )
         # The freshest view there is: what was stored, and this instance's running turn.
         attached.history.load(history, live.turn.message_id if live is not None else None)
-        resumed: str | None = None
         if live is not None:
             for message in history:
                 if message["id"] == live.turn.message_id:
                     message.update(live.turn.live_message())
         ready = self._ready(session, history, await self._usage(who, game))
-        if live is not None and frame.turn_id == live.turn.id:
-            resumed = live.turn.id
-            sink.put(ready)
-            self.manager.attach(live.turn.id, sink, frame.after_seq or 0)
-        return attached, ready, resumed
+        return attached, ready, self.manager.running_in_session(session["id"])
 
     def _ready(
         self, session: dict[str, Any], history: list[dict[str, Any]], quota: Quota
@@ -225,6 +216,7 @@ class ChatService:
             "session": public,
             "history": history,
             "quota": quota.to_dict(),
+            "running": None,
         }
 
     async def quota(self, who: Who, game: dict[str, Any]) -> Quota:
@@ -242,12 +234,11 @@ class ChatService:
         )
 
     # -- turns -----------------------------------------------------------------
-    async def start_turn(
-        self, who: Who, attached: Attached, frame: MessageFrame, sink: Outbox
-    ) -> Turn:
+    async def start_turn(self, who: Who, attached: Attached, frame: Ask) -> Turn:
         """Check flag then quota, store the question, start streaming the answer.
 
-        Puts ``turn.started`` into ``sink`` before any delta can follow. The provider
+        Every follower of the session here gets ``turn.started`` before any delta can
+        follow (``TurnManager.release``). The provider
         is asked while the question is being stored, but nothing of the answer is sent
         or stored before the question is: whatever fails before that stops the
         provider request, gives the quota back and stores nothing.
@@ -316,13 +307,7 @@ class ChatService:
             raise
         turn.user_message_id, turn.message_id = user_message["id"], assistant_id
         attached.history.begin(frame.text, assistant_id)
-        try:
-            sink.put(turn.started_frame(reservation.quota.to_dict()))
-        except SlowClient:  # the client stopped reading: the turn goes on as if it left
-            self.manager.release(live, sink)
-            self.manager.detach(turn.id, sink)
-            raise
-        self.manager.release(live, sink)
+        self.manager.release(live, turn.started_frame(reservation.quota.to_dict()))
         return turn
 
     def rulebook_added(self, game_id: str) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..backplane import Backplane
 from ..redis_client import REDIS_ERRORS, RedisClient
+from .follower import Follower
 from .manager import TurnManager
 from .outbox import Outbox
 
@@ -57,7 +58,7 @@ class TurnRelay:
         self._prefix = prefix
         self._answer_timeout = answer_timeout
         self._stream_ttl = stream_ttl
-        self._owned: dict[str, tuple[Outbox, asyncio.Task[None]]] = {}
+        self._owned: dict[str, tuple[Follower, asyncio.Task[None]]] = {}
         backplane.subscribe(CHANNEL, self._on_request)
 
     @property
@@ -74,35 +75,43 @@ class TurnRelay:
         if request.get("op") == "detach":
             owned = self._owned.get(stream)
             if owned is not None:
-                self._manager.detach(request["turn_id"], owned[0])
+                self._manager.leave(request["turn_id"], owned[0])
             return
-        if self._manager.get(request["turn_id"]) is None or self._redis is None:
+        live = self._manager.get(request["turn_id"])
+        if live is None or self._redis is None:
             return
-        sink = Outbox(max_frames=1024)
-        if self._manager.attach(request["turn_id"], sink, int(request["after_seq"])) is None:
+        follower = Follower(stream, "relay", Outbox(max_frames=1024))
+        turn = live.turn
+        attached = {"type": "relay.attached", "seq": turn.seq, "message_id": turn.message_id}
+        follower.put(attached)
+        if self._manager.join(request["turn_id"], follower, int(request["after_seq"])) is None:
             return
-        task = asyncio.create_task(self._pump(stream, sink), name=f"relay-{stream}")
-        self._owned[stream] = (sink, task)
+        task = asyncio.create_task(self._pump(stream, follower.outbox), name=f"relay-{stream}")
+        self._owned[stream] = (follower, task)
         task.add_done_callback(lambda _t: self._owned.pop(stream, None))
 
     async def _pump(self, stream: str, sink: Outbox) -> None:
+        """Write what the turn has for the stream, a batch per Redis command: whatever
+        queued while the last write was in flight goes out together."""
         assert self._redis is not None
         redis = self._redis
-        await self._add(redis, stream, {"type": "relay.attached"})
         while True:
             frame = await sink.get()
             if frame is None:
                 return
-            await self._add(redis, stream, frame)
-            if frame.get("type") == "turn.completed":
+            batch = [frame]
+            while (more := sink.pop()) is not None:
+                batch.append(more)
+            await self._add(redis, stream, batch)
+            if batch[-1].get("type") == "turn.completed":
                 return
 
-    async def _add(self, redis: RedisClient, stream: str, frame: dict[str, Any]) -> None:
+    async def _add(self, redis: RedisClient, stream: str, batch: list[dict[str, Any]]) -> None:
         try:
             async with asyncio.timeout(3.0):
                 pipe = redis.pipeline(transaction=False)
                 pipe.xadd(
-                    stream, {"f": json.dumps(frame, default=str)}, maxlen=10_000, approximate=True
+                    stream, {"f": json.dumps(batch, default=str)}, maxlen=10_000, approximate=True
                 )
                 pipe.expire(stream, self._stream_ttl)
                 await pipe.execute()
@@ -115,7 +124,7 @@ class TurnRelay:
         turn_id: str,
         after_seq: int,
         forward: Forward,
-        on_attached: Callable[[], Awaitable[None]],
+        on_attached: Callable[[int, str], Awaitable[None]],
     ) -> bool:
         """Ask the owner of ``turn_id`` to stream it here; forward its frames.
 
@@ -148,14 +157,14 @@ class TurnRelay:
                     for entry_id, fields in entries:
                         cursor = entry_id
                         raw = fields.get(b"f") or fields.get("f")
-                        frame = json.loads(raw)
-                        if frame.get("type") == "relay.attached":
-                            attached = True
-                            await on_attached()
-                            continue
-                        forward(frame)
-                        if frame.get("type") == "turn.completed":
-                            return True
+                        for frame in json.loads(raw):
+                            if frame.get("type") == "relay.attached":
+                                attached = True
+                                await on_attached(frame["seq"], frame["message_id"])
+                                continue
+                            forward(frame)
+                            if frame.get("type") == "turn.completed":
+                                return True
         except asyncio.CancelledError:
             if attached:
                 with contextlib.suppress(Exception):
@@ -168,8 +177,8 @@ class TurnRelay:
         await self._backplane.publish(CHANNEL, json.dumps(message))
 
     async def aclose(self) -> None:
-        for sink, task in list(self._owned.values()):
-            sink.close()
+        for follower, task in list(self._owned.values()):
+            follower.outbox.close()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

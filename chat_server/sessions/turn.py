@@ -1,11 +1,16 @@
 """One turn's rules, with no I/O: sequencing deltas, merging, replay, the final frame.
 
-The turn's text grows as the provider streams. A connection *pulls* deltas with
+The turn's text grows as the provider streams. A follower *pulls* deltas with
 ``take_delta()`` when it is ready to send: whatever arrived since the last pull goes
 out as one delta with the next ``seq`` (so a slow client gets fewer, bigger deltas and
 nothing is dropped). ``resume(after_seq)`` rewinds delivery to what a reconnecting
 client has, so the next pull carries exactly the text it missed: concatenating every
 delta a client saw gives the full answer, with no gap in ``seq`` and no duplicate.
+
+Several followers share the numbering: each holds a ``Cursor`` (``follower.py``), the
+first to pull cuts the next delta and the others get the same one (``delta(seq)``),
+so every follower sees the same ``seq`` for the same text. A turn that runs on another
+instance is mirrored here with the owner's cuts (``add_delta``).
 
 Not thread-safe; used from one event loop.
 """
@@ -16,7 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from ..providers.base import CitationRef, Passage, Usage
+from ..providers.base import CitationRef, Usage
+from ..rulebooks import Passage
 from ..storage.chat import TurnRecord
 
 __all__ = ["FinishReason", "Turn"]
@@ -49,6 +55,8 @@ class Turn:
     tokens: int = 0
     seq: int = 0
     offsets: list[int] = field(default_factory=lambda: [0])
+    #: the delta of ``seq`` as it was cut, shared by every follower that sends it
+    last_delta: dict[str, Any] | None = None
     first_token_at: float | None = None
     usage: Usage = field(default_factory=Usage)
     cited: dict[str, str | None] = field(default_factory=dict)
@@ -99,13 +107,45 @@ class Turn:
         pending.clear()
         self.seq += 1
         self.offsets.append(self.length)
-        return {"type": "turn.delta", "turn_id": self.id, "seq": self.seq, "text": text}
+        frame = {"type": "turn.delta", "turn_id": self.id, "seq": self.seq, "text": text}
+        self.last_delta = frame
+        return frame
+
+    def delta(self, seq: int) -> dict[str, Any]:
+        """The delta ``seq`` (1 ≤ seq ≤ ``self.seq``) as it was cut: the same object for
+        every follower when it is the latest, else sliced again from the text."""
+        last = self.last_delta
+        if last is not None and last["seq"] == seq:
+            return last
+        offsets = self.offsets
+        text = self.text[offsets[seq - 1] : offsets[seq]]
+        return {"type": "turn.delta", "turn_id": self.id, "seq": seq, "text": text}
+
+    def add_delta(self, frame: dict[str, Any], now: float) -> bool:
+        """Mirror a delta cut by the instance that runs the turn (its ``seq`` kept).
+
+        False (and nothing changes) unless it is the next one.
+        """
+        if frame["seq"] != self.seq + 1:
+            return False
+        text: str = frame["text"]
+        if self.first_token_at is None:
+            self.first_token_at = now
+        self.parts.append(text)
+        self.length += len(text)
+        self.tokens += 1
+        self.seq += 1
+        self.offsets.append(self.length)
+        self.last_delta = frame
+        return True
 
     def resume(self, after_seq: int) -> None:
-        """A client that saw deltas up to ``after_seq`` comes back."""
+        """A client that saw deltas up to ``after_seq`` comes back (alone: the deltas
+        after it are cut again, as one)."""
         keep = max(0, min(after_seq, self.seq))
         del self.offsets[keep + 1 :]
         self.seq = keep
+        self.last_delta = None
         self.pending_parts.clear()  # the next delta is sliced from the whole text
 
     # -- ending ----------------------------------------------------------------

@@ -1,207 +1,198 @@
 """What both AI SDK dialects ask of the session core: open a chat, ask, follow, stop.
 
-A chat id is a session id. ``ask`` attaches (or creates, from ``body.game_id``) the
-session and starts a turn through ``ChatService`` exactly as ``/ws/chat``'s
-``message`` does (flag, quota, grounding, fallback, storage); ``follow`` re-attaches
-to the session's running turn from the answer's beginning, on this instance or,
-through the ``TurnRelay``, on the one that runs it. Either gives an ``Answer``: the
-turn's events arrive in its ``Outbox`` and ``chunks()`` turns them into the AI SDK's
-UI message chunks. ``detach`` (the client went away) leaves the turn to the resume
-grace; ``stop`` (``abort``, ``DELETE``) cancels it.
+A chat id is a session id. Everything goes through the ``SessionHub`` with a
+``Follower`` of kind ``client``, as ``/ws/chat`` does: ``open_chat`` attaches one to
+the chat's session (creating the session under the chat's id on its first request,
+from ``body.game_id``); ``ChatLink.ask`` starts a turn (flag, quota, grounding,
+fallback, storage are the core's); ``follow`` attaches a fresh follower from the
+answer's beginning (``after_seq`` 0), on this instance or, through the relay, on the
+one that runs the turn. An ``Answer`` maps the events of its turn to the AI SDK's UI
+message chunks (``AnswerChunks``). Leaving (a dropped socket or request) detaches, so
+the turn runs on for the resume grace; ``abort`` and ``DELETE`` cancel.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput, NotFound
-from ..frames import MessageFrame, SessionResumeFrame, SessionStartFrame
 from ..sessions.chat import Attached, Who
+from ..sessions.follower import Follower
 from ..sessions.outbox import Outbox
+from ..sessions.protocol import Ask, Event, Resume, Start
 from ..storage import chat as chat_store
+from ..storage.ids import new_id
 from .ai_sdk_chunks import AnswerChunks, Chunk
 from .ai_sdk_frames import ChatBody
 
 if TYPE_CHECKING:
     from ..services import Services
 
-__all__ = ["Answer", "ask", "follow", "stop_running"]
+__all__ = ["Answer", "ChatLink", "follow", "open_chat", "stop_running"]
 
-log = logging.getLogger(__name__)
-#: How long a resume waits for the instance that runs the turn to answer.
-FOLLOW_TIMEOUT = 5.0
+#: Events a follower may hold unsent (a lagging reader's deltas are not counted: they
+#: are pulled, one marker per turn).
+OUTBOX_FRAMES = 1024
 
 
 @dataclass(eq=False)
 class Answer:
-    """One request's view of a turn: where its events arrive and how to map them."""
+    """One request's view of one turn: its events in, its chunks out."""
 
-    services: Services
     turn_id: str
     message_id: str
-    outbox: Outbox
     mapper: AnswerChunks
-    relay: asyncio.Task[Any] | None = None
-    attached: Attached | None = None
     aborted: bool = False
     ended: bool = False
     #: chunks to send before the first event (a resume's ``start`` and ``text-start``)
     opening: list[Chunk] = field(default_factory=list)
-    _detached: bool = field(default=False, repr=False)
 
-    async def chunks(self) -> AsyncGenerator[list[Chunk]]:
-        """The answer's chunks, in batches as events arrive, up to its last."""
-        if self.opening:
-            yield self.opening
-            self.opening = []
-        while not self.ended:
-            frame = await self.outbox.get()
-            if frame is None:
-                return
-            if frame.get("type") == "turn.completed":
-                self.ended = True
-            batch = self.mapper.from_core(frame, self.message_id, aborted=self.aborted)
-            if batch:
-                yield batch
+    def take_opening(self) -> list[Chunk]:
+        chunks, self.opening = self.opening, []
+        return chunks
 
-    async def stop(self) -> None:
-        """``abort``: cancel the turn (the upstream request is closed at once)."""
-        self.aborted = True
-        if self.services.manager.cancel(self.turn_id, "client"):
-            return
-        if self.relay is not None and not self.relay.done():
-            await self.services.relay.cancel(self.turn_id)
-
-    def detach(self) -> None:
-        """The client went away: the turn runs on for the resume grace period."""
-        if self._detached:
-            return
-        self._detached = True
-        if self.relay is not None:
-            self.relay.cancel()
-        self.services.manager.detach(self.turn_id, self.outbox)
-        self.outbox.close()
+    def feed(self, event: Event) -> list[Chunk]:
+        """The chunks for one of the session's events (other turns' events: none)."""
+        if self.ended:
+            return []
+        turn_id = event.get("turn_id")
+        if turn_id is not None and turn_id != self.turn_id:
+            return []
+        kind = event.get("type")
+        if kind == "turn.completed":
+            self.ended = True
+        elif kind not in ("turn.started", "turn.delta", "error"):
+            return []
+        chunks = self.opening + self.mapper.from_core(event, self.message_id, aborted=self.aborted)
+        self.opening = []
+        return chunks
 
 
-async def _session(services: Services, who: Who, chat_id: str) -> dict[str, Any] | None:
+class ChatLink:
+    """A follower attached to one chat's session, for one caller (a request, or a socket
+    that asks in the chat again and again: the session is not read again per turn)."""
+
+    __slots__ = ("attached", "follower", "services", "who")
+
+    def __init__(self, services: Services, who: Who, attached: Attached, follower: Follower):
+        self.services = services
+        self.who = who
+        self.attached = attached
+        self.follower = follower
+
+    @property
+    def chat_id(self) -> str:
+        return self.attached.session_id
+
+    async def ask(self, text: str | None) -> Answer:
+        """Start a turn: ``text``, or (``None``: regenerate) the chat's last question."""
+        if text is None:
+            stored = await chat_store.history(self.services.db, self.chat_id, limit=50)
+            asked = [m["content"] for m in stored if m["role"] == "user"]
+            if not asked:
+                raise InvalidInput("regenerate-message: this chat has no question yet")
+            text = asked[-1]
+        turn = await self.services.hub.ask(self.who, self.attached, Ask(text), self.follower)
+        return Answer(turn.id, turn.message_id, AnswerChunks())
+
+    async def stop(self, answer: Answer) -> None:
+        """``abort``: cancel the answer's turn (the upstream request is closed at once)."""
+        answer.aborted = True
+        with contextlib.suppress(NotFound):  # it ended meanwhile
+            await self.services.hub.cancel(self.attached, self.follower, answer.turn_id)
+
+    def leave(self) -> None:
+        """Detach (never waits): a running turn goes on for the resume grace."""
+        self.services.hub.detach(self.attached, self.follower)
+        self.follower.outbox.close()
+
+    async def events(self) -> AsyncGenerator[Event]:
+        """The follower's events as they come (ends when it is closed)."""
+        outbox = self.follower.outbox
+        while (event := await outbox.get()) is not None:
+            yield event
+
+
+class ChatFollower(Follower):
+    """A request's (or a socket's chat's) follower; an admin kill calls ``on_end``."""
+
+    __slots__ = ("on_end",)
+
+    def __init__(self, on_end: Callable[[str], None] | None = None) -> None:
+        super().__init__(new_id(), "client", Outbox(max_frames=OUTBOX_FRAMES))
+        self.on_end = on_end
+
+    def end(self, reason: str) -> None:
+        super().end(reason)
+        if self.on_end is not None:
+            self.on_end(reason)
+
+
+def _follower(on_end: Callable[[str], None] | None = None) -> Follower:
+    return ChatFollower(on_end)
+
+
+async def _owned(services: Services, who: Who, chat_id: str) -> dict[str, Any] | None:
     session = await chat_store.get_session(services.db, chat_id)
     if session is not None and session["user_id"] != who.user_id:
         raise NotFound("session not found", error_code="SESSION_NOT_FOUND")
     return session
 
 
-async def _attach(
-    services: Services, who: Who, chat_id: str, body: ChatBody
-) -> tuple[Attached, dict[str, Any]]:
-    """The chat's session, created under ``chat_id`` on its first request."""
-    if await _session(services, who, chat_id) is None:
-        if not body.game_id:
-            raise InvalidInput("body.game_id: a new chat needs the game it is about")
-        start = SessionStartFrame(
-            type="session.start",
-            game_id=body.game_id,
-            language=body.language,
-            provider=body.provider,
-        )
-        try:
-            return await services.chat.start_session(who, start, session_id=chat_id)
-        except Exception:
-            # Two first requests of one chat raced (the other created it), or the id
-            # is taken by another user's session (``_session`` says not_found).
-            if await _session(services, who, chat_id) is None:
-                raise
-    resume = SessionResumeFrame(type="session.resume", session_id=chat_id)
-    attached, ready, _ = await services.chat.resume_session(who, resume, Outbox())
-    return attached, ready
-
-
-async def ask(
+async def open_chat(
     services: Services,
     who: Who,
     chat_id: str,
     body: ChatBody,
-    text: str | None,
-    attached: Attached | None = None,
-) -> Answer:
-    """Start a turn in the chat: ``text``, or (``None``: regenerate) its last question.
+    on_end: Callable[[str], None] | None = None,
+) -> ChatLink:
+    """Attach a new follower to the chat's session, created on the chat's first request
+    (``on_end``: called when an admin ends the session)."""
+    follower = _follower(on_end)
+    hub = services.hub
+    if await _owned(services, who, chat_id) is None:
+        if not body.game_id:
+            raise InvalidInput("body.game_id: a new chat needs the game it is about")
+        start = Start(body.game_id, body.language, body.provider, session_id=chat_id)
+        try:
+            attached = await hub.attach(who, start, follower)
+            return ChatLink(services, who, attached, follower)
+        except Exception:
+            # Two first requests of one chat raced (the other created it), or another
+            # user took the id meanwhile (``_owned`` says not_found).
+            if await _owned(services, who, chat_id) is None:
+                raise
+    attached = await hub.attach(who, Resume(chat_id), follower)
+    return ChatLink(services, who, attached, follower)
 
-    ``attached``: the chat's session as this caller attached it before (a socket keeps
-    its chats attached, as ``/ws/chat`` keeps its session: no reads per turn).
-    """
-    if attached is None or text is None:
-        attached, ready = await _attach(services, who, chat_id, body)
-        if text is None:
-            asked = [m["content"] for m in ready["history"] if m["role"] == "user"]
-            if not asked:
-                raise InvalidInput("regenerate-message: this chat has no question yet")
-            text = asked[-1]
-    outbox = Outbox(max_frames=1024)
-    message = MessageFrame(type="message", text=text)
-    turn = await services.chat.start_turn(who, attached, message, outbox)
-    answer = Answer(services, turn.id, turn.message_id, outbox, AnswerChunks())
-    answer.attached = attached
-    return answer
 
-
-async def follow(services: Services, who: Who, chat_id: str) -> Answer | None:
+async def follow(services: Services, who: Who, chat_id: str) -> tuple[ChatLink, Answer] | None:
     """Follow the chat's running turn from the answer's beginning; None when none runs."""
-    session = await _session(services, who, chat_id)
-    if session is None:
+    if await _owned(services, who, chat_id) is None:
         return None
-    outbox = Outbox(max_frames=1024)
-    live = services.manager.running_in_session(chat_id)
-    turn_id = live.turn.id if live is not None else None
-    resume = SessionResumeFrame(
-        type="session.resume", session_id=chat_id, turn_id=turn_id, after_seq=0
-    )
-    _, ready, resumed = await services.chat.resume_session(who, resume, outbox)
-    if resumed is not None and live is not None:
-        answer = Answer(services, resumed, live.turn.message_id, outbox, AnswerChunks())
-        answer.mapper.quota = ready["quota"]
-        answer.opening = answer.mapper.start(answer.message_id, resumed)
-        return answer
-    streaming = [m for m in ready["history"] if m["status"] == "streaming" and m.get("turn_id")]
-    if not (services.relay.enabled and streaming):
+    follower = _follower()
+    attached = await services.hub.attach(who, Resume(chat_id, after_seq=0), follower)
+    link = ChatLink(services, who, attached, follower)
+    # The hub queues session.ready first; with ``running`` once the turn's owner (this
+    # instance or another) has it streaming here.
+    ready = await follower.outbox.get()
+    running = ready.get("running") if ready is not None else None
+    if ready is None or not running:
+        link.leave()
         return None
-    message = streaming[-1]
-    attached = asyncio.Event()
-
-    async def on_attached() -> None:
-        attached.set()
-
-    task = asyncio.create_task(
-        services.relay.follow(message["turn_id"], 0, outbox.put, on_attached),
-        name=f"ai-sdk-follow-{message['turn_id']}",
-    )
-    waiter = asyncio.ensure_future(attached.wait())
-    try:
-        await asyncio.wait((task, waiter), timeout=FOLLOW_TIMEOUT, return_when="FIRST_COMPLETED")
-    finally:
-        waiter.cancel()
-    if not attached.is_set():
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        return None
-    answer = Answer(
-        services, message["turn_id"], message["id"], outbox, AnswerChunks(ready["quota"])
-    )
-    answer.relay = task
+    answer = Answer(running["turn_id"], running["message_id"], AnswerChunks(ready["quota"]))
     answer.opening = answer.mapper.start(answer.message_id, answer.turn_id)
-    return answer
+    return link, answer
 
 
 async def stop_running(services: Services, who: Who, chat_id: str) -> None:
     """Cancel the chat's running turn wherever it runs (nothing runs: nothing to do)."""
-    session = await _session(services, who, chat_id)
-    if session is None:
+    if await _owned(services, who, chat_id) is None:
         raise NotFound("session not found", error_code="SESSION_NOT_FOUND")
-    live = services.manager.running_in_session(chat_id)
+    live = services.hub.local_turn(chat_id)
     if live is not None:
         services.manager.cancel(live.turn.id, "client")
         return

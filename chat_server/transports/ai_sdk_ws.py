@@ -5,13 +5,17 @@ One socket multiplexes requests, each named by the client's ``requestId``: ``sen
 ``no-active``) and ``abort``. Every request answers ``start``, then its chunks as
 ``chunk {requestId, sequence, chunk}`` numbered from 0 (``Sequencer``), then ``end``;
 a refusal is ``error {requestId, errorText}`` whose text starts with the contract's
-code. Turns are the session core's (``ai_sdk_answers``); this module owns only the
-wire: authentication (the handshake's ``Authorization`` or each frame's
-``headers.authorization``, one ``sub`` per socket, never the URL), the frame rate
-limit, the user's connection slots, and one writer.
+code.
 
-A socket that drops detaches its requests' turns (they run on for the resume grace);
-only ``abort`` cancels.
+The socket is a ``ClientConnection`` (admission and the user's slots, the frame rate
+limit, token expiry, the writer and its send watchdog, admin kills and restarts), as
+``/ws/chat``'s is; its own outbox carries this dialect's frames. The chats it asks in
+are ``ChatLink``s (one follower each, attached once, their events pumped into
+chunks by one task per chat); a ``resume`` gets a follower of its own. This module
+owns only the wire: authentication from the handshake's ``Authorization`` or each
+frame's ``headers.authorization`` (one ``sub`` per socket, never the URL), requests
+and their sequences. A socket that drops detaches every follower (the turns run on
+for the resume grace); only ``abort`` cancels.
 """
 
 from __future__ import annotations
@@ -19,26 +23,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..auth import Principal
 from ..errors import (
     ChatServerError,
     Forbidden,
     InvalidInput,
     RateLimited,
-    TokenExpired,
+    TurnInProgress,
     Unauthorized,
 )
 from ..frames import encode
-from ..sessions.chat import Attached, Who
-from ..sessions.limits import AbuseCounter, TokenBucket
-from ..sessions.outbox import SlowClient
-from ..storage.ids import new_id
-from .ai_sdk_answers import Answer, ask, follow
+from ..logs import add_context
+from ..sessions.protocol import Event
+from .ai_sdk_answers import Answer, ChatLink, follow, open_chat
 from .ai_sdk_chunks import Sequencer
 from .ai_sdk_frames import (
     AbortFrame,
@@ -48,219 +50,340 @@ from .ai_sdk_frames import (
     parse_client_frame,
     question,
 )
+from .client import ClientConnection, CloseReason
 
 if TYPE_CHECKING:
+    from ..auth import Principal
     from ..services import Services
 
 __all__ = ["AI_SDK_WS_PATH", "ai_sdk_endpoint"]
 
 log = logging.getLogger(__name__)
 AI_SDK_WS_PATH = "/ws/ai-sdk"
-CLOSE_ABUSE = 1008
-CLOSE_ERROR = 1011
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_FORBIDDEN = 4403
-#: Chats one socket keeps attached (beyond: each request attaches again).
-MAX_CHATS = 64
 #: Query parameters that would carry a token in the URL (refused: URLs get logged).
 URL_TOKENS = frozenset({"token", "access_token", "authorization", "auth", "jwt"})
+#: Chats one socket keeps attached (beyond: the oldest idle one is let go).
+MAX_CHATS = 32
+#: A pump waits while the socket has this many frames unsent (deltas merge meanwhile).
+BACKLOG = 64
 
 
 async def ai_sdk_endpoint(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
     await websocket.accept()
     if URL_TOKENS & {k.lower() for k in websocket.query_params}:
-        await websocket.close(CLOSE_UNAUTHORIZED, "tokens in URLs are refused")
+        await websocket.close(4401, "tokens in URLs are refused")
         return
     if not services.connections.open_socket():
-        await websocket.close(CLOSE_ABUSE, "this instance is at its connection limit")
+        await websocket.close(1008, "this instance is at its connection limit")
         return
     socket = AiSdkSocket(websocket, services)
     try:
-        await socket.run()
-    except WebSocketDisconnect:
-        pass
-    except Exception:
-        log.exception("ai-sdk connection failed")
-        with contextlib.suppress(Exception):
-            await websocket.close(CLOSE_ERROR)
+        add_context(connection_id=socket.id)
+        try:
+            await socket.run()
+        except WebSocketDisconnect:
+            pass
+        except Exception:
+            log.exception("ai-sdk connection failed")
+            with contextlib.suppress(Exception):
+                await websocket.close(1011)
     finally:
-        await socket.cleanup()
         services.connections.close_socket()
 
 
-class AiSdkSocket:
+def _encode(event: Event) -> str:
+    """The socket's outbox holds this dialect's frames; the core's own ``error`` events
+    (rate limit, token expiry) belong to no request."""
+    if event.get("type") == "error" and "code" in event:
+        event = Sequencer("").error(str(event["code"]), str(event.get("message", "")))
+    return encode(event)
+
+
+class _Request:
+    __slots__ = ("answer", "link", "pending", "sequencer", "skip", "task")
+
+    def __init__(self, request_id: str, skip: int | None = None) -> None:
+        self.sequencer = Sequencer(request_id)
+        #: a resume's ``lastSequence``: the client has the chunks up to it
+        self.skip = -1 if skip is None else skip
+        self.answer: Answer | None = None
+        self.link: ChatLink | None = None
+        #: the chat's events that came while the turn was being started
+        self.pending: list[Event] = []
+        self.task: asyncio.Task[None] | None = None
+
+
+class AiSdkSocket(ClientConnection):
     """One ``WebSocketChatTransport`` connection."""
 
+    __slots__ = ("chats", "pumps", "requests", "ws")
+
+    CODES: ClassVar[dict[CloseReason, int]] = {
+        "abuse": 1008,
+        "error": 1011,
+        "forbidden": 4403,
+        "killed": 4000,
+        "restart": 1012,
+        "unauthorized": 4401,
+    }
+    DISCONNECTED = (WebSocketDisconnect, RuntimeError, OSError)
+
     def __init__(self, websocket: WebSocket, services: Services) -> None:
+        super().__init__(services, websocket.send_text, _encode)
         self.ws = websocket
-        self.services = services
-        self.id = new_id()
-        self.principal: Principal | None = None
-        self.slot = False
-        self.requests: dict[str, tuple[asyncio.Task[None], list[Answer]]] = {}
-        #: the chats this socket asked in, attached (their sessions are not read again)
-        self.chats: dict[str, Attached] = {}
-        self.send_lock = asyncio.Lock()
-        self.close_code: int | None = None
-        settings = services.settings
-        self.bucket = TokenBucket(
-            settings.ws_max_frames_per_second, settings.ws_frame_burst, time.monotonic()
-        )
-        self.abuse = AbuseCounter(limit=10, window=60.0)
+        self.requests: dict[str, _Request] = {}
+        self.chats: dict[str, tuple[ChatLink, _Request | None]] = {}
+        self.pumps: dict[str, asyncio.Task[None]] = {}
 
-    # -- lifecycle ---------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------------
     async def run(self) -> None:
-        header = self.ws.headers.get("authorization")
-        if header:
-            try:
-                await self._sign_in(header)
-            except ChatServerError as exc:
-                await self.ws.close(CLOSE_UNAUTHORIZED, exc.message[:120])
+        try:
+            header = self.ws.headers.get("authorization")
+            if header and not await self._sign_in(header, None):
                 return
-        while self.close_code is None:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            await self._on_text(message.get("text"))
-        await self._send_all_then_close()
+            receive = self.ws.receive
+            await self.read(lambda: self._on_message(receive))
+            await self.flush()
+            if self.close_reason is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2.0):
+                        await self.ws.close(self.CODES[self.close_reason])
+        finally:
+            await self._leave_all()
+            await self.finish()
 
-    async def _send_all_then_close(self) -> None:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(2.0):
-                await self.ws.close(self.close_code or 1000)
-
-    async def cleanup(self) -> None:
-        """The socket is gone: every request's turn runs on for the grace; none waits."""
-        for task, answers in list(self.requests.values()):
-            for answer in answers:
-                answer.detach()
+    async def _leave_all(self) -> None:
+        """The socket is gone: every follower detaches (the turns run on for the grace)."""
+        tasks = [r.task for r in self.requests.values() if r.task is not None]
+        tasks += list(self.pumps.values())
+        for link, _ in self.chats.values():
+            link.leave()
+        self.chats.clear()
+        for task in tasks:
             task.cancel()
-        for task, _ in list(self.requests.values()):
+        for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
-        self.requests.clear()
-        if self.slot and self.principal is not None:
-            await self.services.slots.release(self.principal.user_id, self.id)
 
-    # -- authentication ----------------------------------------------------------
-    async def _sign_in(self, header: str) -> Principal:
-        """Verify a ``Bearer`` token; the socket's first ``sub`` is its only one."""
+    # -- authentication ----------------------------------------------------------------
+    async def _sign_in(self, header: str, request_id: str | None) -> bool:
+        """Verify ``Bearer <token>``: the first signs the socket in (and takes the user's
+        connection slot), later ones refresh it (another user: forbidden, close)."""
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("authorization must be 'Bearer <token>'")
-        principal = await self.services.verifier.verify(token.strip())
-        if self.principal is not None and principal.user_id != self.principal.user_id:
-            self.close_code = CLOSE_FORBIDDEN
-            raise Forbidden("a token for another user")
-        if not self.slot:
-            if not await self.services.slots.take(principal.user_id, self.id):
-                self.close_code = CLOSE_ABUSE
-                limit = self.services.settings.ws_max_connections_per_user
-                raise RateLimited(f"at most {limit} connections per user")
-            self.slot = True
-        self.principal = principal
-        return principal
+        try:
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthorized("authorization must be 'Bearer <token>'")
+            principal: Principal = await self.services.verifier.verify(token.strip())
+        except ChatServerError as exc:
+            if self.principal is None:
+                await self._refuse(request_id, exc)
+                return False
+            raise
+        if self.principal is not None:
+            if principal.user_id != self.principal.user_id:
+                self.close("forbidden")
+                raise Forbidden("a token for another user")
+            self.reauth(principal)
+            return True
+        refusal = await self.admit(principal)
+        if refusal is not None:
+            self.principal = None
+            await self._refuse(
+                request_id, refusal, code=1008 if isinstance(refusal, RateLimited) else 1011
+            )
+            return False
+        self.arm_expiry()
+        return True
 
-    async def _who(self, headers: dict[str, str]) -> Who:
-        header = next((v for k, v in headers.items() if k.lower() == "authorization"), None)
-        if header is not None:
-            principal = await self._sign_in(header)
-        elif self.principal is None:
-            raise Unauthorized("send 'Authorization: Bearer <token>' (handshake or headers)")
-        else:
-            principal = self.principal
-            leeway = self.services.settings.jwt_leeway
-            if principal.expires_at + leeway < time.time():
-                raise TokenExpired("the token expired; send a fresh one in headers.authorization")
-        return Who(principal.user_id, principal.role)
+    async def _refuse(self, request_id: str | None, exc: ChatServerError, code: int = 4401) -> None:
+        with contextlib.suppress(Exception):
+            if request_id is not None:
+                await self.send_now(Sequencer(request_id).error(exc.code, exc.message))
+            await self.ws.close(code, exc.message[:120])
+        self.close(None)
 
-    # -- frames in ---------------------------------------------------------------
-    async def _on_text(self, raw: str | None) -> None:
-        now = time.monotonic()
-        allowed = self.bucket.allow(now)  # every frame counts, a malformed one too
+    # -- frames in ---------------------------------------------------------------------
+    async def _on_message(self, receive: Callable[[], Any]) -> None:
+        message: Message = await receive()
+        if message["type"] == "websocket.disconnect":
+            self.close(None)
+            return
+        if not self.allow_frame():
+            return
+        raw = message.get("text")
         request_id = ""
         try:
             if raw is None:
                 raise InvalidInput("binary frames are not accepted; send JSON text")
             frame = parse_client_frame(raw)
             request_id = frame.requestId
-            if not allowed:
-                if self.abuse.hit(now):
-                    self.close_code = CLOSE_ABUSE
-                raise RateLimited("too many frames; slow down")
             if isinstance(frame, AbortFrame):
                 await self._abort(frame.requestId)
                 return
             if request_id in self.requests:
                 raise InvalidInput("requestId is already in use on this socket")
-            who = await self._who(frame.headers)
-            self._start(frame, who)
+            header = next(
+                (v for k, v in frame.headers.items() if k.lower() == "authorization"), None
+            )
+            if header is not None:
+                if not await self._sign_in(header, request_id):
+                    return
+            elif self.principal is None:
+                raise Unauthorized("send 'Authorization: Bearer <token>' (handshake or headers)")
+            if self.closing:
+                return
+            self._start(frame)
         except ChatServerError as exc:
-            await self._send(Sequencer(request_id).error(exc.code, exc.message))
-            if exc.code in ("unauthorized", "token_expired") and self.principal is None:
-                self.close_code = CLOSE_UNAUTHORIZED
+            self.put(Sequencer(request_id).error(exc.code, exc.message))
+            if self.principal is None:
+                self.close("unauthorized")
 
-    def _start(self, frame: SendFrame | ResumeFrame, who: Who) -> None:
-        answers: list[Answer] = []
-        task = asyncio.create_task(self._serve(frame, who, answers), name=f"ai-sdk-{self.id}")
-        self.requests[frame.requestId] = (task, answers)
-        task.add_done_callback(lambda _t: self.requests.pop(frame.requestId, None))
+    def _start(self, frame: SendFrame | ResumeFrame) -> None:
+        request = _Request(frame.requestId, getattr(frame, "lastSequence", None))
+        self.requests[frame.requestId] = request
+        serve = self._send_request if isinstance(frame, SendFrame) else self._resume_request
+        task = asyncio.create_task(serve(frame, request), name=f"ai-sdk-{frame.requestId[:40]}")  # type: ignore[arg-type]
+        request.task = task
+        task.add_done_callback(lambda _t: self._done(request))
+
+    def _done(self, request: _Request) -> None:
+        """A request's task ended: the request too, unless a chat's pump now serves it."""
+        answer = request.answer
+        if answer is None or answer.ended or request.link is None:
+            self.requests.pop(request.sequencer.request_id, None)
+            return
+        known = self.chats.get(request.link.chat_id)
+        if known is None or known[1] is not request:
+            self.requests.pop(request.sequencer.request_id, None)
 
     async def _abort(self, request_id: str) -> None:
-        entry = self.requests.get(request_id)
-        if entry is None:
+        request = self.requests.get(request_id)
+        if request is None:
             return  # finished already, or never known: nothing to stop
-        task, answers = entry
-        if answers:
-            await answers[0].stop()
-        else:
-            task.cancel()  # still being admitted: no turn yet to cancel
+        if request.answer is not None and request.link is not None:
+            await request.link.stop(request.answer)
+        elif request.task is not None:
+            request.task.cancel()  # still being admitted: no turn yet to stop
 
-    # -- one request ---------------------------------------------------------------
-    async def _serve(self, frame: SendFrame | ResumeFrame, who: Who, answers: list[Answer]) -> None:
-        out = Sequencer(frame.requestId)
-        answer: Answer | None = None
+    # -- requests ----------------------------------------------------------------------
+    async def _send_request(self, frame: SendFrame, request: _Request) -> None:
+        out = request.sequencer
         try:
-            if isinstance(frame, SendFrame):
-                body = body_of(frame)
-                text = None if frame.trigger == "regenerate-message" else question(frame.messages)
-                known = self.chats.get(frame.id)
-                answer = await ask(self.services, who, frame.id, body, text, known)
-                if answer.attached is not None and len(self.chats) < MAX_CHATS:
-                    self.chats[frame.id] = answer.attached
-            else:
-                answer = await follow(self.services, who, frame.id)
-                if answer is None:
-                    await self._send(out.control("no-active"))
-                    return
-            answers.append(answer)
-            await self._send(out.control("start"))
-            skip = frame.lastSequence if isinstance(frame, ResumeFrame) else None
-            async for batch in answer.chunks():
-                for chunk in batch:
-                    sent = out.frame(chunk)
-                    if skip is None or sent["sequence"] > skip:
-                        await self._send(sent)
-            await self._send(out.control("end"))
+            text = None if frame.trigger == "regenerate-message" else question(frame.messages)
+            link = await self._link(frame, request)
+            request.link = link
+            answer = await link.ask(text)
         except ChatServerError as exc:
-            await self._send(out.error(exc.code, exc.message))
-        except SlowClient:
-            self.close_code = CLOSE_ABUSE
-        finally:
-            if answer is not None and not answer.ended:
-                answer.detach()
+            self.put(out.error(exc.code, exc.message))
+            self._release(frame.id, request)
+            return
+        except BaseException:
+            self._release(frame.id, request)
+            raise
+        request.answer = answer
+        self.put(out.control("start"))
+        pending, request.pending = request.pending, []
+        for event in pending:  # in order, before the pump's next event (no await here)
+            self._feed(request, event)
 
-    # -- frames out ----------------------------------------------------------------
-    async def _send(self, frame: dict[str, Any]) -> None:
-        """Send one frame; a client that stopped reading is closed (1008)."""
-        async with self.send_lock:
-            try:
-                async with asyncio.timeout(self.services.settings.ws_send_timeout):
-                    await self.ws.send_text(encode(frame))
-            except TimeoutError:
-                self.close_code = CLOSE_ABUSE
-                with contextlib.suppress(Exception):
-                    await self.ws.close(CLOSE_ABUSE)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                pass
+    async def _link(self, frame: SendFrame, request: _Request) -> ChatLink:
+        """The chat's link (attached on its first request), now serving ``request``."""
+        known = self.chats.get(frame.id)
+        if known is not None:
+            link, busy = known
+            if busy is not None:
+                raise TurnInProgress()
+            self.chats[frame.id] = (link, request)
+            return link
+        if len(self.chats) >= MAX_CHATS:
+            idle = next((cid for cid, (_, r) in self.chats.items() if r is None), None)
+            if idle is not None:
+                self._forget(idle)
+        link = await open_chat(self.services, self.who, frame.id, body_of(frame), on_end=self.end)
+        if frame.id in self.chats:  # two first requests of one chat raced: keep one link
+            link.leave()
+            return await self._link(frame, request)
+        self.chats[frame.id] = (link, request)
+        self._pump(link)
+        return link
+
+    def _forget(self, chat_id: str) -> None:
+        link, _ = self.chats.pop(chat_id)
+        link.leave()
+        pump = self.pumps.pop(chat_id, None)
+        if pump is not None:
+            pump.cancel()
+
+    def _release(self, chat_id: str, request: _Request) -> None:
+        known = self.chats.get(chat_id)
+        if known is not None and known[1] is request:
+            self.chats[chat_id] = (known[0], None)
+
+    def _pump(self, link: ChatLink) -> None:
+        """One task per chat: the follower's events to the current request's chunks
+        (events with no request waiting, e.g. another device's turn, are dropped)."""
+        chat_id = link.chat_id
+
+        async def pump() -> None:
+            async for event in link.events():
+                known = self.chats.get(chat_id)
+                request = known[1] if known is not None else None
+                if request is None:
+                    continue
+                if request.answer is None:
+                    request.pending.append(event)
+                    continue
+                self._feed(request, event)
+                await self._backlog()
+
+        self.pumps[chat_id] = asyncio.create_task(pump(), name=f"ai-sdk-chat-{chat_id}")
+
+    def _feed(self, request: _Request, event: Event) -> None:
+        """Queue the chunks of one event; the ``end`` once the answer is over."""
+        answer = request.answer
+        assert answer is not None
+        self._put_chunks(request, answer.feed(event))
+        if answer.ended:
+            self.put(request.sequencer.control("end"))
+            self.requests.pop(request.sequencer.request_id, None)
+            if request.link is not None:
+                self._release(request.link.chat_id, request)
+
+    def _put_chunks(self, request: _Request, chunks: list[Any]) -> None:
+        out = request.sequencer
+        for chunk in chunks:
+            if out.next > request.skip:
+                self.put(out.frame(chunk))
+            else:
+                out.next += 1
+
+    async def _backlog(self) -> None:
+        """A slow reader: wait while its frames pile up (the turn's text merges
+        meanwhile). The outbox has no "drained" signal; this only runs while it lags."""
+        while len(self.outbox) > BACKLOG and not self.closing:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+    async def _resume_request(self, frame: ResumeFrame, request: _Request) -> None:
+        out = request.sequencer
+        link: ChatLink | None = None
+        try:
+            followed = await follow(self.services, self.who, frame.id)
+            if followed is None:
+                self.put(out.control("no-active"))
+                return
+            link, answer = followed
+            request.link, request.answer = link, answer
+            self.put(out.control("start"))
+            self._put_chunks(request, answer.take_opening())
+            async for event in link.events():
+                self._put_chunks(request, answer.feed(event))
+                await self._backlog()
+                if answer.ended:
+                    break
+            self.put(out.control("end"))
+        except ChatServerError as exc:
+            self.put(out.error(exc.code, exc.message))
+        finally:
+            if link is not None:
+                link.leave()

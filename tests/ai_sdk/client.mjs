@@ -114,6 +114,7 @@ try {
   result.status = e?.statusCode;
   result.responseBody = e?.responseBody;
 }
+if (spec.abortAfterDeltas) await new Promise((r) => setTimeout(r, 300)); // as a page stays open
 if (spec.transport === 'ws') chat.close();
 result.outcome = outcome;
 result.error = error;
