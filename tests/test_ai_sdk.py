@@ -358,3 +358,51 @@ async def test_the_sse_stream_has_the_sdk_headers_heartbeats_and_done(
     chunks = [json.loads(line[6:]) for line in lines[:-1] if line.startswith("data: ")]
     assert [c["type"] for c in chunks][:2] == ["start", "text-start"]
     assert "".join(c["delta"] for c in chunks if c["type"] == "text-delta") == "".join(TOKENS)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_device_on_ws_chat_sees_the_turn_asked_over_the_sdk(
+    server: RunningServer, transport: str
+) -> None:
+    """The AI SDK dialects are followers of the same sessions: a /ws/chat connection
+    attached to the chat receives the turn asked through the SDK's transport, live."""
+    chat_id = f"fanout-{transport}"
+    catan = await game(server)
+    await client(server, transport, chatId=chat_id, gameId=catan, text="First")
+    async with ws_client(server.ws_url, server.token()) as ws:
+        await ws.send({"type": "session.resume", "session_id": chat_id})
+        await ws.expect("session.ready")
+        asked = asyncio.create_task(client(server, transport, chatId=chat_id, text="Second"))
+        frames = await ws.until("turn.completed")
+        result = await asked
+    deltas = [f for f in frames if f["type"] == "turn.delta"]
+    assert "".join(d["text"] for d in deltas) == result["text"] == "".join(TOKENS)
+    assert frames[-1]["message_id"] == result["chunks"][0]["messageId"]
+
+
+async def test_an_admin_kill_ends_the_turn_and_closes_the_socket(
+    server: RunningServer, upstream: OpenAIUpstream
+) -> None:
+    """DELETE /admin/sessions/{chat} cancels the chat's turn at once and closes the
+    /ws/ai-sdk socket that follows it with 4000, as on /ws/chat."""
+    upstream.script = Script(tokens=[f"t{i} " for i in range(2000)], token_delay=0.01)
+    send = {
+        "type": "send",
+        "requestId": "r1",
+        "id": "killed-chat",
+        "trigger": "submit-message",
+        "messages": [{"id": "u", "role": "user", "parts": [{"type": "text", "text": "Go"}]}],
+        "headers": {"authorization": f"Bearer {server.token()}"},
+        "body": {"game_id": await game(server)},
+    }
+    base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+    async with ws_client(base, ready=False) as ws:
+        await ws.send(send)
+        while (await ws.recv()).get("chunk", {}).get("type") != "text-delta":
+            pass
+        headers = {"Authorization": f"Bearer {server.token('root', 'admin')}"}
+        async with httpx.AsyncClient(timeout=5) as http:
+            killed = await http.delete(f"{server.url}/admin/sessions/killed-chat", headers=headers)
+        assert killed.status_code == 204
+        assert await ws.closed() == 4000
+    assert await asyncio.to_thread(upstream.disconnected.wait, 5)
