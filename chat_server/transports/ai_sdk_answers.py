@@ -121,8 +121,12 @@ class ChatFollower(Follower):
 
     __slots__ = ("on_end",)
 
-    def __init__(self, on_end: Callable[[str], None] | None = None) -> None:
-        super().__init__(new_id(), "client", Outbox(max_frames=OUTBOX_FRAMES))
+    def __init__(
+        self,
+        on_end: Callable[[str], None] | None = None,
+        wake: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(new_id(), "client", Outbox(max_frames=OUTBOX_FRAMES, wake=wake))
         self.on_end = on_end
 
     def end(self, reason: str) -> None:
@@ -131,8 +135,10 @@ class ChatFollower(Follower):
             self.on_end(reason)
 
 
-def _follower(on_end: Callable[[str], None] | None = None) -> Follower:
-    return ChatFollower(on_end)
+def _follower(
+    on_end: Callable[[str], None] | None = None, wake: Callable[[], None] | None = None
+) -> Follower:
+    return ChatFollower(on_end, wake)
 
 
 async def _owned(services: Services, who: Who, chat_id: str) -> dict[str, Any] | None:
@@ -148,10 +154,12 @@ async def open_chat(
     chat_id: str,
     body: ChatBody,
     on_end: Callable[[str], None] | None = None,
+    wake: Callable[[], None] | None = None,
 ) -> ChatLink:
     """Attach a new follower to the chat's session, created on the chat's first request
-    (``on_end``: called when an admin ends the session)."""
-    follower = _follower(on_end)
+    (``on_end``: called when an admin ends the session; ``wake``: called when an event
+    waits in the follower's outbox, for a caller that takes them with ``pop()``)."""
+    follower = _follower(on_end, wake)
     hub = services.hub
     if await _owned(services, who, chat_id) is None:
         if not body.game_id:

@@ -92,14 +92,6 @@ async def ai_sdk_endpoint(websocket: WebSocket) -> None:
         services.connections.close_socket()
 
 
-def _encode(event: Event) -> str:
-    """The socket's outbox holds this dialect's frames; the core's own ``error`` events
-    (rate limit, token expiry) belong to no request."""
-    if event.get("type") == "error" and "code" in event:
-        event = Sequencer("").error(str(event["code"]), str(event.get("message", "")))
-    return encode(event)
-
-
 class _Request:
     __slots__ = ("answer", "link", "pending", "sequencer", "skip", "task")
 
@@ -117,7 +109,7 @@ class _Request:
 class AiSdkSocket(ClientConnection):
     """One ``WebSocketChatTransport`` connection."""
 
-    __slots__ = ("chats", "pumps", "requests", "ws")
+    __slots__ = ("chats", "held", "requests", "ws")
 
     CODES: ClassVar[dict[CloseReason, int]] = {
         "abuse": 1008,
@@ -130,11 +122,25 @@ class AiSdkSocket(ClientConnection):
     DISCONNECTED = (WebSocketDisconnect, RuntimeError, OSError)
 
     def __init__(self, websocket: WebSocket, services: Services) -> None:
-        super().__init__(services, websocket.send_text, _encode)
+        super().__init__(services, websocket.send_text, self._frame_text)
         self.ws = websocket
         self.requests: dict[str, _Request] = {}
         self.chats: dict[str, tuple[ChatLink, _Request | None]] = {}
-        self.pumps: dict[str, asyncio.Task[None]] = {}
+        #: chats whose events wait while this socket's client lags (see ``_drain``)
+        self.held: set[str] = set()
+
+    def _frame_text(self, event: Event) -> str:
+        """One frame of the socket's outbox (this dialect's frames; the core's own
+        ``error`` events, rate limit and token expiry, belong to no request). The
+        writer calls it per frame: a lagging client that caught up gets the held
+        chats' events again."""
+        if self.held and len(self.outbox) < BACKLOG // 2:
+            for chat_id in list(self.held):
+                self.held.discard(chat_id)
+                self._drain(chat_id)
+        if event.get("type") == "error" and "code" in event:
+            event = Sequencer("").error(str(event["code"]), str(event.get("message", "")))
+        return encode(event)
 
     # -- lifecycle -------------------------------------------------------------------
     async def run(self) -> None:
@@ -156,10 +162,10 @@ class AiSdkSocket(ClientConnection):
     async def _leave_all(self) -> None:
         """The socket is gone: every follower detaches (the turns run on for the grace)."""
         tasks = [r.task for r in self.requests.values() if r.task is not None]
-        tasks += list(self.pumps.values())
-        for link, _ in self.chats.values():
-            link.leave()
+        links = [link for link, _ in self.chats.values()]
         self.chats.clear()
+        for link in links:
+            link.leave()
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -284,8 +290,9 @@ class AiSdkSocket(ClientConnection):
         request.answer = answer
         self.put(out.control("start"))
         pending, request.pending = request.pending, []
-        for event in pending:  # in order, before the pump's next event (no await here)
+        for event in pending:  # in order, before what still waits (no await here)
             self._feed(request, event)
+        self._drain(frame.id)
 
     async def _link(self, frame: SendFrame, request: _Request) -> ChatLink:
         """The chat's link (attached on its first request), now serving ``request``."""
@@ -300,44 +307,58 @@ class AiSdkSocket(ClientConnection):
             idle = next((cid for cid, (_, r) in self.chats.items() if r is None), None)
             if idle is not None:
                 self._forget(idle)
-        link = await open_chat(self.services, self.who, frame.id, body_of(frame), on_end=self.end)
-        if frame.id in self.chats:  # two first requests of one chat raced: keep one link
+        chat_id = frame.id
+        link = await open_chat(
+            self.services,
+            self.who,
+            chat_id,
+            body_of(frame),
+            on_end=self.end,
+            wake=lambda: self._drain(chat_id),
+        )
+        if chat_id in self.chats:  # two first requests of one chat raced: keep one link
             link.leave()
             return await self._link(frame, request)
-        self.chats[frame.id] = (link, request)
-        self._pump(link)
+        self.chats[chat_id] = (link, request)
+        self._drain(chat_id)
         return link
 
     def _forget(self, chat_id: str) -> None:
         link, _ = self.chats.pop(chat_id)
+        self.held.discard(chat_id)
         link.leave()
-        pump = self.pumps.pop(chat_id, None)
-        if pump is not None:
-            pump.cancel()
 
     def _release(self, chat_id: str, request: _Request) -> None:
         known = self.chats.get(chat_id)
         if known is not None and known[1] is request:
             self.chats[chat_id] = (known[0], None)
 
-    def _pump(self, link: ChatLink) -> None:
-        """One task per chat: the follower's events to the current request's chunks
-        (events with no request waiting, e.g. another device's turn, are dropped)."""
-        chat_id = link.chat_id
-
-        async def pump() -> None:
-            async for event in link.events():
-                known = self.chats.get(chat_id)
-                request = known[1] if known is not None else None
-                if request is None:
-                    continue
-                if request.answer is None:
-                    request.pending.append(event)
-                    continue
-                self._feed(request, event)
-                await self._backlog()
-
-        self.pumps[chat_id] = asyncio.create_task(pump(), name=f"ai-sdk-chat-{chat_id}")
+    def _drain(self, chat_id: str) -> None:
+        """The chat's follower has events (its outbox calls this): turn what waits into
+        the current request's chunks, in this step (no task per chat). Events with no
+        request waiting (another device's turn) are dropped. While the client lags,
+        what waits stays in the follower's outbox, where the turn's text merges."""
+        known = self.chats.get(chat_id)
+        if known is None:
+            return
+        link, request = known
+        outbox = link.follower.outbox
+        while True:
+            lagging = len(self.outbox) > BACKLOG and not self.closing
+            if lagging and request is not None and request.answer is not None:
+                self.held.add(chat_id)
+                return
+            event = outbox.pop()
+            if event is None:
+                return
+            if request is None:
+                continue
+            if request.answer is None:
+                request.pending.append(event)
+                continue
+            self._feed(request, event)
+            if request.answer.ended:
+                request = None
 
     def _feed(self, request: _Request, event: Event) -> None:
         """Queue the chunks of one event; the ``end`` once the answer is over."""
