@@ -31,6 +31,7 @@ from chat_server.transports.ai_sdk_answers import (
 from chat_server.transports.ai_sdk_frames import ChatRequest, question
 
 from .deps import Caller, ServicesDep
+from .errors import ERROR_RESPONSES
 from .models import ErrorBody
 
 __all__ = ["router"]
@@ -42,16 +43,16 @@ HEADERS = {
 }
 ChatIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": what}
-    for status, what in (
-        (401, "No valid token"),
-        (403, "The chat feature is switched off for this user (feature_disabled)"),
-        (404, "Another user's chat, or a game the user may not see"),
-        (409, "A turn of this chat is already running"),
-        (422, "A malformed body"),
-        (429, "The daily quota is used up (quota_exceeded)"),
-        (503, "Our database or Redis is down"),
-    )
+    **ERROR_RESPONSES,
+    **{
+        status: {"model": ErrorBody, "description": what}
+        for status, what in (
+            (403, "The chat feature is switched off for this user (feature_disabled)"),
+            (404, "Another user's chat, or a game the user may not see"),
+            (409, "A turn of this chat is already running (turn_in_progress)"),
+            (429, "The daily quota is used up (quota_exceeded)"),
+        )
+    },
 }
 STREAM: dict[str, Any] = {"content": {"text/event-stream": {}}, "description": "UI message stream"}
 router = APIRouter(prefix="/ai-sdk", tags=["ai-sdk"])
