@@ -213,7 +213,12 @@ class Agent:
             await ws.opened
         self.ws = ws
         if self.cfg.get("protocol") == "ai-sdk":
-            return  # no handshake frames: each request names its chat (created on first use)
+            # No handshake frames: a chat is created by its first request. Ask a
+            # one-token question now, as /ws/chat clients send session.start here:
+            # the session's creation stays out of the measured window.
+            await self.ask(1, 0.0, 0.0)
+            self.turns.clear()
+            return
         await self.expect("ready")
         ws.send_text(json.dumps({"type": "session.start", "game_id": self.cfg["game_id"]}))
         await self.expect("session.ready")
