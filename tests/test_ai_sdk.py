@@ -406,3 +406,33 @@ async def test_an_admin_kill_ends_the_turn_and_closes_the_socket(
         assert killed.status_code == 204
         assert await ws.closed() == 4000
     assert await asyncio.to_thread(upstream.disconnected.wait, 5)
+
+
+async def test_token_expiry_waits_for_the_streaming_answer(
+    tmp_path: Path, upstream: OpenAIUpstream
+) -> None:
+    """A socket's token runs out while an answer streams: the answer ends (finish, end),
+    then token_expired and close 4401."""
+    upstream.script = Script(tokens=[f"w{i} " for i in range(250)], token_delay=0.01)
+    with running_server(settings(tmp_path, upstream, jwt_leeway=0.0)) as server:
+        token = server.token(ttl=1)
+        send = {
+            "type": "send",
+            "requestId": "r1",
+            "id": "expiring",
+            "trigger": "submit-message",
+            "messages": [{"id": "u", "role": "user", "parts": [{"type": "text", "text": "Go"}]}],
+            "headers": {},
+            "body": {"game_id": await game(server)},
+        }
+        base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+        async with ws_client(base, token, ready=False) as ws:
+            await ws.send(send)
+            frames = [await ws.recv()]
+            while frames[-1]["type"] != "end":
+                frames.append(await ws.recv(timeout=10))
+            chunks = [f["chunk"] for f in frames if f["type"] == "chunk"]
+            assert chunks[-1] == {"type": "finish", "finishReason": "stop"}
+            expired = await ws.recv(timeout=5)
+            assert expired["type"] == "error" and expired["errorText"].startswith("token_expired")
+            assert await ws.closed() == 4401

@@ -129,6 +129,14 @@ class AiSdkSocket(ClientConnection):
         #: chats whose events wait while this socket's client lags (see ``_drain``)
         self.held: set[str] = set()
 
+    @property
+    def session_id(self) -> str | None:
+        """A chat whose answer streams here (the token expiry waits for its turn)."""
+        for chat_id, (_, request) in self.chats.items():
+            if request is not None:
+                return chat_id
+        return None
+
     def _frame_text(self, event: Event) -> str:
         """One frame of the socket's outbox (this dialect's frames; the core's own
         ``error`` events, rate limit and token expiry, belong to no request). The
@@ -228,6 +236,7 @@ class AiSdkSocket(ClientConnection):
                 await self._abort(frame.requestId)
                 return
             if request_id in self.requests:
+                request_id = ""  # the error must not end the request that has this id
                 raise InvalidInput("requestId is already in use on this socket")
             header = next(
                 (v for k, v in frame.headers.items() if k.lower() == "authorization"), None
@@ -254,7 +263,8 @@ class AiSdkSocket(ClientConnection):
         task.add_done_callback(lambda _t: self._done(request))
 
     def _done(self, request: _Request) -> None:
-        """A request's task ended: the request too, unless a chat's pump now serves it."""
+        """A request's task ended: the request too, unless its chat's follower still
+        streams its answer (``_drain`` ends it)."""
         answer = request.answer
         if answer is None or answer.ended or request.link is None:
             self.requests.pop(request.sequencer.request_id, None)
