@@ -436,3 +436,23 @@ async def test_token_expiry_waits_for_the_streaming_answer(
             expired = await ws.recv(timeout=5)
             assert expired["type"] == "error" and expired["errorText"].startswith("token_expired")
             assert await ws.closed() == 4401
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_provider_failure_mid_answer_is_an_error_chunk_then_finish(
+    server: RunningServer, upstream: OpenAIUpstream, transport: str
+) -> None:
+    """The upstream drops mid-stream: the client gets the text so far, an error chunk
+    naming provider_unavailable, then finish with error; the partial answer is stored."""
+    upstream.script = Script(tokens=TOKENS, token_delay=0.01, drop_after=3)
+    chat_id = f"dropped-upstream-{transport}"
+    result = await client(server, transport, chatId=chat_id, gameId=await game(server), text="?")
+    order = kinds(result)
+    assert order[:2] == ["start", "text-start"]
+    error = next(c for c in result["chunks"] if c["type"] == "error")
+    assert error["errorText"].startswith("provider_unavailable: ")
+    assert order.index("error") < order.index("text-end")
+    assert result["chunks"][-1] == {"type": "finish", "finishReason": "error"}
+    assert result["text"] == "".join(TOKENS[:3])
+    messages = await stored(server, chat_id)
+    assert (messages[-1]["status"], messages[-1]["content"]) == ("error", "".join(TOKENS[:3]))
