@@ -22,6 +22,7 @@ from .bgg import BggClient
 from .config import Settings
 from .connections import Connections
 from .demo import seed_demo_games
+from .denials import DenialLog
 from .errors import Unavailable
 from .flag_cache import FlagCache
 from .providers import Provider, build_providers
@@ -182,10 +183,15 @@ async def build_services(settings: Settings) -> Services:
             first_token_timeout=settings.provider_first_token_timeout,
             idle_timeout=settings.provider_idle_timeout,
             resume_grace=settings.ws_resume_grace,
+            prices=settings.prices,
         )
+        denials = DenialLog(db)
+        await denials.start()
+        stack.push_async_callback(denials.aclose)
         chat = ChatService(
             settings=settings,
             db=db,
+            denials=denials,
             flags=flags,
             quotas=quotas,
             providers=providers,
@@ -223,8 +229,18 @@ async def build_services(settings: Settings) -> Services:
             registry = MemoryRegistry(instance_id)
             events = MemoryEvents()
         relay = TurnRelay(
-            redis=redis, backplane=backplane, manager=manager, prefix=settings.redis_prefix
+            redis=redis,
+            backplane=backplane,
+            manager=manager,
+            instance_id=instance_id,
+            prefix=settings.redis_prefix,
+            # the longest an owner's turn may stay silent: waiting for the provider, then
+            # storing the answer before its turn.completed
+            silence=max(settings.provider_first_token_timeout, settings.provider_idle_timeout)
+            + settings.database_timeout
+            + 5.0,
         )
+        manager.listeners.append(relay.announce)
         stack.push_async_callback(relay.aclose)
         hub = SessionHub(
             chat=chat,
