@@ -12,7 +12,6 @@ disconnects only detaches: the turn runs on for the resume grace.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -21,6 +20,8 @@ from fastapi import APIRouter, Path, Response
 from fastapi.responses import StreamingResponse
 
 from chat_server.sessions.chat import Who
+from chat_server.sessions.protocol import Event
+from chat_server.transports import sse
 from chat_server.transports.ai_sdk_answers import (
     Answer,
     ChatLink,
@@ -68,35 +69,27 @@ def _sse(link: ChatLink, answer: Answer, heartbeat: float) -> StreamingResponse:
 
 
 def _data(chunks: list[dict[str, Any]]) -> str:
-    return "".join(f"data: {json.dumps(c, ensure_ascii=False)}\n\n" for c in chunks)
+    return "".join(sse.sse_block(json.dumps(c, ensure_ascii=False)) for c in chunks)
 
 
 async def _events(link: ChatLink, answer: Answer, heartbeat: float) -> AsyncIterator[str]:
     """The answer's chunks as SSE, with heartbeats; a disconnect only detaches."""
-    events = link.events()
-    step: asyncio.Future[Any] | None = None
+    outbox = link.follower.outbox
+
+    def render(event: Event) -> str | None:
+        chunks = answer.feed(event)
+        if answer.ended:
+            outbox.close()  # what is queued is still taken, then the stream ends
+        return _data(chunks) if chunks else None
+
     try:
         opening = answer.take_opening()
         if opening:
             yield _data(opening)
-        while not answer.ended:
-            step = asyncio.ensure_future(anext(events))
-            while True:
-                done, _ = await asyncio.wait((step,), timeout=heartbeat)
-                if done:
-                    break
-                yield ": keep-alive\n\n"
-            try:
-                event = step.result()
-            except StopAsyncIteration:
-                break
-            chunks = answer.feed(event)
-            if chunks:
-                yield _data(chunks)
+        async for block in sse.follow(outbox, render, heartbeat):
+            yield block
         yield "data: [DONE]\n\n"
     finally:
-        if step is not None and not step.done():
-            step.cancel()
         link.leave()
 
 
