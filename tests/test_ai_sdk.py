@@ -456,3 +456,43 @@ async def test_a_provider_failure_mid_answer_is_an_error_chunk_then_finish(
     assert result["text"] == "".join(TOKENS[:3])
     messages = await stored(server, chat_id)
     assert (messages[-1]["status"], messages[-1]["content"]) == ("error", "".join(TOKENS[:3]))
+
+
+async def test_malformed_frames_are_refused_and_the_socket_lives(server: RunningServer) -> None:
+    """Malformed frames each get an invalid_frame error (naming no running request); the
+    socket then serves a valid request."""
+    base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+    bad: list[str | bytes] = [
+        "not json",
+        "[]",
+        '{"type": "hello", "requestId": "x"}',
+        '{"type": "send", "requestId": "x"}',
+        '{"type": "send", "requestId": "x", "id": "a/b", "trigger": "submit-message",'
+        ' "messages": [], "headers": {}, "body": {}}',
+        b"\x00\x01",
+    ]
+    async with ws_client(base, server.token(), ready=False) as ws:
+        for frame in bad:
+            await ws.ws.send(frame)
+            refused = await ws.recv()
+            assert refused["type"] == "error", frame
+            assert refused["errorText"].startswith("invalid_frame: "), refused
+        await ws.send(
+            {"type": "resume", "requestId": "ok", "id": "nothing", "headers": {}, "body": {}}
+        )
+        assert await ws.recv() == {"type": "no-active", "requestId": "ok"}
+
+
+async def test_a_flood_of_frames_is_rate_limited_then_closed(
+    tmp_path: Path, upstream: OpenAIUpstream
+) -> None:
+    """Frames beyond WS_MAX_FRAMES_PER_SECOND get rate_limited; sustained abuse closes 1008."""
+    config = settings(tmp_path, upstream, ws_max_frames_per_second=1.0, ws_frame_burst=2)
+    with running_server(config) as server:
+        base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+        async with ws_client(base, server.token(), ready=False) as ws:
+            for i in range(14):
+                await ws.send({"type": "abort", "requestId": f"r{i}"})
+            limited = [await ws.recv() for _ in range(10)]
+            assert all(f["errorText"].startswith("rate_limited: ") for f in limited)
+            assert await ws.closed() == 1008
