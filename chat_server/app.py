@@ -24,6 +24,7 @@ from . import __version__
 from .config import Settings, load_settings
 from .logs import RequestContext
 from .services import build_services, close_services, with_local_secret
+from .transports.ai_sdk_ws import AI_SDK_WS_PATH, ai_sdk_endpoint
 from .ws import chat_endpoint
 
 __all__ = ["CHAT_PATH", "ChatApp", "create_app"]
@@ -50,6 +51,13 @@ class ChatApp(FastAPI):
             scope["app"] = self  # the endpoint finds the services on app.state
             await _CHAT(scope, receive, send)
             return
+        if scope["type"] == "websocket" and scope["path"] in (
+            AI_SDK_WS_PATH,
+            scope.get("root_path", "") + AI_SDK_WS_PATH,
+        ):
+            scope["app"] = self
+            await _AI_SDK(scope, receive, send)
+            return
         await super().__call__(scope, receive, send)
 
 
@@ -58,6 +66,13 @@ async def _chat(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 _CHAT = RequestContext(_chat)
+
+
+async def _ai_sdk(scope: Scope, receive: Receive, send: Send) -> None:
+    await ai_sdk_endpoint(WebSocket(scope, receive, send))
+
+
+_AI_SDK = RequestContext(_ai_sdk)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

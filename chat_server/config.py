@@ -134,6 +134,8 @@ class Settings(BaseSettings):
     ws_max_connections_per_user: int = Field(default=10, ge=1, le=100_000)
     ws_resume_grace: float = Field(default=20.0, ge=0, le=3600)
     ws_send_timeout: float = Field(default=30.0, gt=0, le=3600)
+    #: a comment line on an idle AI SDK SSE stream this often (load balancers close at 60 s)
+    sse_heartbeat: float = Field(default=10.0, gt=0, le=15)
     ws_ping_interval: float = Field(default=20.0, gt=0, le=3600)
     ws_ping_timeout: float = Field(default=20.0, gt=0, le=3600)
     shutdown_grace: float = Field(default=30.0, ge=0, le=3600)

@@ -8,6 +8,8 @@ from . import (
     admin_games,
     admin_page,
     admin_sessions,
+    ai_sdk,
+    asyncapi,
     documents,
     flags,
     games,
@@ -20,6 +22,8 @@ from .deps import refuse_nul
 api_router = APIRouter(dependencies=[Depends(refuse_nul)])
 for module in (
     health,
+    asyncapi,
+    ai_sdk,
     games,
     admin_games,
     documents,

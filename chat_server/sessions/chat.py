@@ -173,6 +173,7 @@ class ChatService:
             language=frame.language,
             provider=name,
             model=self.providers[name].model,
+            session_id=frame.session_id,
         )
         attached = Attached(
             session["id"], session["language"], name, game, self._history(session["id"])

@@ -49,6 +49,8 @@ metadata = MetaData(
 )
 
 ID = String(36)
+#: Session ids: ours are UUIDs, an AI SDK chat's id is the client's (1-64 characters).
+SESSION_ID = String(64)
 TS = DateTime(timezone=True)
 
 profiles = Table(
@@ -154,7 +156,7 @@ feature_flags = Table(
 chat_sessions = Table(
     "chat_sessions",
     metadata,
-    Column("id", ID, primary_key=True),
+    Column("id", SESSION_ID, primary_key=True),
     Column("user_id", String(64), nullable=False),
     Column("game_id", ID, ForeignKey("games.id", ondelete="CASCADE"), nullable=False),
     Column("language", String(16), nullable=False),
@@ -169,7 +171,12 @@ chat_messages = Table(
     "chat_messages",
     metadata,
     Column("id", ID, primary_key=True),
-    Column("session_id", ID, ForeignKey("chat_sessions.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "session_id",
+        SESSION_ID,
+        ForeignKey("chat_sessions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
     Column("turn_id", ID, nullable=False),
     Column("role", String(16), nullable=False),
     Column("content", Text, nullable=False),
@@ -190,7 +197,7 @@ usage_events = Table(
         "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     ),
     Column("turn_id", ID, nullable=False, unique=True),
-    Column("session_id", ID, nullable=False),
+    Column("session_id", SESSION_ID, nullable=False),
     Column("user_id", String(64), nullable=False),
     Column("game_id", ID, nullable=False),
     Column("provider", String(32), nullable=False),
