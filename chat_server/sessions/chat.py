@@ -288,7 +288,7 @@ class ChatService:
                 quota_at=now,
                 passages=found.passages,
             )
-            request = self._request(attached, frame.text, found.passages)
+            request = self._request(attached, frame.text, found.passages, rules_silent=found.silent)
             # The provider request and the question's write go out together; the turn
             # holds its text back until ``release``.
             live = self.manager.begin(turn, chain, request, span)
@@ -416,7 +416,7 @@ class ChatService:
         return chain
 
     def _request(
-        self, attached: Attached, question: str, passages: list[Passage]
+        self, attached: Attached, question: str, passages: list[Passage], *, rules_silent: bool
     ) -> ProviderRequest:
         """The conversation sent to a provider: the latest turns within a budget."""
         messages = attached.history.conversation()
@@ -429,6 +429,7 @@ class ChatService:
             language=attached.language,
             game_name=attached.game.name,
             max_output_tokens=self.settings.provider_max_output_tokens,
+            rules_silent=rules_silent,
         )
 
     # -- what the manager calls back ---------------------------------------------
