@@ -40,7 +40,7 @@ class GameIndex:
     rows: list[Mapping[str, Any]]
     vectors: Vectors
     words: list[frozenset[str]]
-    weights: dict[str, float]  # a word's IDF over the game's passages
+    weights: dict[str, float]  # a word's IDF over the game's passages, 1.0 for the rarest
     corrects: dict[str, list[str]]  # a rule passage's id → the errata ids correcting it
     glossary: Glossary
     position: dict[str, int] = field(default_factory=dict)
@@ -100,7 +100,8 @@ async def build_index(
     for ws in words:
         for w in ws:
             frequency[w] = frequency.get(w, 0) + 1
-    weights = {w: idf(n, len(rows)) for w, n in frequency.items()}
+    rarest = idf(1, len(rows)) or 1.0
+    weights = {w: idf(n, len(rows)) / rarest for w, n in frequency.items()}
     return GameIndex(
         signature=signature,
         rows=rows,

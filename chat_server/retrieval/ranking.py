@@ -54,11 +54,12 @@ def stem(word: str) -> str:
 
 
 def content_words(text: str) -> list[str]:
-    """The stems of ``text``'s meaningful words, in order, without repeats."""
+    """The meaningful words of ``text``, in order, without repeats, each cut to the first
+    5 letters of its stem (so ``lancer`` meets ``lance`` in a French rulebook too)."""
     seen: dict[str, None] = {}
     for word in _WORD.findall(text.lower()):
         if word not in STOPWORDS and not word.isdigit() and len(word) > 1:
-            seen.setdefault(stem(word), None)
+            seen.setdefault(stem(word)[:5], None)
     return list(seen)
 
 

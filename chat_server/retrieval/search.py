@@ -24,7 +24,7 @@ from .ranking import Evidence, content_words, expand, fuse, relevant, with_corre
 __all__ = ["MIN_COSINE", "MIN_WEIGHT", "POOL", "Ranked", "rank"]
 
 POOL = 20  # candidates taken from each ranking before fusion
-MIN_WEIGHT = 2.5  # the floor: summed IDF of the words a passage shares with the question …
+MIN_WEIGHT = 0.72  # the floor: summed weight of shared words (1.0: a word of one passage) …
 MIN_COSINE = 0.4  # … or a vector this close (cosine); see docs/providers.md for the figures
 
 
