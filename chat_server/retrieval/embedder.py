@@ -12,6 +12,7 @@ a thread.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Vectors", "embed", "embed_in_thread", "load_model"]
+__all__ = ["Vectors", "embed", "embed_in_thread", "load_model", "warm_up"]
 
 Vectors = npt.NDArray[np.float32]
 DIMENSIONS = 256
 LOAD_TIMEOUT = 30.0  # the model's first load, in a thread
 EMBED_TIMEOUT = 60.0  # a whole rulebook's passages, in a thread
 
+log = logging.getLogger(__name__)
 _model: Any = None
 _lock = threading.Lock()
 
@@ -41,6 +43,19 @@ def load_model() -> Any:
             folder = Path(wordllama.__file__).parent
             _model = WordLlama.load(cache_dir=folder, disable_download=True, dim=DIMENSIONS)
         return _model
+
+
+def warm_up() -> None:
+    """Load the model in a thread of its own, so the first question does not wait for it
+    (called once at startup; a failure is logged and retried by the first question)."""
+
+    def load() -> None:
+        try:
+            load_model()
+        except Exception:
+            log.exception("the embedding model did not load")
+
+    threading.Thread(target=load, name="embedding-model", daemon=True).start()
 
 
 def embed(texts: list[str]) -> Vectors:
