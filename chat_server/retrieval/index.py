@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from ..storage.engine import Database
 from ..storage.schema import document_passages, game_documents, games
 from .embedder import Vectors, embed_in_thread
-from .ranking import Glossary, content_words, idf, parse_glossary
+from .ranking import Glossary, Needles, content_words, idf, needles, parse_glossary
 
 __all__ = ["CHECK_EVERY", "GameIndex", "Indexes", "build_index"]
 
@@ -42,7 +42,7 @@ class GameIndex:
     words: list[frozenset[str]]
     weights: dict[str, float]  # a word's IDF over the game's passages, 1.0 for the rarest
     corrects: dict[str, list[str]]  # a rule passage's id → the errata ids correcting it
-    glossary: Glossary
+    glossary: Needles
     position: dict[str, int] = field(default_factory=dict)
     checked_at: float = 0.0
 
@@ -109,7 +109,7 @@ async def build_index(
         words=words,
         weights=weights,
         corrects=corrections(rows, vectors),
-        glossary=glossary,
+        glossary=needles(glossary),
     )
 
 

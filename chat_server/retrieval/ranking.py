@@ -22,6 +22,7 @@ __all__ = [
     "content_words",
     "expand",
     "fuse",
+    "needles",
     "parse_glossary",
     "stem",
     "with_corrections",
@@ -80,19 +81,34 @@ def parse_glossary(raw: object) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def expand(question: str, glossary: Glossary) -> str:
+Needles = tuple[tuple[str, frozenset[str]], ...]  # a term, and its words as searched
+
+
+def needles(glossary: Glossary) -> Needles:
+    """The glossary made ready to search: each player's word padded with spaces, as
+    written and stemmed (done once per game, not per question)."""
+    return tuple(
+        (
+            term,
+            frozenset(
+                f" {form} "
+                for w in words
+                for form in (" ".join(_WORD.findall(w)), " ".join(map(stem, _WORD.findall(w))))
+            ),
+        )
+        for term, words in glossary.items()
+    )
+
+
+def expand(question: str, glossary: Needles) -> str:
     """The question with the game's term added after each player's word it uses."""
     if not glossary:
         return question
-    lowered = " " + " ".join(_WORD.findall(question.lower())) + " "
-    stems = " " + " ".join(stem(w) for w in _WORD.findall(question.lower())) + " "
+    words = _WORD.findall(question.lower())
+    lowered = " " + " ".join(words) + " "
+    stems = " " + " ".join(map(stem, words)) + " "
     added = [
-        term
-        for term, words in glossary.items()
-        if any(
-            f" {w} " in lowered or f" {' '.join(stem(x) for x in w.split())} " in stems
-            for w in words
-        )
+        term for term, forms in glossary if any(form in lowered or form in stems for form in forms)
     ]
     return f"{question} {' '.join(added)}" if added else question
 

@@ -7,6 +7,7 @@ from chat_server.retrieval.ranking import (
     content_words,
     expand,
     fuse,
+    needles,
     parse_glossary,
     relevant,
     with_corrections,
@@ -22,7 +23,9 @@ def test_fusion_favours_what_both_rankings_agree_on() -> None:
 
 def test_glossary_adds_the_games_word_for_the_players() -> None:
     """'workers' in a question brings 'Delver'; a phrase matches whole; nothing else added."""
-    glossary = parse_glossary({"Delver": ["worker", "meeple"], "Foreman": "first player, start"})
+    glossary = needles(
+        parse_glossary({"Delver": ["worker", "meeple"], "Foreman": "first player, start"})
+    )
     assert expand("how do I get more workers", glossary).endswith("Delver")
     assert expand("who is the first player", glossary).endswith("Foreman")
     assert expand("who plays first", glossary) == "who plays first"
