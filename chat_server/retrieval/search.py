@@ -51,7 +51,6 @@ async def rank(
     language: str | None,
     question: str,
     limit: int,
-    floor: bool = True,
 ) -> Ranked:
     """The passages that answer ``question`` in ``language`` (None: every language)."""
     expanded = expand(question, index.glossary)
@@ -70,19 +69,16 @@ async def rank(
         ]
         by_vector = [str(index.rows[i]["id"]) for i in order[:POOL]]
     fused = [key for key in fuse([by_text, by_vector]) if key in index.position]
-    if floor:
-        words = content_words(expanded)
-        clears = (
-            relevant(
-                evidence(index, index.position[key], words, float(cosines[index.position[key]])),
-                min_weight=MIN_WEIGHT,
-                min_cosine=MIN_COSINE,
-            )
-            for key in fused
+    words = content_words(expanded)
+    clears = (
+        relevant(
+            evidence(index, index.position[key], words, float(cosines[index.position[key]])),
+            min_weight=MIN_WEIGHT,
+            min_cosine=MIN_COSINE,
         )
-        if not any(clears):
-            return Ranked([], silent=True)
-    if not fused:
+        for key in fused
+    )
+    if not any(clears):  # also when nothing was found at all
         return Ranked([], silent=True)
     chosen = with_corrections(fused, index.corrects, limit)
     return Ranked([index.rows[index.position[key]] for key in chosen], silent=False)
