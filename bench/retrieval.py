@@ -51,6 +51,7 @@ async def by_text(db: Database, index: GameIndex, game: str, q: str, k: int) -> 
 
 
 def by_vector(index: GameIndex, q: str, k: int) -> list[str]:
+    assert index.vectors is not None, "the embedding model did not load"
     cos = index.vectors @ embed([q])[0]
     return [str(index.rows[i]["id"]) for i in np.argsort(-cos)[:k]]
 

@@ -12,6 +12,7 @@ instance.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from .ranking import Glossary, Needles, content_words, idf, needles, parse_gloss
 
 __all__ = ["CHECK_EVERY", "GameIndex", "Indexes", "build_index"]
 
+log = logging.getLogger(__name__)
+
 CHECK_EVERY = 5.0  # seconds between two checks of a game's signature
 MAX_GAMES = 256  # indexes kept in memory (least recently used go first)
 CORRECTS_MIN_COSINE = 0.6  # an errata naming no rule's heading corrects its closest rule
@@ -38,7 +41,7 @@ class GameIndex:
 
     signature: tuple[Any, ...]
     rows: list[Mapping[str, Any]]
-    vectors: Vectors
+    vectors: Vectors | None  # None: the model could not be used (full text alone)
     words: list[frozenset[str]]
     weights: dict[str, float]  # a word's IDF over the game's passages, 1.0 for the rarest
     corrects: dict[str, list[str]]  # a rule passage's id → the errata ids correcting it
@@ -94,7 +97,12 @@ async def build_index(
     rows: list[Mapping[str, Any]], glossary: Glossary, signature: tuple[Any, ...]
 ) -> GameIndex:
     """An index of ``rows`` (passages with their document's title); vectors in a thread."""
-    vectors = await embed_in_thread([_text(r) for r in rows])
+    vectors: Vectors | None
+    try:
+        vectors = await embed_in_thread([_text(r) for r in rows])
+    except Exception:  # a broken model install must not stop grounding: full text goes on
+        log.exception("embedding a game's passages failed: searching its full text alone")
+        vectors = None
     words = [frozenset(content_words(_text(r))) for r in rows]
     frequency: dict[str, int] = {}
     for ws in words:
@@ -108,7 +116,7 @@ async def build_index(
         vectors=vectors,
         words=words,
         weights=weights,
-        corrects=corrections(rows, vectors),
+        corrects=corrections(rows, vectors) if vectors is not None else {},
         glossary=needles(glossary),
     )
 

@@ -60,7 +60,7 @@ async def rank(
     by_text = [str(r["id"]) for r in found]
     cosines = np.zeros(len(index.rows), dtype=np.float32)
     by_vector: list[str] = []
-    if index.rows:
+    if index.rows and index.vectors is not None:
         cosines = index.vectors @ embed([expanded])[0]
         order = [
             i

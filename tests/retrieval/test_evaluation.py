@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
+from chat_server.config import Settings
 from chat_server.storage import Database
 
 from .conftest import WAIT
 from .evaluation import evaluate
 
-LIMIT = 6  # GROUNDING_PASSAGES, its default
+LIMIT = int(Settings.model_fields["grounding_passages"].default)  # GROUNDING_PASSAGES
 
 
 async def test_answering_passage_reaches_the_model(
