@@ -23,9 +23,10 @@ def glossary() -> dict[str, list[str]]:
     return dict(json.loads((EVAL / "glossary.json").read_text("utf-8"))["glossary"])
 
 
-def questions() -> list[dict[str, Any]]:
-    """The questions as written, each with the heading that answers it (or None)."""
-    return list(json.loads((EVAL / "questions.json").read_text("utf-8"))["questions"])
+def questions(name: str = "questions.json") -> list[dict[str, Any]]:
+    """The questions as written, each with the heading that answers it (or None);
+    ``holdout.json``: the set written after the ranking was fixed."""
+    return list(json.loads((EVAL / name).read_text("utf-8"))["questions"])
 
 
 async def load(db: Database, game_id: str) -> None:
@@ -72,10 +73,10 @@ class Figures:
         )
 
 
-async def evaluate(db: Database, game_id: str, limit: int) -> Figures:
-    """Every question through ``retrieve``, as a turn asks it."""
+async def evaluate(db: Database, game_id: str, limit: int, name: str = "questions.json") -> Figures:
+    """Every question of the set ``name`` through ``retrieve``, as a turn asks it."""
     figures = Figures()
-    for q in questions():
+    for q in questions(name):
         found = await retrieve(db, game_id=game_id, language="en", question=q["q"], limit=limit)
         heads = [p.heading for p in found.passages]
         if q["answer"] is None:

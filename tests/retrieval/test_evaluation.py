@@ -48,3 +48,18 @@ async def test_without_a_glossary_figures_are_reported(
     assert figures.recall >= 0.55
     assert figures.mean_sent <= 6.0
     assert figures.errata_first >= figures.errata - 1
+
+
+async def test_held_out_questions(
+    db: Database, with_glossary: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On questions written after the ranking was fixed (run once as written: 95% SQLite,
+    90% Postgres), the answering passage still reaches the model for most and errata
+    still come first; how many silent rules are known is shown, not required."""
+    async with asyncio.timeout(WAIT):
+        figures = await evaluate(db, with_glossary["id"], LIMIT, "holdout.json")
+    with capsys.disabled():
+        print(f"\n[{db.dialect}] held-out, hybrid + glossary: {figures.report()}")
+    assert figures.recall >= 0.85
+    assert figures.mean_sent <= 6.0
+    assert figures.errata_first == figures.errata == 2
