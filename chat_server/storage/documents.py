@@ -8,10 +8,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..providers.base import Passage
 from ..retrieval.index import Indexes
 from ..retrieval.search import rank
-from ..rulebooks import split_passages
+from ..rulebooks import Passage, split_passages
 from .engine import Database
 from .fulltext import index_passages
 from .ids import new_id, utcnow
