@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     local_token_delay: float = Field(default=0.02, ge=0, le=5)
     history_turns: int = Field(default=6, ge=0, le=100)
     history_chars: int = Field(default=8000, ge=0, le=1_000_000)
-    grounding_passages: int = Field(default=4, ge=1, le=20)
+    grounding_passages: int = Field(default=6, ge=1, le=20)
 
     # Documents (rulebooks, FAQs, errata)
     document_max_bytes: int = Field(

@@ -29,6 +29,7 @@ from .flag_cache import FlagCache
 from .providers import Provider, build_providers
 from .quotas import MemoryQuotaCounter, QuotaCounter, RedisQuotaCounter
 from .redis_client import RedisClient, connect_redis, discover_cluster
+from .retrieval.embedder import warm_up
 from .sessions.chat import ChatService
 from .sessions.events import EventFeed, MemoryEvents, RedisEvents
 from .sessions.hub import SessionHub
@@ -119,6 +120,7 @@ async def build_services(settings: Settings) -> Services:
     stack = contextlib.AsyncExitStack()
     stack.push_async_callback(db.dispose)
     try:
+        warm_up()  # the retrieval model, in a thread (chat_server/retrieval)
         if settings.auto_migrate:
             await upgrade(db)
         seed = settings.seed_demo if settings.seed_demo is not None else not settings.database_url

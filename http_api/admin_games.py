@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from chat_server.bgg import BggGame
-from chat_server.errors import Conflict
+from chat_server.errors import Conflict, NotFound
+from chat_server.storage import Database
 from chat_server.storage import games as store
 from chat_server.storage.ids import utcnow
 
@@ -48,7 +49,24 @@ async def patch_game(
         changes.pop("name", None)
     if changes.get("status") is None:
         changes.pop("status", None)
+    if "details" in changes:
+        changes["details"] = await _merged_details(services.db, game_id, changes["details"])
     return GameOut(**await store.update_game(services.db, game_id, changes))
+
+
+async def _merged_details(db: Database, game_id: str, patch: dict[str, Any] | None) -> Any:
+    """The game's details with the patched keys set (a null value removes its key); the
+    rest (BoardGameGeek's data) is kept."""
+    game = await store.get_game(db, game_id)
+    if game is None:
+        raise NotFound("game not found", error_code="GAME_NOT_FOUND")
+    details = dict(game.get("details") or {})
+    for key, value in (patch or {}).items():
+        if value is None:
+            details.pop(key, None)
+        else:
+            details[key] = value
+    return details
 
 
 def _from_bgg(game: BggGame) -> dict[str, Any]:

@@ -105,6 +105,21 @@ class GameCreate(_In):
     description: Annotated[str, Field(max_length=100_000)] | None = None
 
 
+GlossaryWord = Annotated[str, Field(min_length=1, max_length=100)]
+Glossary = Annotated[
+    dict[GlossaryWord, Annotated[list[GlossaryWord], Field(min_length=1, max_length=50)]],
+    Field(max_length=500),
+]
+
+
+class DetailsPatch(_In):
+    """The game details staff may change. ``glossary``: each of the rulebook's own terms
+    with the words players use for it (``{"Delver": ["worker", "meeple"]}``), used to find
+    the rule a question means; null removes it."""
+
+    glossary: Glossary | None = None
+
+
 class GamePatch(_In):
     name: Name | None = None
     status: GameStatus | None = None
@@ -116,6 +131,7 @@ class GamePatch(_In):
     thumbnail_url: Url | None = None
     image_url: Url | None = None
     description: Annotated[str, Field(max_length=100_000)] | None = None
+    details: DetailsPatch | None = None
 
 
 class ImportIn(_In):

@@ -122,7 +122,9 @@ class AnthropicProvider:
         await self._client.close()
 
     def _system(self, request: ProviderRequest) -> list[TextBlockParam]:
-        text = system_instructions(request.game_name, request.language, bool(request.passages))
+        text = system_instructions(
+            request.game_name, request.language, bool(request.passages), request.rules_silent
+        )
         if request.system:
             text = f"{text}\n\n{request.system}"
         return [{"type": "text", "text": text}]

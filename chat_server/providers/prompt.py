@@ -12,15 +12,23 @@ from .base import Passage
 __all__ = ["passage_label", "passages_block", "system_instructions", "system_prompt"]
 
 
-def system_instructions(game_name: str, language: str, has_passages: bool) -> str:
-    """The instructions, without the passages themselves."""
+def system_instructions(
+    game_name: str, language: str, has_passages: bool, rules_silent: bool = False
+) -> str:
+    """The instructions, without the passages themselves. ``rules_silent``: the game has
+    rules, but none answers the question."""
     lines = [
         f"You are a rules assistant for the board game {game_name}.",
         f"Answer in the language with code '{language}'.",
         "Answer only from the rulebook passages given to you, and cite them by their id "
         "in square brackets, like [p1].",
     ]
-    if not has_passages:
+    if rules_silent:
+        lines.append(
+            "The rulebook, errata and FAQ of this game say nothing about this question: "
+            "tell the player that the rules are silent on it, and do not invent a rule."
+        )
+    elif not has_passages:
         lines.append(
             "No rulebook passages are available for this game: say so plainly and do not "
             "invent rules."
@@ -50,9 +58,11 @@ def passages_block(passages: list[Passage]) -> str:
     return "\n\n".join(f"[{p.id}] {passage_label(p)}\n{p.text}" for p in passages)
 
 
-def system_prompt(game_name: str, language: str, passages: list[Passage]) -> str:
+def system_prompt(
+    game_name: str, language: str, passages: list[Passage], rules_silent: bool = False
+) -> str:
     """Instructions and passages in one system text (OpenAI, Gemini)."""
-    text = system_instructions(game_name, language, bool(passages))
+    text = system_instructions(game_name, language, bool(passages), rules_silent)
     if passages:
         text += "\n\nRulebook passages:\n\n" + passages_block(passages)
     return text

@@ -12,10 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..document_text import MEDIA_TYPES, PageText
 from ..errors import NotFound
+from ..retrieval.index import Indexes
+from ..retrieval.search import rank
 from ..rulebooks import Passage, split_passages
 from .engine import Database
 from .fulltext import delete_document as forget_index
-from .fulltext import index_passages, search_passages
+from .fulltext import index_passages
 from .ids import as_utc, new_id, utcnow
 from .schema import document_files, document_passages, game_documents
 
@@ -31,17 +33,19 @@ __all__ = [
     "serving_language",
 ]
 
+INDEXES = Indexes()  # this process's in-memory indexes of the games asked about
 BULK_TIMEOUT = 120.0  # a big rulebook: thousands of passages to insert and index
 
 
 @dataclass(frozen=True, slots=True)
 class Retrieval:
-    """What grounding found: the passages, whether they matched the question, and
-    whether the game has any rulebook at all."""
+    """What grounding found: the passages, whether they matched the question, whether
+    the game has any rulebook at all, and whether its rules are silent on the question."""
 
     passages: list[Passage]
     matched: bool
     has_documents: bool
+    silent: bool = False  # the game has rules, but none answers the question
 
 
 def serving_language(wanted: str, available: Iterable[str]) -> str | None:
@@ -333,34 +337,25 @@ async def retrieve(
     question: str,
     limit: int,
     languages: Collection[str] | None = None,
+    indexes: Indexes | None = None,
 ) -> Retrieval:
-    """The game's passages that best match ``question`` in ``language``.
+    """The game's passages that answer ``question`` in ``language``, best first.
 
     Searches the stored language that serves ``language`` (see ``serving_language``),
-    else every language of the game; when nothing matches the question, answers with
-    the rulebook's opening passages (``matched`` False). ``languages``: the game's
-    (``game_languages``), when the caller knows them; read here otherwise. One
-    statement when the question matches.
+    else every language of the game, by full-text search and by meaning, fused
+    (``chat_server.retrieval``); errata come right above the rules they correct. When
+    no passage clears the relevance floor, no passage is sent and ``silent`` says the
+    rules do not answer the question. ``languages``: the game's (``game_languages``),
+    when the caller knows them; read here otherwise. ``indexes``: the in-memory
+    indexes to use (the process's own by default).
     """
     if languages is None:
         languages = await game_languages(db, game_id)
     if not languages:
         return Retrieval([], matched=False, has_documents=False)
     lang = serving_language(language, languages)
-    rows = await search_passages(db, game_id=game_id, language=lang, question=question, limit=limit)
-    matched = bool(rows)
-    if not rows:
-        query = (
-            select(document_passages, game_documents.c.title)
-            .join(game_documents, game_documents.c.id == document_passages.c.document_id)
-            .where(document_passages.c.game_id == game_id)
-            .order_by(document_passages.c.document_id, document_passages.c.ordinal)
-            .limit(min(limit, 2))
-        )
-        if lang:
-            query = query.where(document_passages.c.language == lang)
-        async with db.read() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+    index = await (indexes or INDEXES).get(db, game_id)
+    ranked = await rank(db, index, game_id=game_id, language=lang, question=question, limit=limit)
     passages = [
         Passage(
             id=f"p{i + 1}",
@@ -373,6 +368,6 @@ async def retrieve(
             kind=r["kind"],
             page=r["page"],
         )
-        for i, r in enumerate(rows)
+        for i, r in enumerate(ranked.rows)
     ]
-    return Retrieval(passages, matched=matched, has_documents=True)
+    return Retrieval(passages, matched=bool(passages), has_documents=True, silent=ranked.silent)
