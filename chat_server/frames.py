@@ -10,7 +10,6 @@ dialect's frames have the core's shapes; ``encode`` makes their text, once per e
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -28,7 +27,7 @@ from pydantic import ValidationError as PydanticValidationError
 from .errors import InvalidInput
 from .sessions.protocol import error_event as error_frame
 from .sessions.protocol import error_from
-from .text import clean, cut, unstorable
+from .text import clean, cut, unstorable_json
 
 __all__ = [
     "AuthFrame",
@@ -122,7 +121,7 @@ def parse_frame(
     kind = data.get("type")
     if not isinstance(kind, str):
         raise InvalidInput("frame needs a string 'type'")
-    if _ESCAPED.search(raw) is not None and _unstorable(data):
+    if unstorable_json(raw, data):
         raise InvalidInput("frame holds a NUL or a lone surrogate")
     try:
         return _adapter.validate_python(data)
@@ -132,21 +131,6 @@ def parse_frame(
         if err.get("type") == "union_tag_invalid":
             raise InvalidInput(f"unknown frame type {kind[:40]!r}") from None
         raise InvalidInput(f"{cut(where)}: {err.get('msg', 'invalid')}") from None
-
-
-# Only a \u escape can put a NUL or a surrogate in a str decoded from valid UTF-8 text.
-_ESCAPED = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
-
-
-def _unstorable(value: Any) -> bool:
-    """Any string or key of ``value`` (at most ``MAX_DEPTH`` deep) holds NUL or a surrogate."""
-    if isinstance(value, str):
-        return unstorable(value)
-    if isinstance(value, dict):
-        return any(unstorable(k) or _unstorable(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_unstorable(v) for v in value)
-    return False
 
 
 def _depth(value: Any, level: int = 1) -> int:

@@ -17,8 +17,18 @@ Text that is ASCII without NUL, the common case, costs two C-level scans.
 from __future__ import annotations
 
 import re
+from typing import Any
 
-__all__ = ["ECHO_CHARS", "REPLACEMENT", "Mender", "clean", "cut", "unstorable"]
+__all__ = [
+    "ECHO_CHARS",
+    "REPLACEMENT",
+    "Mender",
+    "clean",
+    "cut",
+    "unstorable",
+    "unstorable_json",
+    "unstorable_value",
+]
 
 REPLACEMENT = "\ufffd"
 ECHO_CHARS = 200  # client input echoed in an error: at most this much of it
@@ -39,6 +49,32 @@ def unstorable(text: str) -> bool:
     """``text`` holds a NUL or a surrogate (in a ``str`` from JSON: a lone one, or a
     pair left as two code units, which no encoder takes either)."""
     return _SUSPECT.search(text) is not None
+
+
+# Only a \u escape can put a NUL or a surrogate in a str decoded from valid UTF-8 JSON.
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def unstorable_json(raw: str, data: Any) -> bool:
+    """Any string or key of ``data`` (parsed from the JSON text ``raw``) holds NUL or a
+    surrogate. Looks at the values only when ``raw`` has a suspect escape."""
+    return _SUSPECT_ESCAPE.search(raw) is not None and unstorable_value(data)
+
+
+def unstorable_value(data: Any) -> bool:
+    """Any string or key in ``data`` (JSON values) holds NUL or a surrogate (no recursion)."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if unstorable(value):
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 def cut(text: str, limit: int = ECHO_CHARS) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chat_server.text import clean, unstorable
+from chat_server.text import clean, unstorable_value
 
 __all__ = ["MAX_DEPTH", "InputGuard", "SafeJSONResponse", "json_problem"]
 
@@ -53,17 +53,8 @@ def json_problem(body: bytes) -> str | None:
         data = json.loads(body)
     except (ValueError, RecursionError):
         return None  # not JSON: the route's own parsing answers 422
-    stack = [data]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, str):
-            if unstorable(value):
-                return "strings must not contain NUL characters or lone surrogates"
-        elif isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
+    if unstorable_value(data):
+        return "strings must not contain NUL characters or lone surrogates"
     return None
 
 

@@ -236,3 +236,31 @@ def test_garbage_lines_past_the_limit_are_counted_on_the_next_one() -> None:
     assert later.getMessage() == f"{utf8} (3 more not logged)"
     other = record("Exception in ASGI application\n")
     assert garbage.filter(other) and other.levelno == logging.ERROR and other.exc_info
+
+
+async def test_ai_sdk_frames_with_nul_or_lone_surrogates_are_invalid(
+    server: RunningServer,
+) -> None:
+    """On /ws/ai-sdk too: a question or any field holding a lone surrogate or a NUL is
+    invalid_frame, and the socket then serves a valid request."""
+    base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+    message = '{"id": "m1", "role": "user", "parts": [{"type": "text", "text": "%s"}]}'
+    send = (
+        '{"type": "send", "requestId": "r", "id": "chat-1", "trigger": "submit-message",'
+        ' "messages": [%s], "headers": {}, "body": {"game_id": "%s"}}'
+    )
+    bad = [
+        send % (message % "a\\ud800b", "g"),
+        send % (message % "a\\u0000b", "g"),
+        send % (message % "fine", "\\udfb2"),
+    ]
+    async with ws_client(base, server.token(), ready=False) as ws:
+        for frame in bad:
+            await ws.ws.send(frame)
+            refused = await ws.recv()
+            assert refused["type"] == "error", frame
+            assert refused["errorText"].startswith("invalid_frame: "), refused
+        await ws.send(
+            {"type": "resume", "requestId": "ok", "id": "nothing", "headers": {}, "body": {}}
+        )
+        assert await ws.recv() == {"type": "no-active", "requestId": "ok"}
