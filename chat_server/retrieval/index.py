@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from ..storage.engine import Database
 from ..storage.schema import document_passages, game_documents, games
@@ -121,10 +121,15 @@ async def build_index(
     )
 
 
+# Errata, then FAQs, then the rest: a stable sort by score keeps this order among equals,
+# so at equal relevance errata and FAQs outrank the rulebook (as the full-text side does).
+_KIND_ORDER = case(
+    (document_passages.c.kind == "errata", 0), (document_passages.c.kind == "faq", 1), else_=2
+)
 _PASSAGES = (
     select(document_passages, game_documents.c.title)
     .join(game_documents, game_documents.c.id == document_passages.c.document_id)
-    .order_by(document_passages.c.document_id, document_passages.c.ordinal)
+    .order_by(_KIND_ORDER, document_passages.c.document_id, document_passages.c.ordinal)
 )
 
 

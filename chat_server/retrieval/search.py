@@ -64,7 +64,7 @@ async def rank(
         cosines = index.vectors @ embed([expanded])[0]
         order = [
             i
-            for i in np.argsort(-cosines)
+            for i in np.argsort(-cosines, kind="stable")
             if language is None or index.rows[i]["language"] == language
         ]
         by_vector = [str(index.rows[i]["id"]) for i in order[:POOL]]
