@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         le=100_000,
         description="Per instance; instances x this must fit the Redis plan's client limit.",
     )
+    redis_idle_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Pooled Redis connections unused this long are closed.",
+    )
     redis_cluster: bool = Field(
         default=False, description="REDIS_URL names one node of a Redis Cluster."
     )

@@ -68,7 +68,7 @@ async def test_near_the_descriptor_limit_new_connections_are_refused_early(
             ]
             for frame in frames:
                 await asyncio.to_thread(ws.send_text, json.dumps(frame))
-            seen = []
+            seen: list[str] = []
             while not seen or seen[-1] not in ("turn.completed", "error"):
                 seen.append((await asyncio.to_thread(ws.read_json))["type"])
             assert seen[-1] == "turn.completed", seen

@@ -1,0 +1,90 @@
+"""An instance works within its Redis budget (issue 25): a burst of connections and
+turns against REDIS_MAX_CONNECTIONS=8 is served in full, the instance never holds more
+than 8 Redis connections (counted by client name in CLIENT LIST), and after the burst
+the idle ones are closed."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.processes import server_process
+from tests.server import SECRET
+from tests.wsclient import ws_client
+
+from .support import first_game, scaled
+
+pytestmark = pytest.mark.faults
+
+POOL = 8
+IDLE = 1.0
+
+
+async def _instance_clients(client: aioredis.Redis, prefix: str) -> int:
+    clients = await client.client_list()
+    return sum(1 for c in clients if str(c.get("name", "")).startswith(f"{prefix}:"))
+
+
+async def _sample(
+    client: aioredis.Redis, prefix: str, seen: list[int], stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        seen.append(await _instance_clients(client, prefix))
+        await asyncio.sleep(0.01)
+
+
+async def test_burst_stays_within_the_redis_pool_and_idle_connections_are_closed(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """200 connections at once, each then running a turn, on an instance with
+    REDIS_MAX_CONNECTIONS=8: every one gets `ready` and `turn.completed`; CLIENT LIST
+    never shows more than 8 of the instance's connections; REDIS_IDLE_TIMEOUT after the
+    burst, at most the pub/sub one and two kept warm remain."""
+    from chat_server.auth import mint_token
+
+    prefix = f"budget{secrets.token_hex(4)}"
+    env = {
+        "REDIS_URL": redis_url,
+        "REDIS_PREFIX": prefix,
+        "REDIS_MAX_CONNECTIONS": str(POOL),
+        "REDIS_IDLE_TIMEOUT": str(IDLE),
+    }
+    burst = scaled(200, 40)
+    observer = aioredis.Redis.from_url(redis_url, socket_timeout=5)
+    with server_process(env, tmp_path) as server:
+        tokens = [
+            mint_token(secret=SECRET, user_id=f"user-{i}", role="basic", ttl=600)
+            for i in range(burst)
+        ]
+        game = await first_game(server.url, tokens[0])
+        seen: list[int] = []
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(_sample(observer, prefix, seen, stop))
+
+        async def one(token: str) -> str:
+            async with ws_client(server.ws_url, token) as client:  # `ready` awaited
+                await client.start(game)
+                frames = await client.ask("How do I win?")
+                return str(frames[-1]["type"])
+
+        try:
+            async with asyncio.timeout(120):
+                results = await asyncio.gather(*(one(t) for t in tokens))
+        finally:
+            stop.set()
+            await sampler
+        assert results == ["turn.completed"] * burst
+        assert seen and max(seen) <= POOL, max(seen)
+        assert max(seen) >= 2  # the burst did use the pool
+        deadline = time.monotonic() + 5 * IDLE + 5
+        remaining = await _instance_clients(observer, prefix)
+        while remaining > 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            remaining = await _instance_clients(observer, prefix)
+        assert remaining <= 3, remaining
+    await observer.aclose()
