@@ -134,7 +134,11 @@ async def build_services(settings: Settings) -> Services:
                 redis, prefix=settings.redis_prefix, timeout=settings.redis_timeout
             )
             quotas = RedisQuotaCounter(
-                redis, prefix=settings.redis_prefix, timeout=settings.redis_timeout
+                redis,
+                prefix=settings.redis_prefix,
+                timeout=settings.redis_timeout,
+                # Half the pool: a burst of turns leaves room for everything else.
+                max_in_flight=max(1, settings.redis_max_connections // 2),
             )
         else:
             backplane = MemoryBackplane()
