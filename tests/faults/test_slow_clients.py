@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from chat_server.admission import ChatH11Protocol
 from tests.processes import ServerProcess, server_process
-from tests.server import SECRET
+from tests.server import SECRET, make_settings, running_server
 
 from .support import RawWebSocket, first_game, metric, scaled
 
@@ -127,6 +128,21 @@ async def test_silent_and_dripping_connections_are_closed_within_the_timeout(
         assert all(sent == b"" for _, sent in results)
         assert health and max(health) < 0.5, health
         assert await _settled_descriptors(server, baseline, wait=5) <= baseline
+
+
+async def test_the_h11_protocol_has_the_same_deadline(tmp_path: Path) -> None:
+    """With uvicorn's h11 parser instead of httptools, silent and dripping connections
+    are closed within the timeout too, and a whole request is still answered."""
+    settings = make_settings(tmp_path, http_header_timeout=HEADER_TIMEOUT)
+    with running_server(settings, http=ChatH11Protocol) as server:
+        results = await asyncio.gather(
+            *(_silent(server.port) for _ in range(20)),
+            *(_drip(server.port, WS_HEAD if i % 2 else HTTP_HEAD, every=0.3) for i in range(10)),
+        )
+        assert max(seconds for seconds, _ in results) < HEADER_TIMEOUT + SLACK
+        assert all(sent == b"" for _, sent in results)
+        async with httpx.AsyncClient(timeout=10) as http:
+            assert (await http.get(f"{server.url}/healthz")).status_code == 200
 
 
 async def test_keep_alive_client_is_served_and_idle_one_is_closed(tmp_path: Path) -> None:
