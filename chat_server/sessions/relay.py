@@ -5,9 +5,9 @@ turn that runs elsewhere, this instance (the *replica*) asks every instance over
 backplane; the one that runs the turn (the *owner*) attaches a remote sink to it, as
 if the client were local: the turn's usual rules number the deltas (``after_seq``
 rewinds delivery, pending text is merged), and the sink writes each frame to a
-per-resume Redis Stream (``{prefix}:relay:{turn_id}:{nonce}``, capped, expiring). The
-replica reads that stream and forwards the frames to its client up to
-``turn.completed``.
+per-resume Redis Stream (``{prefix}:relay:{<replica tag>}:{turn_id}:{nonce}``, capped,
+expiring). The replica reads that stream (with all its other relays, in one ``XREAD``:
+``stream_mux.py``) and forwards the frames to its client up to ``turn.completed``.
 
 Nothing is written to Redis per token unless a client actually resumed elsewhere,
 so the common path (the client stays, or comes back to the same instance) costs no
@@ -28,6 +28,7 @@ from typing import Any
 
 from ..backplane import Backplane
 from ..redis_client import REDIS_ERRORS, RedisClient
+from ..stream_mux import StreamMux
 from .manager import TurnManager
 from .outbox import Outbox
 
@@ -58,6 +59,7 @@ class TurnRelay:
         self._answer_timeout = answer_timeout
         self._stream_ttl = stream_ttl
         self._owned: dict[str, tuple[Outbox, asyncio.Task[None]]] = {}
+        self._mux = StreamMux(redis, prefix=prefix) if redis is not None else None
         backplane.subscribe(CHANNEL, self._on_request)
 
     @property
@@ -122,31 +124,23 @@ class TurnRelay:
         Returns False when no instance answered (the turn is over or its owner died).
         Cancelling it (the client left) tells the owner to detach again.
         """
-        if self._redis is None:
+        if self._mux is None:
             return False
-        stream = f"{self._prefix}:relay:{turn_id}:{secrets.token_hex(8)}"
+        stream = self._mux.key(f"{turn_id}:{secrets.token_hex(8)}")
         request = {"turn_id": turn_id, "after_seq": after_seq, "stream": stream}
+        subscription = self._mux.subscribe(stream)
         await self._backplane.publish(CHANNEL, json.dumps(request))
-        cursor = "0-0"
         attached = False
         try:
             while True:
                 wait = self._answer_timeout if not attached else 30.0
-                result: Any
-                try:
-                    async with asyncio.timeout(wait + 1.0):
-                        result = await self._redis.xread(
-                            {stream: cursor}, count=200, block=int(wait * 1000)
-                        )
-                except REDIS_ERRORS:
-                    result = []
+                result = await subscription.read(wait)
                 if not result:
                     if not attached:
                         return False
                     continue
                 for _key, entries in result:
-                    for entry_id, fields in entries:
-                        cursor = entry_id
+                    for _entry_id, fields in entries:
                         raw = fields.get(b"f") or fields.get("f")
                         frame = json.loads(raw)
                         if frame.get("type") == "relay.attached":
@@ -161,6 +155,8 @@ class TurnRelay:
                 with contextlib.suppress(Exception):
                     await self._backplane.publish(CHANNEL, json.dumps({**request, "op": "detach"}))
             raise
+        finally:
+            subscription.close()
 
     async def cancel(self, turn_id: str) -> None:
         """Cancel a turn that runs on another instance (its owner closes the upstream)."""
@@ -173,3 +169,5 @@ class TurnRelay:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._mux is not None:
+            await self._mux.aclose()

@@ -14,7 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.processes import server_process
-from tests.server import SECRET
+from tests.server import SECRET, make_settings, running_server
+from tests.upstreams import OpenAIUpstream, Script
 from tests.wsclient import ws_client
 
 from .support import first_game, scaled
@@ -88,3 +89,64 @@ async def test_burst_stays_within_the_redis_pool_and_idle_connections_are_closed
             remaining = await _instance_clients(observer, prefix)
         assert remaining <= 3, remaining
     await observer.aclose()
+
+
+async def test_many_turns_resumed_on_another_instance_share_its_small_pool(
+    tmp_path: Path, postgres_url: str, redis_url: str
+) -> None:
+    """Twenty clients drop mid-turn on A and resume on B, both with
+    REDIS_MAX_CONNECTIONS=8: every one gets the whole answer through B (its relays
+    read in one XREAD, not one held connection each), and the two instances never
+    hold more than 2 x 8 Redis connections."""
+    prefix = f"relay{secrets.token_hex(4)}"
+    clients = scaled(40, 20)
+    tokens = [f"w{i} " for i in range(60)]
+    with OpenAIUpstream() as upstream:
+        upstream.script = Script(tokens=tokens, token_delay=0.03)
+        settings = make_settings(
+            tmp_path,
+            database_url=postgres_url,
+            redis_url=redis_url,
+            redis_prefix=prefix,
+            redis_max_connections=POOL,
+            seed_demo=True,
+            ws_resume_grace=10.0,
+            openai_api_key="sk-test",
+            openai_base_url=upstream.base_url,
+        )
+        observer = aioredis.Redis.from_url(redis_url, socket_timeout=5)
+        with running_server(settings) as a, running_server(settings) as b:
+            game = await first_game(a.url, a.token("admin", "admin"))
+            seen: list[int] = []
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(_sample(observer, prefix, seen, stop))
+
+            async def one(i: int) -> str:
+                user = f"mover-{i}"
+                async with ws_client(a.ws_url, a.token(user)) as client:
+                    session_id = (await client.start(game))["session"]["id"]
+                    await client.send({"type": "message", "text": "How do I win?"})
+                    turn_id = (await client.expect("turn.started"))["turn_id"]
+                    first = await client.expect("turn.delta")
+                resume = {
+                    "type": "session.resume",
+                    "session_id": session_id,
+                    "turn_id": turn_id,
+                    "after_seq": first["seq"],
+                }
+                async with ws_client(b.ws_url, b.token(user)) as client:
+                    await client.send(resume)
+                    await client.expect("session.ready")
+                    rest = await client.until("turn.completed", timeout=30)
+                deltas = [first, *(f for f in rest if f["type"] == "turn.delta")]
+                return "".join(d["text"] for d in deltas)
+
+            try:
+                async with asyncio.timeout(120):
+                    answers = await asyncio.gather(*(one(i) for i in range(clients)))
+            finally:
+                stop.set()
+                await sampler
+        await observer.aclose()
+    assert answers == ["".join(tokens)] * clients
+    assert seen and max(seen) <= 2 * POOL, max(seen)
