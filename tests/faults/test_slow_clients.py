@@ -203,7 +203,7 @@ async def test_burst_past_the_pending_cap_is_refused_at_once(tmp_path: Path) -> 
             seconds, sent = await _until_closed(reader, 5)
             writer.close()
             assert sent.startswith(b"HTTP/1.1 503"), sent
-            assert seconds < 0.5
+            assert seconds < 1.0  # answered as it opened, not at the header timeout
         finally:
             for ws in sockets:
                 ws.close()
