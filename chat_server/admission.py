@@ -73,8 +73,8 @@ class Admission:
         services = getattr(getattr(self.app, "state", None), "services", None)
         if services is None:
             return 0
-        connections = services.connections
-        return max(0, connections.sockets - len(connections))
+        count: int = services.connections.unauthenticated
+        return count
 
     def refusal(self, transport: asyncio.BaseTransport) -> str | None:
         """Why a just-opened connection must be refused, or None."""
