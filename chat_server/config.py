@@ -61,7 +61,18 @@ class Settings(BaseSettings):
         default=None, description="Seed demo games; default: only on the embedded SQLite."
     )
     redis_timeout: float = Field(default=1.0, gt=0, le=60)
-    redis_max_connections: int = Field(default=500, ge=10, le=100_000)
+    redis_max_connections: int = Field(
+        default=32,
+        ge=2,
+        le=100_000,
+        description="Per instance; instances x this must fit the Redis plan's client limit.",
+    )
+    redis_idle_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Pooled Redis connections unused this long are closed.",
+    )
     redis_cluster: bool = Field(
         default=False, description="REDIS_URL names one node of a Redis Cluster."
     )
@@ -142,6 +153,26 @@ class Settings(BaseSettings):
     ws_ping_interval: float = Field(default=20.0, gt=0, le=3600)
     ws_ping_timeout: float = Field(default=20.0, gt=0, le=3600)
     shutdown_grace: float = Field(default=30.0, ge=0, le=3600)
+
+    # Connections before their first request (admission.py)
+    http_header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Close a connection without a whole request head, or idle, this long.",
+    )
+    http_max_pending: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Connections without a first request head or WebSocket auth; past it, 503.",
+    )
+    fd_reserve: int = Field(
+        default=128,
+        ge=0,
+        le=1_000_000,
+        description="File descriptors kept for backing services; new connections refused within.",
+    )
 
     # Process
     host: str = "127.0.0.1"

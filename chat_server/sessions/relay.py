@@ -6,10 +6,12 @@ owner says so once on the backplane (``started``: one PUBLISH per turn, off the 
 path). An instance with followers of that session (a *replica*) asks for the turn
 (``follow``); the owner then attaches a relay follower to it, as if a client were
 local: the turn's usual rules number the deltas, and the relay writes what its
-cursor takes to a per-replica Redis Stream (``{prefix}:relay:{turn_id}:{nonce}``,
-capped, expiring), a batch per write: everything that queued while the last write
-was in flight, at most one write per ``flush_interval``. The replica reads that
-stream into a ``Mirror`` (``mirror.py``) that its own followers follow.
+cursor takes to a per-replica Redis Stream
+(``{prefix}:relay:{<replica tag>}:{turn_id}:{nonce}``, capped, expiring), a batch per
+write: everything that queued while the last write was in flight, at most one write
+per ``flush_interval``. The replica reads that stream into a ``Mirror``
+(``mirror.py``) that its own followers follow; all of a replica's relay streams are
+read with one ``XREAD``, on one pooled connection (``stream_mux.py``).
 
 So a session with its followers on one instance costs one PUBLISH per turn and
 nothing per token; a replica costs one XADD per flush, whatever its number of
@@ -33,6 +35,7 @@ from typing import Any
 from ..backplane import Backplane
 from ..errors import ChatServerError
 from ..redis_client import REDIS_ERRORS, RedisClient
+from ..stream_mux import StreamMux
 from .follower import Follower
 from .manager import TurnManager
 from .mirror import Mirror
@@ -78,6 +81,7 @@ class TurnRelay:
         self.mirrors: dict[str, Mirror] = {}  # turn id -> the mirror here
         self._by_session: dict[str, Mirror] = {}  # session id -> its newest mirror here
         self.on_started: OnStarted | None = None
+        self._mux = StreamMux(redis, prefix=prefix) if redis is not None else None
         backplane.subscribe(CHANNEL, self._on_message)
 
     @property
@@ -204,25 +208,18 @@ class TurnRelay:
             self._forget(mirror)
 
     async def _read(self, mirror: Mirror) -> None:
-        assert self._redis is not None
+        assert self._mux is not None
         turn_id = mirror.turn.id
-        stream = f"{self._prefix}:relay:{turn_id}:{secrets.token_hex(8)}"
+        stream = self._mux.key(f"{turn_id}:{secrets.token_hex(8)}")
         request = {"op": "follow", "turn_id": turn_id, "after_seq": 0, "stream": stream}
-        await self._publish(request)
-        cursor = "0-0"
+        subscription = self._mux.subscribe(stream)
         heard = time.monotonic()
         try:
+            await self._publish(request)
             while True:
                 attached = mirror.attached.is_set()
                 wait = self._answer_timeout if not attached else min(self._silence, 15.0)
-                result: Any
-                try:
-                    async with asyncio.timeout(wait + 1.0):
-                        result = await self._redis.xread(
-                            {stream: cursor}, count=100, block=int(wait * 1000)
-                        )
-                except REDIS_ERRORS:
-                    result = []
+                result = await subscription.read(wait)
                 if not result:
                     if not attached:
                         return  # nobody runs it: over, or its owner died
@@ -232,8 +229,7 @@ class TurnRelay:
                     continue
                 heard = time.monotonic()
                 for _key, entries in result:
-                    for entry_id, fields in entries:
-                        cursor = entry_id
+                    for _entry_id, fields in entries:
                         raw = fields.get(b"f") or fields.get("f")
                         for event in json.loads(raw):
                             mirror.apply(event)
@@ -243,6 +239,8 @@ class TurnRelay:
             with contextlib.suppress(Exception):
                 await self._publish({**request, "op": "detach"})
             raise
+        finally:
+            subscription.close()
 
     async def cancel(self, turn_id: str) -> None:
         """Cancel a turn that runs on another instance (its owner closes the upstream)."""
@@ -274,3 +272,5 @@ class TurnRelay:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._mux is not None:
+            await self._mux.aclose()
