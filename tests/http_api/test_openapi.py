@@ -174,7 +174,11 @@ async def test_real_responses_match_the_schema(
         await call("GET", "/admin/usage", 422, headers=staff, params={"group_by": "x"})
         await call("GET", "/admin/sessions", 200, headers=staff)
         await call("DELETE", "/admin/sessions/missing", 404, headers=staff)
+        await call("GET", f"/admin/sessions/{sid}", 200, headers=staff)
+        await call("GET", "/admin/sessions/missing", 404, headers=staff)
+        await call("GET", f"/admin/sessions/{sid}", 403, headers=user)
+        await call("GET", "/admin/sessions/missing/stream", 404, headers=staff)
 
     documented = {(m, p) for m, p, _ in operations(schema)}
-    streaming = {("GET", "/admin/sessions/events")}
+    streaming = {("GET", "/admin/sessions/events"), ("GET", "/admin/sessions/{session_id}/stream")}
     assert documented - streaming - seen == set(), "the tour missed an operation"
