@@ -8,7 +8,8 @@ path). An instance with followers of that session (a *replica*) asks for the tur
 local: the turn's usual rules number the deltas, and the relay writes what its
 cursor takes to a per-replica Redis Stream (``{prefix}:relay:{turn_id}:{nonce}``,
 capped, expiring), a batch per write: everything that queued while the last write
-was in flight, at most one write per ``flush_interval``. The replica reads that
+was in flight, at most one write per ``flush_interval`` (0.1 s: a follower elsewhere
+sees the text up to that much later than one on the owner). The replica reads that
 stream into a ``Mirror`` (``mirror.py``) that its own followers follow.
 
 So a session with its followers on one instance costs one PUBLISH per turn and
@@ -61,7 +62,7 @@ class TurnRelay:
         prefix: str = "chat",
         answer_timeout: float = 2.0,
         silence: float = 60.0,
-        flush_interval: float = 0.02,
+        flush_interval: float = 0.1,
         stream_ttl: int = 120,
     ) -> None:
         self._redis = redis
@@ -142,6 +143,7 @@ class TurnRelay:
         assert self._redis is not None
         redis = self._redis
         loop = asyncio.get_running_loop()
+        expires_at = 0.0  # the stream's TTL is renewed at most every third of it
         while True:
             frame = await sink.get()
             if frame is None:
@@ -150,20 +152,27 @@ class TurnRelay:
             batch = [frame]
             while (more := sink.pop()) is not None:
                 batch.append(more)
-            await self._add(redis, stream, batch)
+            renew = began >= expires_at
+            if renew:
+                expires_at = began + self._stream_ttl / 3
+            await self._add(redis, stream, batch, renew=renew)
             if batch[-1].get("type") == "turn.completed":
                 return
             rest = self._flush_interval - (loop.time() - began)
             if rest > 0:
                 await asyncio.sleep(rest)
 
-    async def _add(self, redis: RedisClient, stream: str, batch: list[dict[str, Any]]) -> None:
+    async def _add(
+        self, redis: RedisClient, stream: str, batch: list[dict[str, Any]], *, renew: bool
+    ) -> None:
+        entry: dict[Any, Any] = {"f": json.dumps(batch, default=str)}
         try:
             async with asyncio.timeout(3.0):
+                if not renew:
+                    await redis.xadd(stream, entry, maxlen=10_000, approximate=True)
+                    return
                 pipe = redis.pipeline(transaction=False)
-                pipe.xadd(
-                    stream, {"f": json.dumps(batch, default=str)}, maxlen=10_000, approximate=True
-                )
+                pipe.xadd(stream, entry, maxlen=10_000, approximate=True)
                 pipe.expire(stream, self._stream_ttl)
                 await pipe.execute()
         except REDIS_ERRORS:
