@@ -22,6 +22,7 @@ from .bgg import BggClient
 from .config import Settings
 from .connections import Connections
 from .demo import seed_demo_games
+from .denials import DenialLog
 from .errors import Unavailable
 from .flag_cache import FlagCache
 from .providers import Provider, build_providers
@@ -182,10 +183,15 @@ async def build_services(settings: Settings) -> Services:
             first_token_timeout=settings.provider_first_token_timeout,
             idle_timeout=settings.provider_idle_timeout,
             resume_grace=settings.ws_resume_grace,
+            prices=settings.prices,
         )
+        denials = DenialLog(db)
+        await denials.start()
+        stack.push_async_callback(denials.aclose)
         chat = ChatService(
             settings=settings,
             db=db,
+            denials=denials,
             flags=flags,
             quotas=quotas,
             providers=providers,

@@ -193,6 +193,26 @@ class Page:
                 {"type": kind, "x": box["x"], "y": box["y"], "button": "left", "clickCount": 1},
             )
 
+    async def capture(self, selector: str) -> bytes:
+        """A PNG of what the (first) element matching ``selector`` shows on screen."""
+        box = await self.evaluate(
+            f"""(() => {{
+              const el = document.querySelector({json.dumps(selector)});
+              if (!el) return null;
+              el.scrollIntoView({{block: "center"}});
+              const r = el.getBoundingClientRect();
+              return {{x: r.left + scrollX, y: r.top + scrollY, width: r.width,
+                       height: r.height}};
+            }})()"""
+        )
+        if box is None or not box["width"] or not box["height"]:
+            raise CDPError(f"nothing visible matches {selector!r}")
+        result = await self.call(
+            "Page.captureScreenshot",
+            {"format": "png", "clip": {**box, "scale": 1}, "captureBeyondViewport": True},
+        )
+        return base64.b64decode(result["data"])
+
     async def screenshot(self, path: Path) -> Path:
         """Save a PNG of the viewport (for a human to look at)."""
         result = await self.call("Page.captureScreenshot", {"format": "png"})

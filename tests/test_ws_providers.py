@@ -89,7 +89,13 @@ async def test_openai_tokens_arrive_in_order_and_whole(
     assert text_of(frames) == "".join(tokens)
     completed = frames[-1]
     assert completed["finish_reason"] == "stop"
-    assert completed["usage"] == {"input_tokens": 321, "output_tokens": 60}
+    assert completed["usage"] == {
+        "input_tokens": 321,
+        "output_tokens": 60,
+        "estimated": False,
+        "cost_usd": None,  # gpt-test has no price
+    }
+    assert (completed["provider"], completed["model"]) == ("openai", "gpt-test")
     body = openai_up.requests[0].body
     assert body["model"] == "gpt-test" and body["stream"] is True
     sent = str(body["messages"])
@@ -251,7 +257,12 @@ async def test_gemini_streams_through_the_server(tmp_path: Path) -> None:
                 await client.start(catan(server), provider="gemini")
                 frames = await client.ask("How do I win?")
     assert text_of(frames) == "Gemini says"
-    assert frames[-1]["usage"] == {"input_tokens": 9, "output_tokens": 3}
+    assert frames[-1]["usage"] == {
+        "input_tokens": 9,
+        "output_tokens": 3,
+        "estimated": False,
+        "cost_usd": round((9 * 0.30 + 3 * 2.50) / 1_000_000, 8),  # gemini-2.5-flash
+    }
 
 
 async def test_unconfigured_provider_is_refused(tmp_path: Path) -> None:

@@ -84,7 +84,12 @@ class CitationRef:
 
 @dataclass(frozen=True, slots=True)
 class UsageReport:
+    """Token counts so far. ``final`` is False for an early report (Anthropic's
+    ``message_start``), True for the end-of-stream one; a later report replaces an
+    earlier one."""
+
     usage: Usage = field(default_factory=Usage)
+    final: bool = True
 
 
 @dataclass(frozen=True, slots=True)

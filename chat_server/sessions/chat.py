@@ -20,6 +20,7 @@ from typing import Any
 from .. import metrics
 from ..access import can_see_game
 from ..config import Settings
+from ..denials import Denial, DenialLog
 from ..errors import (
     FeatureDisabled,
     InvalidInput,
@@ -98,6 +99,7 @@ class ChatService:
         providers: dict[str, Provider],
         manager: TurnManager,
         instance_id: str,
+        denials: DenialLog | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -106,6 +108,7 @@ class ChatService:
         self.providers = providers
         self.manager = manager
         self.instance_id = instance_id
+        self.denials = denials
         self.draining = False
         # Shared while some connection holds them: one game object per game, one
         # history per session attached on this instance.
@@ -303,6 +306,8 @@ class ChatService:
                 raise
         except BaseException as exc:
             span.end(error=getattr(exc, "code", type(exc).__name__))
+            if isinstance(exc, FeatureDisabled | QuotaExceeded):
+                self._record_denial(who, attached, exc.code, now)
             raise
         turn.user_message_id, turn.message_id = user_message["id"], assistant_id
         attached.history.begin(frame.text, assistant_id)
@@ -379,6 +384,22 @@ class ChatService:
             metrics.DENIALS.labels("quota_exceeded").inc()
             raise QuotaExceeded(context=reservation.quota.to_dict())
         return reservation
+
+    def _record_denial(self, who: Who, attached: Attached, code: str, now: datetime) -> None:
+        """A refused turn, for the usage report (buffered: no round trip here)."""
+        if self.denials is not None:
+            provider = self.providers.get(attached.provider)
+            self.denials.record(
+                Denial(
+                    session_id=attached.session_id,
+                    user_id=who.user_id,
+                    game_id=attached.game.id,
+                    provider=attached.provider,
+                    model=provider.model if provider is not None else "",
+                    code=code,
+                    at=now,
+                )
+            )
 
     async def _refund_quietly(self, who: Who, game: Game, turn_id: str, now: datetime) -> None:
         try:

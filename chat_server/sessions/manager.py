@@ -35,12 +35,14 @@ from typing import Any
 from .. import metrics
 from ..errors import ChatServerError, ProviderError
 from ..logs import add_context
+from ..prices import PriceTable, load_prices
 from ..providers.base import (
     CitationRef,
     Finish,
     Provider,
     ProviderRequest,
     TextDelta,
+    Usage,
     UsageReport,
 )
 from ..providers.timing import with_timeouts
@@ -92,9 +94,11 @@ class TurnManager:
         first_token_timeout: float,
         idle_timeout: float,
         resume_grace: float,
+        prices: PriceTable | None = None,
         followers: SessionFollowers | None = None,
     ) -> None:
         self._persist = persist
+        self._prices = prices or load_prices(None)
         self._refund = refund
         self._first_token_timeout = first_token_timeout
         self._idle_timeout = idle_timeout
@@ -279,8 +283,9 @@ class TurnManager:
     async def _stream(self, live: LiveTurn) -> None:
         turn = live.turn
         for index, provider in enumerate(live.chain):
-            if index:
+            if index:  # the next provider answers: only its usage counts
                 turn.provider, turn.model = provider.name, provider.model
+                turn.usage, turn.usage_reported = Usage(), False
             live.inner = asyncio.create_task(self._consume(live, provider))
             try:
                 with live.span.child("chat.provider", provider=provider.name, model=provider.model):
@@ -337,7 +342,7 @@ class TurnManager:
                 elif isinstance(event, CitationRef):
                     turn.cite(event)
                 elif isinstance(event, UsageReport):
-                    turn.usage = event.usage
+                    turn.report_usage(event.usage, event.final)
                 elif isinstance(event, Finish):
                     live.provider_finish = event.reason
         finally:
@@ -347,6 +352,7 @@ class TurnManager:
         turn = live.turn
         if live.grace is not None:
             live.grace.cancel()
+        turn.settle_usage(self._prices, live.request)
         _observe(turn)
         live.span.end(
             error=turn.error_code if turn.finish_reason == "error" else None,
@@ -427,3 +433,5 @@ def _observe(turn: Turn) -> None:
         metrics.TURN_DURATION.labels(provider).observe(turn.finished_at - turn.started_at)
     metrics.TOKENS.labels(provider, "input").inc(turn.usage.input_tokens)
     metrics.TOKENS.labels(provider, "output").inc(turn.usage.output_tokens)
+    if turn.cost_usd:
+        metrics.COST.labels(provider).inc(turn.cost_usd)

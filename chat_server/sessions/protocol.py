@@ -20,7 +20,8 @@ follower that receives them (never copied per follower, never encoded here):
 - ``turn.delta``: ``turn_id``, ``seq`` (contiguous from 1 within the turn, the same
   for every follower, the only position anyone resumes from), ``text``;
 - ``turn.completed``: ``turn_id``, ``message_id`` (the answer), ``finish_reason``,
-  ``usage``, ``citations``, ``timing``;
+  ``provider`` and ``model`` (who answered), ``usage`` (``input_tokens``,
+  ``output_tokens``, ``estimated``, ``cost_usd``), ``citations``, ``timing``;
 - ``error``: ``code``, ``message``, and ``turn_id``/``context`` when they apply.
 
 Their shapes are those of the ``/ws/chat`` frames (CONTRACT §2), which that adapter

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from ..providers.base import CitationRef, Usage
+from ..accounting import settle
+from ..prices import PriceTable, total_input
+from ..providers.base import CitationRef, ProviderRequest, Usage
 from ..rulebooks import Passage
 from ..storage.chat import TurnRecord
 
@@ -59,6 +61,10 @@ class Turn:
     last_delta: dict[str, Any] | None = None
     first_token_at: float | None = None
     usage: Usage = field(default_factory=Usage)
+    usage_reported: bool = False  # a provider reported usage (``usage`` is its last report)
+    usage_final: bool = False  # ... and that report was the end-of-stream one
+    estimated: bool = False  # some of ``usage`` is an estimate (``settle_usage``)
+    cost_usd: float | None = None
     cited: dict[str, str | None] = field(default_factory=dict)
     finish_reason: FinishReason | None = None
     error_code: str | None = None
@@ -148,10 +154,25 @@ class Turn:
         self.last_delta = None
         self.pending_parts.clear()  # the next delta is sliced from the whole text
 
+    def report_usage(self, usage: Usage, final: bool) -> None:
+        self.usage, self.usage_reported, self.usage_final = usage, True, final
+
     # -- ending ----------------------------------------------------------------
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+    def settle_usage(self, prices: PriceTable, request: ProviderRequest) -> None:
+        """Once finished: count what the provider did not report, and price it."""
+        settled = settle(
+            self.usage if self.usage_reported else None,
+            final=self.usage_final,
+            answer_chars=self.length,
+            request=request,
+            failed=self.finish_reason == "error",
+        )
+        self.usage, self.estimated = settled.usage, settled.estimated
+        self.cost_usd = prices.cost(self.provider, self.model, self.usage)
 
     def finish(self, reason: FinishReason, now: float, error_code: str | None = None) -> None:
         if self.finish_reason is None:
@@ -195,9 +216,18 @@ class Turn:
             "turn_id": self.id,
             "message_id": self.message_id,
             "finish_reason": self.finish_reason,
+            "provider": self.provider,
+            "model": self.model,
             "usage": {
-                "input_tokens": self.usage.input_tokens,
+                "input_tokens": total_input(
+                    self.provider,
+                    self.usage.input_tokens,
+                    self.usage.cache_read_tokens,
+                    self.usage.cache_creation_tokens,
+                ),
                 "output_tokens": self.usage.output_tokens,
+                "estimated": self.estimated,
+                "cost_usd": self.cost_usd,
             },
             "citations": self.citations(),
             "timing": {
@@ -232,6 +262,8 @@ class Turn:
             output_tokens=self.usage.output_tokens,
             cache_read_tokens=self.usage.cache_read_tokens,
             cache_creation_tokens=self.usage.cache_creation_tokens,
+            estimated=self.estimated,
+            cost_usd=self.cost_usd,
             first_token_ms=self._ms(self.first_token_at),
             total_ms=self._ms(self.finished_at) or 0,
             error_code=self.error_code,
