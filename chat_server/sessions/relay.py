@@ -34,7 +34,7 @@ from typing import Any
 from ..backplane import Backplane
 from ..errors import ChatServerError
 from ..redis_client import REDIS_ERRORS, RedisClient
-from .follower import Follower
+from .follower import Follower, FollowerKind
 from .manager import TurnManager
 from .mirror import Mirror
 from .outbox import Outbox
@@ -116,10 +116,19 @@ class TurnRelay:
                 self._manager.leave(request["turn_id"], owned[0])
                 owned[1].cancel()
             return
+        if op == "hold":
+            owned = self._owned.get(stream)
+            if owned is not None:
+                owned[0].kind = "relay" if request.get("holds", True) else "watch"
+                self._manager.recheck(request["turn_id"])
+            return
         live = self._manager.get(request["turn_id"])
         if live is None or live.turn.done or live.started is None or self._redis is None:
             return
-        follower = Follower(stream, "relay", Outbox(max_frames=1024))
+        # A relay keeps the turn alive while a user's connection follows it over there
+        # (a watch alone does not): "hold" changes it as they come and go.
+        kind: FollowerKind = "relay" if request.get("holds", True) else "watch"
+        follower = Follower(stream, kind, Outbox(max_frames=1024))
         turn = live.turn
         follower.put(
             {
@@ -215,8 +224,15 @@ class TurnRelay:
     async def _read(self, mirror: Mirror) -> None:
         assert self._redis is not None
         turn_id = mirror.turn.id
-        stream = f"{self._prefix}:relay:{turn_id}:{secrets.token_hex(8)}"
-        request = {"op": "follow", "turn_id": turn_id, "after_seq": 0, "stream": stream}
+        stream = mirror.stream = f"{self._prefix}:relay:{turn_id}:{secrets.token_hex(8)}"
+        mirror.held = mirror.holds
+        request = {
+            "op": "follow",
+            "turn_id": turn_id,
+            "after_seq": 0,
+            "stream": stream,
+            "holds": mirror.held,
+        }
         await self._publish(request)
         cursor = "0-0"
         heard = time.monotonic()
@@ -252,6 +268,17 @@ class TurnRelay:
             with contextlib.suppress(Exception):
                 await self._publish({**request, "op": "detach"})
             raise
+
+    def hold(self, mirror: Mirror) -> None:
+        """Tell the owner whether followers here keep the mirrored turn alive, when
+        that changed (a user's connection came or left; watches do not count)."""
+        holds = mirror.holds
+        if mirror.held is None or mirror.held == holds or mirror.done:
+            return  # not asked for yet (the request says it), or nothing changed
+        mirror.held = holds
+        message: dict[str, Any] = {"op": "hold", "turn_id": mirror.turn.id, "holds": holds}
+        message["stream"] = mirror.stream
+        self._spawn(self._publish(message))
 
     async def cancel(self, turn_id: str) -> None:
         """Cancel a turn that runs on another instance (its owner closes the upstream)."""
