@@ -103,6 +103,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="N streams on one instance, each also followed from a second one, vs not (#18)",
     )
+    p.add_argument(
+        "--ai-sdk",
+        action="store_true",
+        help="the product's /ws/ai-sdk against /ws/chat at --streams streams (CPU per token)",
+    )
     p.add_argument("--no-accounting", action="store_true", help="skip the per-turn accounting")
     p.add_argument(
         "--scenarios", default="one,fifty", help="comma list of one,fifty ('' for neither)"

@@ -4,6 +4,7 @@ and ending one."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
@@ -12,7 +13,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from chat_server.errors import NotFound
+from chat_server.errors import BadRequest, NotFound
 from chat_server.frames import encode
 from chat_server.sessions.follower import Follower
 from chat_server.sessions.outbox import Outbox
@@ -33,6 +34,9 @@ router = APIRouter(
     tags=["admin"],
     responses={**ERROR_RESPONSES, 403: {"model": ErrorBody, "description": "Not staff"}},
 )
+# The ids the feed gives: a counter in process, a Redis Stream id ("ms-seq") on Redis.
+_EVENT_ID = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20})?")
+_SEQ = re.compile(r"[0-9]{1,20}")
 WATCHED = frozenset({"turn.started", "turn.delta", "turn.completed"})
 
 
@@ -81,14 +85,23 @@ async def list_live(
     summary="Live feed (Server-Sent Events): session.started, turn.started, turn.completed, "
     "session.ended; send Last-Event-ID to resume",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "An SSE stream"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "An SSE stream"},
+        400: {"model": ErrorBody, "description": "Malformed Last-Event-ID"},
+    },
 )
 async def events(
     request: Request,
     _staff: Staff,
     services: ServicesDep,
-    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
+    if last_event_id is not None and not _EVENT_ID.fullmatch(last_event_id):
+        raise BadRequest(
+            "Last-Event-ID is not an event id of this feed (digits, or digits-digits)",
+            context={"header": "Last-Event-ID"},
+        )
+
     async def stream() -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
         async for batch in services.monitor.events.subscribe(last_event_id, wait=KEEPALIVE_SECONDS):
@@ -144,9 +157,17 @@ async def watched_session(
 
 
 def _last_event(value: str | None) -> tuple[str, int] | None:
-    """``<turn_id>:<seq>`` from a Last-Event-ID header; None when absent or malformed."""
-    turn_id, _, seq = (value or "").rpartition(":")
-    return (turn_id, int(seq)) if turn_id and seq.isdigit() else None
+    """``<turn_id>:<seq>`` from a Last-Event-ID header; None when absent; 400 when
+    malformed (a client that would resume must not silently start over)."""
+    if value is None:
+        return None
+    turn_id, _, seq = value.rpartition(":")
+    if not turn_id or not _SEQ.fullmatch(seq):
+        raise BadRequest(
+            "Last-Event-ID is not an event id of this stream (<turn_id>:<seq>)",
+            context={"header": "Last-Event-ID"},
+        )
+    return turn_id, int(seq)
 
 
 class _Renderer:
@@ -180,6 +201,7 @@ class _Renderer:
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "An SSE stream"},
+        400: {"model": ErrorBody, "description": "Malformed Last-Event-ID"},
         404: {"model": ErrorBody, "description": "No such session"},
     },
 )

@@ -8,9 +8,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
+from chat_server.text import unstorable
+
 __all__ = [
     "DocumentIn",
     "DocumentOut",
+    "DocumentUpload",
+    "DocumentsOut",
     "ErrorBody",
     "FlagIn",
     "FlagOut",
@@ -26,7 +30,17 @@ __all__ = [
 GameStatus = Literal["active", "beta", "hidden"]
 Name = Annotated[str, Field(min_length=1, max_length=300)]
 Section = Annotated[str, Field(min_length=1, max_length=100)]
-Url = Annotated[str, Field(max_length=1000)]
+# http(s) only: a javascript: or data: URL would run or show in the admin page and apps.
+Url = Annotated[str, Field(max_length=1000, pattern=r"^(?i:https?)://[^\s]+$")]
+
+
+def web_url(value: str | None) -> str | None:
+    """``value`` if it is an http(s) URL, else None (what was stored before the rule)."""
+    if value and value[:8].lower().startswith(("http://", "https://")):
+        return value
+    return None
+
+
 Count = Annotated[int, Field(ge=0, le=100_000)]
 
 
@@ -51,6 +65,11 @@ class GameOut(BaseModel):
     thumbnail_url: str | None
     image_url: str | None
     last_synced_at: datetime | None
+
+    @field_validator("thumbnail_url", "image_url")
+    @classmethod
+    def _web_only(cls, value: str | None) -> str | None:
+        return web_url(value)
 
 
 class GamesPage(BaseModel):
@@ -78,7 +97,7 @@ class _In(BaseModel):
 
 def _unstorable(value: Any) -> str | None:
     if isinstance(value, str):
-        return "must not contain NUL characters" if "\x00" in value else None
+        return "must not contain NUL characters or lone surrogates" if unstorable(value) else None
     if isinstance(value, float):
         return None if math.isfinite(value) else "numbers must be finite"
     if isinstance(value, dict):
@@ -103,6 +122,21 @@ class GameCreate(_In):
     description: Annotated[str, Field(max_length=100_000)] | None = None
 
 
+GlossaryWord = Annotated[str, Field(min_length=1, max_length=100)]
+Glossary = Annotated[
+    dict[GlossaryWord, Annotated[list[GlossaryWord], Field(min_length=1, max_length=50)]],
+    Field(max_length=500),
+]
+
+
+class DetailsPatch(_In):
+    """The game details staff may change. ``glossary``: each of the rulebook's own terms
+    with the words players use for it (``{"Delver": ["worker", "meeple"]}``), used to find
+    the rule a question means; null removes it."""
+
+    glossary: Glossary | None = None
+
+
 class GamePatch(_In):
     name: Name | None = None
     status: GameStatus | None = None
@@ -114,6 +148,7 @@ class GamePatch(_In):
     thumbnail_url: Url | None = None
     image_url: Url | None = None
     description: Annotated[str, Field(max_length=100_000)] | None = None
+    details: DetailsPatch | None = None
 
 
 class ImportIn(_In):
@@ -131,15 +166,38 @@ class DocumentIn(_In):
     openai_vector_store_id: Annotated[str, Field(max_length=100)] | None = None
 
 
+DocumentKind = Literal["rulebook", "faq", "errata", "expansion"]
+
+
+class DocumentUpload(_In):
+    """The text fields of a ``multipart/form-data`` upload, beside its ``file``."""
+
+    file: Annotated[bytes, Field(description="The PDF, Markdown or text file")] = b""
+    language: Annotated[str, Field(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?$")] = "en"
+    title: Name | None = Field(default=None, description="Default: the file's name")
+    kind: DocumentKind = "rulebook"
+    format: Literal["pdf", "markdown", "text"] | None = Field(
+        default=None, description="Default: from the file's media type, else its name"
+    )
+
+
 class DocumentOut(BaseModel):
     id: str
     game_id: str
-    language: str
     title: str
-    format: str
+    language: str
     kind: str
+    format: str
+    media_type: str | None
+    pages: int | None
     passages: int
+    bytes: int
     created_at: datetime
+    updated_at: datetime | None
+
+
+class DocumentsOut(BaseModel):
+    documents: list[DocumentOut]
 
 
 class FlagIn(_In):

@@ -4,9 +4,33 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from . import admin_games, admin_page, admin_sessions, flags, games, health, me, usage
+from . import (
+    admin_games,
+    admin_page,
+    admin_sessions,
+    ai_sdk,
+    asyncapi,
+    documents,
+    flags,
+    games,
+    health,
+    me,
+    usage,
+)
 from .deps import refuse_nul
 
 api_router = APIRouter(dependencies=[Depends(refuse_nul)])
-for module in (health, games, admin_games, admin_sessions, admin_page, flags, usage, me):
+for module in (
+    health,
+    asyncapi,
+    ai_sdk,
+    games,
+    admin_games,
+    documents,
+    admin_sessions,
+    admin_page,
+    flags,
+    usage,
+    me,
+):
     api_router.include_router(module.router)

@@ -8,7 +8,8 @@ their position, and come back as ``CitationRef``. The system text is
 
 The stream is read from ``messages.with_streaming_response.create(stream=True)``:
 the SDK builds the request, authenticates and turns error statuses into its
-exceptions, and we parse the SSE ``data:`` lines ourselves. That is chosen over
+exceptions, and we read the event stream ourselves from raw bytes (``sse.SSEReader``,
+the WHATWG rules: a raw U+2028 inside a JSON string is text, not a line end). That is chosen over
 ``messages.stream()`` because the helper builds a typed event and re-accumulates the
 whole message snapshot for every token (most of the CPU of a turn), and because
 holding the raw response lets ``finally`` close it the moment the turn is cancelled.
@@ -44,8 +45,9 @@ from .base import (
     Usage,
     UsageReport,
 )
-from .prompt import system_instructions
-from .transport import DROPPED, close_response
+from .prompt import passage_label, system_instructions
+from .sse import event_data
+from .transport import DROPPED, body_chunks, check_event_stream, close_response
 
 __all__ = ["AnthropicProvider"]
 
@@ -83,9 +85,7 @@ def _document_block(passages: list[Passage], game_name: str) -> dict[str, Any]:
         },
         "title": f"{game_name} rulebook",
         "context": "Rulebook passages, in this order: "
-        + "; ".join(
-            f"{p.id} ({p.title}" + (f" — {p.heading})" if p.heading else ")") for p in passages
-        ),
+        + "; ".join(f"{p.id} ({passage_label(p)})" for p in passages),
         "citations": {"enabled": True},
         "cache_control": {"type": "ephemeral"},
     }
@@ -124,7 +124,9 @@ class AnthropicProvider:
         await self._client.close()
 
     def _system(self, request: ProviderRequest) -> list[TextBlockParam]:
-        text = system_instructions(request.game_name, request.language, bool(request.passages))
+        text = system_instructions(
+            request.game_name, request.language, bool(request.passages), request.rules_silent
+        )
         if request.system:
             text = f"{text}\n\n{request.system}"
         return [{"type": "text", "text": text}]
@@ -165,13 +167,12 @@ class AnthropicProvider:
                 stream=True,
             ) as api_response:
                 http = api_response.http_response
-                lines = http.aiter_lines()
                 try:
-                    async for line in lines:
-                        if not line.startswith("data:"):
-                            continue  # blank separators and the "event:" lines
+                    check_event_stream(http.headers, "anthropic")
+                    chunks = body_chunks(http)
+                    async for data in event_data(chunks):
                         try:
-                            event = loads(line[5:])
+                            event = loads(data)
                             kind = event["type"]
                             if kind == "content_block_delta":
                                 delta = event["delta"]
@@ -199,7 +200,7 @@ class AnthropicProvider:
                     if done and http.http_version == "HTTP/1.1":
                         # Read the body's end so the connection goes back to the pool.
                         with anyio.move_on_after(_DRAIN_TIMEOUT):
-                            async for _ in lines:
+                            async for _ in chunks:
                                 pass
                 finally:
                     await close_response(http)

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, select, update
 
+from ..text import clean
 from .engine import Database
 from .ids import as_utc, new_id, utcnow
 from .pages import decode_cursor, encode_cursor
@@ -66,11 +67,19 @@ def message_dict(row: Any) -> dict[str, Any]:
 
 
 async def create_session(
-    db: Database, *, user_id: str, game_id: str, language: str, provider: str, model: str
+    db: Database,
+    *,
+    user_id: str,
+    game_id: str,
+    language: str,
+    provider: str,
+    model: str,
+    session_id: str | None = None,
 ) -> dict[str, Any]:
+    """A new session; ``session_id`` is the client's own (an AI SDK chat id), else new."""
     now = utcnow()
     values = {
-        "id": new_id(),
+        "id": session_id or new_id(),
         "user_id": user_id,
         "game_id": game_id,
         "language": language,
@@ -263,8 +272,15 @@ class TurnRecord:
 
 
 async def finish_turn(db: Database, record: TurnRecord) -> None:
-    """Store the assistant's final text and status and the usage row, at once."""
+    """Store the assistant's final text and status and the usage row, at once.
+
+    The text and citations are ``clean``-ed on the way (no NUL, no lone surrogate):
+    nothing a provider sent can make this write fail.
+    """
     now = utcnow()
+    citations = [
+        {k: clean(v) if isinstance(v, str) else v for k, v in c.items()} for c in record.citations
+    ]
     usage = {
         "turn_id": record.turn_id,
         "session_id": record.session_id,
@@ -286,16 +302,16 @@ async def finish_turn(db: Database, record: TurnRecord) -> None:
     }
     answer = {
         "message": record.message_id,
-        "content": record.content,
+        "content": clean(record.content),
         "status": record.status,
         "finish_reason": record.finish_reason,
-        "citations": record.citations,
+        "citations": citations,
         "updated_at": now,
     }
     # The usage row is an upsert: should the sweep of dead instances have closed this
     # turn already, what the turn really did replaces its guess (one row per turn).
     if db.is_postgres:
-        params = answer | usage | {"citations": json.dumps(record.citations)}  # JSON as text
+        params = answer | usage | {"citations": json.dumps(citations)}  # JSON as text
         async with db.driver() as driver:
             await driver.execute(_PG_FINISH_TURN, *(params[n] for n in _PG_FINISH_PARAMS))
         return
