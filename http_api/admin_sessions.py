@@ -13,17 +13,20 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from chat_server.errors import BadRequest
+from chat_server.errors import BadRequest, NotFound
 from chat_server.frames import encode
 from chat_server.sessions.follower import Follower
 from chat_server.sessions.outbox import Outbox
 from chat_server.sessions.protocol import Event
+from chat_server.storage import chat as store
+from chat_server.storage.games import get_game
 from chat_server.storage.ids import new_id
 from chat_server.storage.pages import decode_cursor, encode_cursor
 from chat_server.transports.sse import KEEPALIVE_SECONDS, follow, sse_block
 
 from .deps import ServicesDep, Staff
 from .errors import ERROR_RESPONSES
+from .me import MessageOut, SessionOut
 from .models import ErrorBody
 
 router = APIRouter(
@@ -114,6 +117,43 @@ async def events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class WatchedSession(SessionOut):
+    user_id: str
+    game_name: str | None
+
+
+class WatchedSessionDetail(BaseModel):
+    session: WatchedSession
+    messages: list[MessageOut]
+    """The latest messages, oldest first; a running answer with the text so far."""
+
+
+@router.get(
+    "/{session_id}",
+    response_model=WatchedSessionDetail,
+    responses={404: {"model": ErrorBody, "description": "No such session"}},
+    summary="One session of any user, with its latest messages (what the watch view shows)",
+)
+async def watched_session(
+    session_id: Annotated[str, Path(max_length=64)],
+    _staff: Staff,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> WatchedSessionDetail:
+    session = await store.get_session(services.db, session_id)
+    if session is None:
+        raise NotFound("session not found", error_code="SESSION_NOT_FOUND")
+    game = await get_game(services.db, session["game_id"])
+    messages = await store.history(services.db, session_id, limit=limit)
+    turn = services.hub.running(session_id)
+    if turn is not None:
+        for message in messages:
+            if message["id"] == turn.message_id:
+                message["content"] = turn.text
+    out = WatchedSession(**session, game_name=game["name"] if game else None)
+    return WatchedSessionDetail(session=out, messages=[MessageOut(**m) for m in messages])
 
 
 def _last_event(value: str | None) -> tuple[str, int] | None:

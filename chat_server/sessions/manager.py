@@ -188,6 +188,18 @@ class TurnManager:
         live.cursors = [c for c in live.cursors if c.follower is not follower]
         self._grace_if_unheld(live)
 
+    def recheck(self, turn_id: str) -> None:
+        """A follower of the turn changed whether it holds it: end or start the grace."""
+        live = self._live.get(turn_id)
+        if live is None:
+            return
+        if any(cursor.follower.holds for cursor in live.cursors):
+            if live.grace is not None:
+                live.grace.cancel()
+                live.grace = None
+        else:
+            self._grace_if_unheld(live)
+
     def _grace_if_unheld(self, live: LiveTurn) -> None:
         if live.grace is not None or live.turn.done or not live.stored.done():
             return
