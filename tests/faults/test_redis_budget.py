@@ -56,39 +56,38 @@ async def test_burst_stays_within_the_redis_pool_and_idle_connections_are_closed
         "REDIS_IDLE_TIMEOUT": str(IDLE),
     }
     burst = scaled(200, 40)
-    observer = aioredis.Redis.from_url(redis_url, socket_timeout=5)
-    with server_process(env, tmp_path) as server:
-        tokens = [
-            mint_token(secret=SECRET, user_id=f"user-{i}", role="basic", ttl=600)
-            for i in range(burst)
-        ]
-        game = await first_game(server.url, tokens[0])
-        seen: list[int] = []
-        stop = asyncio.Event()
-        sampler = asyncio.create_task(_sample(observer, prefix, seen, stop))
+    async with aioredis.Redis.from_url(redis_url, socket_timeout=5) as observer:
+        with server_process(env, tmp_path) as server:
+            tokens = [
+                mint_token(secret=SECRET, user_id=f"user-{i}", role="basic", ttl=600)
+                for i in range(burst)
+            ]
+            game = await first_game(server.url, tokens[0])
+            seen: list[int] = []
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(_sample(observer, prefix, seen, stop))
 
-        async def one(token: str) -> str:
-            async with ws_client(server.ws_url, token) as client:  # `ready` awaited
-                await client.start(game)
-                frames = await client.ask("How do I win?")
-                return str(frames[-1]["type"])
+            async def one(token: str) -> str:
+                async with ws_client(server.ws_url, token) as client:  # `ready` awaited
+                    await client.start(game)
+                    frames = await client.ask("How do I win?")
+                    return str(frames[-1]["type"])
 
-        try:
-            async with asyncio.timeout(120):
-                results = await asyncio.gather(*(one(t) for t in tokens))
-        finally:
-            stop.set()
-            await sampler
-        assert results == ["turn.completed"] * burst
-        assert seen and max(seen) <= POOL, max(seen)
-        assert max(seen) >= 2  # the burst did use the pool
-        deadline = time.monotonic() + 5 * IDLE + 5
-        remaining = await _instance_clients(observer, prefix)
-        while remaining > 3 and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+            try:
+                async with asyncio.timeout(120):
+                    results = await asyncio.gather(*(one(t) for t in tokens))
+            finally:
+                stop.set()
+                await sampler
+            assert results == ["turn.completed"] * burst
+            assert seen and max(seen) <= POOL, max(seen)
+            assert max(seen) >= 2  # the burst did use the pool
+            deadline = time.monotonic() + 5 * IDLE + 5
             remaining = await _instance_clients(observer, prefix)
-        assert remaining <= 3, remaining
-    await observer.aclose()
+            while remaining > 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                remaining = await _instance_clients(observer, prefix)
+            assert remaining <= 3, remaining
 
 
 async def test_many_turns_resumed_on_another_instance_share_its_small_pool(
@@ -114,39 +113,38 @@ async def test_many_turns_resumed_on_another_instance_share_its_small_pool(
             openai_api_key="sk-test",
             openai_base_url=upstream.base_url,
         )
-        observer = aioredis.Redis.from_url(redis_url, socket_timeout=5)
-        with running_server(settings) as a, running_server(settings) as b:
-            game = await first_game(a.url, a.token("admin", "admin"))
-            seen: list[int] = []
-            stop = asyncio.Event()
-            sampler = asyncio.create_task(_sample(observer, prefix, seen, stop))
+        async with aioredis.Redis.from_url(redis_url, socket_timeout=5) as observer:
+            with running_server(settings) as a, running_server(settings) as b:
+                game = await first_game(a.url, a.token("admin", "admin"))
+                seen: list[int] = []
+                stop = asyncio.Event()
+                sampler = asyncio.create_task(_sample(observer, prefix, seen, stop))
 
-            async def one(i: int) -> str:
-                user = f"mover-{i}"
-                async with ws_client(a.ws_url, a.token(user)) as client:
-                    session_id = (await client.start(game))["session"]["id"]
-                    await client.send({"type": "message", "text": "How do I win?"})
-                    turn_id = (await client.expect("turn.started"))["turn_id"]
-                    first = await client.expect("turn.delta")
-                resume = {
-                    "type": "session.resume",
-                    "session_id": session_id,
-                    "turn_id": turn_id,
-                    "after_seq": first["seq"],
-                }
-                async with ws_client(b.ws_url, b.token(user)) as client:
-                    await client.send(resume)
-                    await client.expect("session.ready")
-                    rest = await client.until("turn.completed", timeout=30)
-                deltas = [first, *(f for f in rest if f["type"] == "turn.delta")]
-                return "".join(d["text"] for d in deltas)
+                async def one(i: int) -> str:
+                    user = f"mover-{i}"
+                    async with ws_client(a.ws_url, a.token(user)) as client:
+                        session_id = (await client.start(game))["session"]["id"]
+                        await client.send({"type": "message", "text": "How do I win?"})
+                        turn_id = (await client.expect("turn.started"))["turn_id"]
+                        first = await client.expect("turn.delta")
+                    resume = {
+                        "type": "session.resume",
+                        "session_id": session_id,
+                        "turn_id": turn_id,
+                        "after_seq": first["seq"],
+                    }
+                    async with ws_client(b.ws_url, b.token(user)) as client:
+                        await client.send(resume)
+                        await client.expect("session.ready")
+                        rest = await client.until("turn.completed", timeout=30)
+                    deltas = [first, *(f for f in rest if f["type"] == "turn.delta")]
+                    return "".join(d["text"] for d in deltas)
 
-            try:
-                async with asyncio.timeout(120):
-                    answers = await asyncio.gather(*(one(i) for i in range(clients)))
-            finally:
-                stop.set()
-                await sampler
-        await observer.aclose()
+                try:
+                    async with asyncio.timeout(120):
+                        answers = await asyncio.gather(*(one(i) for i in range(clients)))
+                finally:
+                    stop.set()
+                    await sampler
     assert answers == ["".join(tokens)] * clients
     assert seen and max(seen) <= 2 * POOL, max(seen)

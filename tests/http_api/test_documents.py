@@ -316,11 +316,11 @@ def test_deeply_nested_json_is_422(staff: httpx.Client) -> None:
 async def test_the_server_answers_while_a_long_pdf_is_read(
     server: RunningServer, staff: httpx.Client
 ) -> None:
-    """While a 100-page PDF is read (about a second of CPU, in a thread), other requests
-    are answered at once; the document is then stored with its 100 pages."""
+    """While a 300-page PDF is read (seconds of CPU, in a thread), other requests are
+    answered at once; the document is then stored with its 300 pages."""
     game = create_game(staff, name="Carcassonne")
     lines = [
-        [f"Line {i} of page {p} about castles and roads" for i in range(40)] for p in range(100)
+        [f"Line {i} of page {p} about castles and roads" for i in range(40)] for p in range(300)
     ]
     files = {"file": ("long.pdf", text_pdf(lines, compress=True), PDF_TYPE)}
     async with httpx.AsyncClient(base_url=server.url, headers=staff.headers, timeout=30) as http:
@@ -336,5 +336,5 @@ async def test_the_server_answers_while_a_long_pdf_is_read(
             await asyncio.sleep(0.01)
         response = await posting
     assert response.status_code == 201, response.text
-    assert response.json()["pages"] == 100
+    assert response.json()["pages"] == 300
     assert answered >= 5 and slowest < 0.5, (answered, slowest)

@@ -17,7 +17,8 @@ from tests.server import SECRET, RunningServer, make_settings, running_server
 
 from .support import TIMEOUT, bearer, client, expect_error
 
-OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
+# Health, metrics and the protocol description (like /openapi.json) are open to anyone.
+OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/asyncapi.json"}
 
 
 @pytest.fixture
@@ -117,7 +118,8 @@ def test_non_staff_get_403_on_every_admin_path(server: RunningServer, role: str)
 
 
 def test_every_non_health_operation_needs_a_token(server: RunningServer) -> None:
-    """Every operation but health and metrics declares bearer auth and answers 401 without."""
+    """Every operation but health, metrics and /asyncapi.json declares bearer auth and
+    answers 401 without."""
     ops = operations(server)
     with httpx.Client(base_url=server.url, timeout=TIMEOUT) as http:
         for method, path, op in ops:
