@@ -313,17 +313,28 @@ def test_deeply_nested_json_is_422(staff: httpx.Client) -> None:
     expect_error(response, 422, "VALIDATION_ERROR")
 
 
-async def test_the_server_answers_while_a_long_pdf_is_read(
-    server: RunningServer, staff: httpx.Client
-) -> None:
+@pytest.fixture
+def roomy_staff(tmp_path: Path, database_url: str) -> Iterator[httpx.Client]:
+    """Staff on a server that takes documents of up to 1 MiB (a long PDF)."""
+    settings = make_settings(
+        tmp_path / "roomy", database_url=database_url, document_max_bytes=1024 * 1024
+    )
+    with running_server(settings) as srv, client(srv, "dev-1", "developer") as http:
+        yield http
+
+
+async def test_the_server_answers_while_a_long_pdf_is_read(roomy_staff: httpx.Client) -> None:
     """While a 300-page PDF is read (seconds of CPU, in a thread), other requests are
     answered at once; the document is then stored with its 300 pages."""
+    staff = roomy_staff
     game = create_game(staff, name="Carcassonne")
     lines = [
         [f"Line {i} of page {p} about castles and roads" for i in range(40)] for p in range(300)
     ]
     files = {"file": ("long.pdf", text_pdf(lines, compress=True), PDF_TYPE)}
-    async with httpx.AsyncClient(base_url=server.url, headers=staff.headers, timeout=30) as http:
+    async with httpx.AsyncClient(
+        base_url=staff.base_url, headers=staff.headers, timeout=30
+    ) as http:
         posting = asyncio.create_task(
             http.post(f"/admin/games/{game['id']}/documents", files=files)
         )
