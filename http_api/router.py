@@ -4,9 +4,29 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from . import admin_games, admin_page, admin_sessions, flags, games, health, me, usage
+from . import (
+    admin_games,
+    admin_page,
+    admin_sessions,
+    docs_pages,
+    flags,
+    games,
+    health,
+    me,
+    usage,
+)
 from .deps import refuse_nul
 
 api_router = APIRouter(dependencies=[Depends(refuse_nul)])
-for module in (health, games, admin_games, admin_sessions, admin_page, flags, usage, me):
+for module in (
+    health,
+    docs_pages,
+    games,
+    admin_games,
+    admin_sessions,
+    admin_page,
+    flags,
+    usage,
+    me,
+):
     api_router.include_router(module.router)

@@ -39,9 +39,14 @@ SHIM = (
 class Terminal:
     """A child process on a pseudo-terminal; every read has a deadline."""
 
-    def __init__(self, args: list[str], data_dir: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPABASE_", "DATABASE"))}
+    def __init__(self, args: list[str], data_dir: Path, **extra_env: str) -> None:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SUPABASE_", "DATABASE")) and k != "TOKEN"
+        }
         env.update(CHAT_DATA_DIR=str(data_dir), ENVIRONMENT="dev", LOG_LEVEL="warning")
+        env.update(extra_env)
         master, slave = pty.openpty()
         try:
             self.proc = subprocess.Popen(
@@ -96,7 +101,9 @@ class Terminal:
         os.close(self.master)
 
 
-def terminal(server: RunningServer, data_dir: Path, *extra: str, token: bool = True) -> Terminal:
+def terminal(
+    server: RunningServer, data_dir: Path, *extra: str, token: bool = True, **env: str
+) -> Terminal:
     secret = with_local_secret(server.settings).supabase_jwt_secret
     assert secret
     auth = {"Authorization": f"Bearer {mint_token(secret=secret, user_id='lister', role=None)}"}
@@ -106,7 +113,7 @@ def terminal(server: RunningServer, data_dir: Path, *extra: str, token: bool = T
     args = ["chat", "--game", catan, "--url", server.ws_url, *extra]
     if token:
         args += ["--token", server.token("user-1")]
-    return Terminal(args, data_dir)
+    return Terminal(args, data_dir, **env)
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +148,7 @@ def test_question_streams_answer_and_citation(term: Any) -> None:
     assert "steals one random resource card" in answer
     footer = t.expect("> ")
     assert re.search(r"\[p\d+\] [^\n]* — The robber", footer), footer
+    assert re.search(r"\d+ tokens in, \d+ out", footer), footer
     t.send(b"\x04")  # Ctrl-D at the prompt
     assert t.wait() == 0
 
@@ -213,3 +221,52 @@ def test_refused_connection_is_one_line(tmp_path: Path) -> None:
         ]
     finally:
         t.close()
+
+
+def test_token_from_the_environment(server: RunningServer, tmp_path: Path) -> None:
+    """Without ``--token``, ``$TOKEN`` signs in (its user, not a dev token's)."""
+    t = terminal(server, tmp_path, token=False, TOKEN=server.token("env-user"))
+    try:
+        session = re.search(r"session (\S+) \(", t.expect("resume with --session"))
+        assert session
+        t.expect("> ")
+        admin = {"Authorization": f"Bearer {server.token('staff-1', 'admin')}"}
+        live = httpx.get(f"{server.url}/admin/sessions", headers=admin, timeout=10).json()
+        users = {row["id"]: row["user_id"] for row in live["sessions"]}
+        assert users.get(session.group(1)) == "env-user", live
+        t.send(b"\x04")
+        assert t.wait() == 0
+    finally:
+        t.close()
+
+
+def test_an_admin_kill_is_told_at_once_in_words(server: RunningServer, tmp_path: Path) -> None:
+    """An admin ends the session while the client waits at the prompt: it says so, exit 1."""
+    t = terminal(server, tmp_path)
+    try:
+        session = re.search(r"session (\S+) \(", t.expect("resume with --session"))
+        assert session
+        t.expect("> ")
+        admin = {"Authorization": f"Bearer {server.token('staff-1', 'admin')}"}
+        killed = httpx.delete(
+            f"{server.url}/admin/sessions/{session.group(1)}", headers=admin, timeout=10
+        )
+        assert killed.status_code == 204, killed.text
+        # Nothing is typed: the client notices the close by itself.
+        t.expect("an administrator ended this session (close code 4000")
+        assert t.wait() == 1
+    finally:
+        t.close()
+
+
+def test_a_server_restart_is_told_in_words(tmp_path: Path) -> None:
+    """The server shuts down under an idle client: "the server is restarting", exit 1."""
+    with running_server(make_settings(tmp_path, shutdown_grace=0.0)) as doomed:
+        t = terminal(doomed, tmp_path)
+        try:
+            t.expect("> ")
+            doomed.stop()
+            t.expect("the server is restarting")
+            assert t.wait() == 1
+        finally:
+            t.close()
