@@ -92,20 +92,37 @@ class TourRun:
         (clone / "tour.sh").write_text(
             "set -e\n" + tour + "\n.venv/bin/python chat.py\n", encoding="utf-8"
         )
-        self.proc = subprocess.Popen(
-            ["bash", "tour.sh"],
-            cwd=clone,
-            env=env_for(port),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # the background server too: killed as a group
-        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stdout = self.stderr = ""
+
+    def start(self) -> None:
+        clone = self.clone
+        # Output to files, not pipes: the server left running in the background keeps
+        # its copies of them open.
+        out, err = clone / "tour.out", clone / "tour.err"
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            self.proc = subprocess.Popen(
+                ["bash", "tour.sh"],
+                cwd=clone,
+                env=env_for(self.port),
+                stdin=subprocess.PIPE,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,  # the background server too: killed as a group
+            )
+        assert self.proc.stdin is not None
         # What the newcomer types into the terminal client; then Ctrl-D.
-        self.stdout, self.stderr = self.proc.communicate(QUESTION + "\n", timeout=TIMEOUT)
+        self.proc.stdin.write((QUESTION + "\n").encode())
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=TIMEOUT)
+        finally:
+            self.stdout = out.read_text(encoding="utf-8", errors="replace")
+            self.stderr = err.read_text(encoding="utf-8", errors="replace")
 
     def stop(self) -> None:
+        if self.proc is None:
+            return
         with_group = self.proc.pid
         try:
             os.killpg(with_group, signal.SIGTERM)
@@ -125,6 +142,7 @@ class TourRun:
 def tour(clone: Path) -> Iterator[TourRun]:
     run = TourRun(clone, free_port())
     try:
+        run.start()
         yield run
     finally:
         run.stop()
@@ -132,7 +150,7 @@ def tour(clone: Path) -> Iterator[TourRun]:
 
 def test_the_tour_pasted_as_one_block_succeeds(tour: TourRun) -> None:
     """The tour's commands, pasted at once, wait for the server and chat with a citation."""
-    assert tour.proc.returncode == 0, tour.stdout + tour.stderr
+    assert tour.proc is not None and tour.proc.returncode == 0, tour.stdout + tour.stderr
     assert "Catan" in tour.stdout and "Tic-Tac-Toe" in tour.stdout  # the demo games
     answer = tour.stdout[tour.stdout.index(QUESTION) :]
     assert "robber" in answer, answer
@@ -144,7 +162,7 @@ def test_the_tour_pasted_as_one_block_succeeds(tour: TourRun) -> None:
 
 def test_the_python_snippet_prints_a_streamed_answer(tour: TourRun) -> None:
     """The README's Python snippet runs as written and prints the answer as it streams."""
-    assert tour.proc.returncode == 0, tour.stderr
+    assert tour.proc is not None and tour.proc.returncode == 0, tour.stderr
     printed = tour.stdout[tour.stdout.rindex("-- stop") :]
     assert "'type': 'ready'" in printed, printed
     assert "session.ready" in printed, printed
