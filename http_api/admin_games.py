@@ -121,6 +121,7 @@ async def add_rulebook(
         title=body.title,
         content=body.content,
         fmt=body.format,
+        kind=body.kind,
         openai_vector_store_id=body.openai_vector_store_id,
     )
     services.chat.rulebook_added(game_id)

@@ -127,6 +127,7 @@ class DocumentIn(_In):
     title: Name
     content: Annotated[str, Field(min_length=1, max_length=2_000_000)]
     format: Literal["text", "markdown"] = "text"
+    kind: Literal["rulebook", "faq", "errata", "expansion"] = "rulebook"
     openai_vector_store_id: Annotated[str, Field(max_length=100)] | None = None
 
 
@@ -136,6 +137,7 @@ class DocumentOut(BaseModel):
     language: str
     title: str
     format: str
+    kind: str
     passages: int
     created_at: datetime
 

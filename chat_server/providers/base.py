@@ -46,6 +46,8 @@ class Passage:
     text: str
     ordinal: int
     language: str
+    kind: str = "rulebook"  # the document's kind: rulebook, faq, errata or expansion
+    page: int | None = None  # the PDF page (1-based), None for text and Markdown
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,9 +54,11 @@ async def add_document(
     title: str,
     content: str,
     fmt: str,
+    kind: str = "rulebook",
     openai_vector_store_id: str | None = None,
 ) -> dict[str, Any]:
-    """Store a rulebook and index its passages in one transaction."""
+    """Store a rulebook (or a FAQ, errata, expansion: ``kind``) and index its passages in
+    one transaction."""
     doc_id = new_id()
     now = utcnow()
     rows: list[dict[str, object]] = [
@@ -68,6 +70,7 @@ async def add_document(
             "ordinal": i,
             "heading": p.heading,
             "text": p.text,
+            "kind": kind,
         }
         for i, p in enumerate(split_passages(content, fmt))
     ]
@@ -80,8 +83,11 @@ async def add_document(
                 title=title,
                 format=fmt,
                 content=content,
+                kind=kind,
+                bytes=len(content.encode("utf-8", "surrogatepass")),
                 openai_vector_store_id=openai_vector_store_id,
                 created_at=now,
+                updated_at=now,
             )
         )
         if rows:
@@ -93,6 +99,7 @@ async def add_document(
         "language": language,
         "title": title,
         "format": fmt,
+        "kind": kind,
         "passages": len(rows),
         "created_at": now,
     }
@@ -157,6 +164,8 @@ async def retrieve(
             text=r["text"],
             ordinal=r["ordinal"],
             language=r["language"],
+            kind=r["kind"],
+            page=r["page"],
         )
         for i, r in enumerate(rows)
     ]

@@ -122,7 +122,9 @@ async def delete_document(conn: AsyncConnection, dialect: str, passage_ids: list
 
 
 # What a search returns of each passage (``p``) and its document (``d``).
-_PASSAGE_COLUMNS = "p.id, p.document_id, p.language, p.ordinal, p.heading, p.text, d.title"
+_PASSAGE_COLUMNS = (
+    "p.id, p.document_id, p.language, p.ordinal, p.heading, p.text, p.kind, p.page, d.title"
+)
 
 
 def _pg_search(lang_clause: str, config: str) -> str:

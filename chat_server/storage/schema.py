@@ -90,7 +90,13 @@ game_documents = Table(
     Column("format", String(16), nullable=False),
     Column("content", Text, nullable=False),
     Column("openai_vector_store_id", String(100)),
+    # rulebook, faq, errata or expansion: errata and FAQs outrank the rulebook.
+    Column("kind", String(16), nullable=False, server_default="rulebook"),
+    Column("media_type", String(100)),
+    Column("pages", Integer),
+    Column("bytes", Integer, nullable=False, server_default="0"),
     Column("created_at", TS, nullable=False),
+    Column("updated_at", TS),
     Index(None, "game_id", "language"),
 )
 
@@ -104,6 +110,10 @@ document_passages = Table(
     Column("ordinal", Integer, nullable=False),
     Column("heading", String(300)),
     Column("text", Text, nullable=False),
+    # The document's kind, kept on each passage so that ranking needs no join.
+    Column("kind", String(16), nullable=False, server_default="rulebook"),
+    # The PDF page (1-based) the passage comes from; null for text and Markdown.
+    Column("page", Integer),
     Index(None, "game_id", "language"),
 )
 

@@ -312,3 +312,25 @@ def test_serving_language() -> None:
     assert serving_language("pt-BR", ["pt-PT", "pt-BR"]) == "pt-BR"
     assert serving_language("de", ["fr", "en"]) is None
     assert serving_language("de", []) is None
+
+
+async def test_a_document_kind_reaches_its_passages(db: Database, game: dict[str, Any]) -> None:
+    """An errata document's passages are found as errata; a rulebook's as rulebook."""
+    errata = "## Errata: the robber\n\nThe robber steals two resource cards, not one."
+    async with asyncio.timeout(WAIT):
+        await add(db, game["id"], CATAN_EN)
+        doc = await add_document(
+            db,
+            game_id=game["id"],
+            language="en",
+            title="Errata",
+            content=errata,
+            fmt="markdown",
+            kind="errata",
+        )
+        found = await ask(db, game["id"], "robber steals resource cards")
+    assert doc["kind"] == "errata"
+    kinds = {p.heading: p.kind for p in found.passages}
+    assert kinds["Errata: the robber"] == "errata"
+    assert kinds["The robber"] == "rulebook"
+    assert all(p.page is None for p in found.passages)
