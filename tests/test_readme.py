@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -210,3 +211,28 @@ def test_the_printed_address_leads_to_the_docs(tour: TourRun) -> None:
     assert status == 200
     assert final.endswith("/docs")
     assert b"swagger-ui" in body
+
+
+def test_waiting_for_a_server_that_could_not_start_fails_fast(clone: Path) -> None:
+    """``serve &`` on a port already taken, then ``serve --wait``: both say so, no long wait."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = subprocess.run(
+            [
+                "bash",
+                "-c",
+                "./scripts/serve & ./scripts/serve --wait 60; status=$?; wait; exit $status",
+            ],
+            cwd=clone,
+            env=env_for(port),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1 port {port}: address already in use" in result.stderr
+    assert "chat-server exited before it answered" in result.stderr
+    assert time.monotonic() - started < 30
