@@ -36,7 +36,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from .config import Settings
 
-__all__ = ["chat_url", "run_chat"]
+__all__ = ["chat_url", "closed_reason", "footer", "run_chat"]
 
 T = TypeVar("T")
 
@@ -200,6 +200,7 @@ class _Client:
         self.token = token
         self.args = args
         self.interrupted = asyncio.Event()
+        self.prompted = False
 
     async def run(self) -> int:
         host = urlsplit(self.url).hostname or ""
@@ -220,7 +221,8 @@ class _Client:
             async with ws:
                 return await self._session(ws)
         except ConnectionClosed as exc:
-            _out("\n")
+            if self.prompted:  # end the prompt's (or the answer's) line first
+                _out("\n")
             _fail(closed_reason(exc))
             return 1
 
@@ -266,6 +268,7 @@ class _Client:
         try:
             while True:
                 _out(PROMPT)
+                self.prompted = True
                 line = await self._line_or_frame(ws, lines)
                 if line is _FRAME_SHOWN:
                     continue
@@ -356,11 +359,11 @@ class _Client:
                 if not started:  # refused before a turn began (quota, flag, ...)
                     return
             elif kind == "turn.completed":
-                _out(("" if at_line_start else "\n") + _footer(frame))
+                _out(("" if at_line_start else "\n") + footer(frame))
                 return
 
 
-def _footer(frame: dict[str, Any]) -> str:
+def footer(frame: dict[str, Any]) -> str:
     """The line under an answer: finish reason, who answered, tokens, cost, time;
     then the citations. Fields the server does not send are left out."""
     usage = frame.get("usage") or {}

@@ -22,6 +22,7 @@ import pytest
 
 from chat_server.auth import mint_token
 from chat_server.services import with_local_secret
+from chat_server.terminal import footer
 from tests.server import RunningServer, free_port, make_settings, running_server
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pty")
@@ -270,3 +271,25 @@ def test_a_server_restart_is_told_in_words(tmp_path: Path) -> None:
             assert t.wait() == 1
         finally:
             t.close()
+
+
+def test_footer_names_who_answered_tokens_and_cost() -> None:
+    """A CONTRACT §2 ``turn.completed`` gives a footer with provider, model, tokens, cost."""
+    frame = {
+        "type": "turn.completed",
+        "finish_reason": "stop",
+        "provider": "anthropic",
+        "model": "claude-sonnet-5-5",
+        "usage": {"input_tokens": 812, "output_tokens": 95, "estimated": True, "cost_usd": 0.0038},
+        "citations": [{"passage_id": "p1", "title": "Catan rules", "heading": "The robber"}],
+        "timing": {"first_token_ms": 420, "total_ms": 2300},
+    }
+    assert footer(frame) == (
+        "-- stop · anthropic claude-sonnet-5-5 · 812 tokens in, 95 out (estimated) · $0.0038"
+        " · 2.3 s\n   [p1] Catan rules — The robber\n"
+    )
+    frame["usage"] = {"input_tokens": 5, "output_tokens": 7, "estimated": False, "cost_usd": None}
+    assert "5 tokens in, 7 out · cost unknown · " in footer(frame)
+    # An older server sends neither who answered nor the cost: they are left out.
+    older = {"finish_reason": "cancelled", "usage": {"input_tokens": 1, "output_tokens": 2}}
+    assert footer(older) == "-- cancelled · 1 tokens in, 2 out · 0.0 s\n"
