@@ -33,15 +33,25 @@ DESCRIPTION = (
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chat-server", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command")
-    serve = sub.add_parser("serve", help="run the server (default)")
+    serve = sub.add_parser(
+        "serve", help="run the server (default)", description="Run the server until SIGTERM."
+    )
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    migrate = sub.add_parser("migrate", help="bring the database schema to the latest version")
+    migrate = sub.add_parser(
+        "migrate",
+        help="bring the database schema to the latest version",
+        description="Bring DATABASE_URL's schema to the latest version and say what was done.",
+    )
     migrate.add_argument(
         "--sql", action="store_true", help="print the migrations as SQL instead of running them"
     )
-    token = sub.add_parser("token", help="mint a token with the configured secret (not in prod)")
-    token.add_argument("--user", required=True)
+    token = sub.add_parser(
+        "token",
+        help="mint a token with the configured secret (not in prod)",
+        description="Print a token signed with SUPABASE_JWT_SECRET (or the local secret).",
+    )
+    token.add_argument("--user", required=True, help="the user id (the token's sub)")
     token.add_argument(
         "--role",
         default=DEFAULT_ROLE,
@@ -51,7 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument(
         "--ttl", type=_positive_int, default=3600, help="lifetime in seconds (default 3600)"
     )
-    chat = sub.add_parser("chat", help="a terminal client that streams answers")
+    chat = sub.add_parser(
+        "chat",
+        help="a terminal client that streams answers",
+        description="Chat about one game from the terminal; answers stream as they arrive.",
+    )
     chat.add_argument("--game", required=True, help="game id (see GET /games)")
     chat.add_argument("--url", default=None, help="server base URL (default: HOST and PORT)")
     chat.add_argument(
