@@ -14,11 +14,15 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .auth import DEFAULT_ROLE, STAFF_ROLES
 from .config import ConfigError, Settings, load_settings
 from .errors import ChatServerError
 from .logs import configure_logging
+
+if TYPE_CHECKING:
+    from .storage.engine import Database
 
 __all__ = ["main"]
 
@@ -144,23 +148,19 @@ def _migrate(settings: Settings, *, sql: bool) -> int:
 _Schema = tuple[str | None, int]  # (alembic revision, number of tables)
 
 
-async def _schema(db: object) -> _Schema:
+async def _schema(db: Database) -> _Schema:
     """The schema's revision and how many tables the database holds."""
-    from sqlalchemy import inspect, text
+    from sqlalchemy import Connection, inspect, text
 
-    from .storage.engine import Database
-
-    assert isinstance(db, Database)
-
-    def read(conn: object) -> _Schema:
+    def read(conn: Connection) -> _Schema:
         names = inspect(conn).get_table_names()
         revision = None
         if "alembic_version" in names:
-            row = conn.execute(text("SELECT version_num FROM alembic_version")).first()  # type: ignore[attr-defined]
+            row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
             revision = row[0] if row else None
         return revision, len([n for n in names if n != "alembic_version"])
 
-    async with db.read() as conn:
+    async with db.read(timeout=60) as conn:
         return await conn.run_sync(read)
 
 
