@@ -249,6 +249,8 @@ def _serve(settings: Settings) -> int:
         print(f"chat-server: {problem}", file=sys.stderr)
         return 1
 
+    app = create_app(settings)
+
     class Server(ChatServer):
         """Says where it listens and how to get a token once the port is really bound."""
 
@@ -264,10 +266,31 @@ def _serve(settings: Settings) -> int:
                 gc.freeze()
                 port = self.servers[0].sockets[0].getsockname()[1] if self.servers else 0
                 _banner(settings.host, port or settings.port)
+                services = getattr(app.state, "services", None)
+                if services is not None and not await _any_game(services.db):
+                    print(
+                        "no games yet: add them with POST /admin/games (or "
+                        "/admin/games/import), or restart with SEED_DEMO=true for the demo",
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
-    config = uvicorn_config(create_app(settings), settings)
-    Server(config).run(sockets=sockets)
+    Server(uvicorn_config(app, settings)).run(sockets=sockets)
     return 0
+
+
+async def _any_game(db: Database) -> bool:
+    """Whether the database holds a game (a fresh Postgres one holds none)."""
+    from sqlalchemy import select
+
+    from .errors import Unavailable
+    from .storage.schema import games
+
+    try:
+        async with db.read() as conn:
+            return (await conn.execute(select(games.c.id).limit(1))).first() is not None
+    except Unavailable:
+        return True  # say nothing rather than something wrong
 
 
 async def _database_problem(settings: Settings) -> str | None:

@@ -383,6 +383,28 @@ def test_embedded_default_serves_and_keeps_data(workdir: Path, data_dir: Path) -
         assert len(names) == len(body["games"]) + 1  # demo games were not seeded twice
 
 
+@pytest.mark.postgres
+def test_postgres_starts_empty_and_says_how_to_get_games(
+    workdir: Path, data_dir: Path, postgres_url: str
+) -> None:
+    """On Postgres no demo is seeded unless asked: the start says so; SEED_DEMO=true seeds."""
+    env = clean_env(data_dir, PORT=str(free_port()), DATABASE_URL=postgres_url)
+    with serving(workdir, env) as server:
+        deadline = time.monotonic() + 10
+        while "no games yet" not in server.stderr() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "SEED_DEMO=true" in server.stderr()
+        token = mint(workdir, env, "u", "basic")
+        assert http("GET", server.url + "/games", token)[1]["games"] == []
+
+    with serving(workdir, {**env, "SEED_DEMO": "true"}) as server:
+        status, body = http("GET", server.url + "/games", token)
+        assert status == 200, body
+        assert {g["name"] for g in body["games"]} == {"Catan", "Tic-Tac-Toe"}
+        time.sleep(0.5)  # the hint would come right after the banner
+        assert "no games yet" not in server.stderr()
+
+
 def test_server_refuses_a_foreign_token(workdir: Path, data_dir: Path) -> None:
     """A token signed with any other secret than the local one is refused with 401."""
     env = clean_env(data_dir, PORT=str(free_port()))
