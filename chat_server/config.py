@@ -10,8 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .prices import PriceTable, load_prices
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -30,6 +39,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
     )
+    _prices: PriceTable = PrivateAttr()
 
     # Storage and coordination
     database_url: str | None = None
@@ -81,6 +91,9 @@ class Settings(BaseSettings):
     gemini_api_key: str | None = None
     gemini_base_url: str | None = None
     gemini_model: str = "gemini-2.5-flash"
+    model_prices: Path | None = Field(
+        default=None, description="JSON or TOML file of model prices over the built-in table."
+    )
     provider_connect_timeout: float = Field(default=5.0, gt=0, le=120)
     provider_first_token_timeout: float = Field(default=30.0, gt=0, le=600)
     provider_idle_timeout: float = Field(default=30.0, gt=0, le=600)
@@ -135,6 +148,7 @@ class Settings(BaseSettings):
         "gemini_base_url",
         "bgg_api_token",
         "default_provider",
+        "model_prices",
         mode="before",
     )
     @classmethod
@@ -185,6 +199,30 @@ class Settings(BaseSettings):
             if name not in PROVIDER_NAMES:
                 raise ValueError(f"unknown provider {name!r}; known: {', '.join(PROVIDER_NAMES)}")
         return ",".join(names)
+
+    @model_validator(mode="after")
+    def _load_prices(self) -> Settings:
+        try:
+            self._prices = load_prices(self.model_prices)
+        except ValueError as exc:
+            # Raised as the field's own error so the message names MODEL_PRICES.
+            raise ValidationError.from_exception_data(
+                "Settings",
+                [
+                    {
+                        "type": "value_error",
+                        "loc": ("model_prices",),
+                        "input": str(self.model_prices),
+                        "ctx": {"error": str(exc)},
+                    }
+                ],
+            ) from None
+        return self
+
+    @property
+    def prices(self) -> PriceTable:
+        """The model prices: the built-in table with ``MODEL_PRICES`` laid over it."""
+        return self._prices
 
     @model_validator(mode="after")
     def _default_provider(self) -> Settings:

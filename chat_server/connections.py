@@ -1,4 +1,5 @@
-"""The open WebSocket connections of this instance: per-user limits and broadcast close."""
+"""The open client connections of this instance (every dialect): the instance's
+connection limit, and the list a shutdown closes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING
 from . import metrics
 
 if TYPE_CHECKING:
-    from .ws import Connection
+    from .transports.client import ClientConnection as Connection
 
 __all__ = ["Connections"]
 

@@ -3,7 +3,8 @@
 Inbound frames are pydantic models, strict (no type coercion, no unknown fields), in
 one discriminated union on ``type``; ``parse_frame`` is the only way in and raises
 ``InvalidInput`` with a message a client developer can act on. Outbound frames are
-plain dicts built by the functions below and encoded once by ``encode``.
+the session core's events (``sessions/protocol.py``), sent as they are: this
+dialect's frames have the core's shapes; ``encode`` makes their text, once per event.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pydantic import (
 )
 from pydantic import ValidationError as PydanticValidationError
 
-from .errors import ChatServerError, InvalidInput
+from .errors import InvalidInput
+from .sessions.protocol import error_event as error_frame
+from .sessions.protocol import error_from
 
 __all__ = [
     "AuthFrame",
@@ -35,6 +38,7 @@ __all__ = [
     "SessionStartFrame",
     "encode",
     "error_frame",
+    "error_from",
     "parse_frame",
 ]
 
@@ -145,21 +149,17 @@ def _default(value: Any) -> Any:
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_default)
 
 
+_last: list[Any] = [None, ""]  # the last event encoded, and its text
+
+
 def encode(frame: dict[str, Any]) -> str:
-    return _encoder.encode(frame)
-
-
-def error_frame(
-    code: str, message: str, *, turn_id: str | None = None, context: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
-    if turn_id is not None:
-        frame["turn_id"] = turn_id
-    if context:
-        frame["context"] = context
-    return frame
-
-
-def error_from(exc: ChatServerError, *, turn_id: str | None = None) -> dict[str, Any]:
-    """The one mapping from a domain error to an ``error`` frame."""
-    return error_frame(exc.code, exc.message, turn_id=turn_id, context=exc.context or None)
+    """The frame's JSON text. An event that several followers of a session send (the
+    core shares one dict between them) is encoded once: the last one's text is kept.
+    Events are never changed once emitted, so the same object means the same text."""
+    last = _last
+    if frame is last[0]:
+        text: str = last[1]
+        return text
+    text = _encoder.encode(frame)
+    last[0], last[1] = frame, text
+    return text

@@ -14,7 +14,9 @@ from prometheus_client import Counter, Gauge, Histogram
 __all__ = [
     "CANCELS",
     "CONNECTIONS",
+    "COST",
     "DENIALS",
+    "DENIALS_DROPPED",
     "FIRST_TOKEN",
     "GAP_SAMPLE_EVERY",
     "INTER_TOKEN_GAP",
@@ -54,6 +56,10 @@ INTER_TOKEN_GAP = Histogram(
 )
 TOKENS = Counter("chat_tokens_total", "Tokens reported by providers", ["provider", "direction"])
 DENIALS = Counter("chat_turn_denials_total", "Turns refused before starting", ["reason"])
+DENIALS_DROPPED = Counter(
+    "chat_denials_dropped_total", "Refusals not recorded in usage_events: the buffer was full"
+)
+COST = Counter("chat_cost_usd_total", "USD of priced turns, by provider", ["provider"])
 PROVIDER_ERRORS = Counter("chat_provider_errors_total", "Provider failures", ["provider", "code"])
 CANCELS = Counter("chat_cancels_total", "Turns cancelled", ["cause"])
 TOKENS_AFTER_CANCEL = Counter(

@@ -9,9 +9,26 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["PassageText", "split_passages"]
+__all__ = ["Passage", "PassageText", "split_passages"]
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A stored, searchable piece of a game's rulebook: what grounding finds, a provider
+    is sent and an answer cites. Defined here, with the splitting, so that storage and
+    providers share it without either importing the other."""
+
+    id: str
+    document_id: str
+    title: str
+    heading: str | None
+    text: str
+    ordinal: int
+    language: str
+    kind: str = "rulebook"  # the document's kind: rulebook, faq, errata or expansion
+    page: int | None = None  # the PDF page (1-based), None for text and Markdown
 
 
 @dataclass(frozen=True, slots=True)

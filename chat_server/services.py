@@ -22,6 +22,7 @@ from .bgg import BggClient
 from .config import Settings
 from .connections import Connections
 from .demo import seed_demo_games
+from .denials import DenialLog
 from .errors import Unavailable
 from .flag_cache import FlagCache
 from .providers import Provider, build_providers
@@ -29,6 +30,7 @@ from .quotas import MemoryQuotaCounter, QuotaCounter, RedisQuotaCounter
 from .redis_client import RedisClient, connect_redis, discover_cluster
 from .sessions.chat import ChatService
 from .sessions.events import EventFeed, MemoryEvents, RedisEvents
+from .sessions.hub import SessionHub
 from .sessions.manager import TurnManager
 from .sessions.monitor import Monitor
 from .sessions.registry import MemoryRegistry, RedisRegistry, Registry
@@ -59,6 +61,7 @@ class Services:
     bgg: BggClient
     manager: TurnManager
     chat: ChatService
+    hub: SessionHub
     connections: Connections
     slots: UserSlots
     registry: Registry
@@ -180,10 +183,15 @@ async def build_services(settings: Settings) -> Services:
             first_token_timeout=settings.provider_first_token_timeout,
             idle_timeout=settings.provider_idle_timeout,
             resume_grace=settings.ws_resume_grace,
+            prices=settings.prices,
         )
+        denials = DenialLog(db)
+        await denials.start()
+        stack.push_async_callback(denials.aclose)
         chat = ChatService(
             settings=settings,
             db=db,
+            denials=denials,
             flags=flags,
             quotas=quotas,
             providers=providers,
@@ -220,21 +228,39 @@ async def build_services(settings: Settings) -> Services:
         else:
             registry = MemoryRegistry(instance_id)
             events = MemoryEvents()
+        relay = TurnRelay(
+            redis=redis,
+            backplane=backplane,
+            manager=manager,
+            instance_id=instance_id,
+            prefix=settings.redis_prefix,
+            # the longest an owner's turn may stay silent: waiting for the provider, then
+            # storing the answer before its turn.completed
+            silence=max(settings.provider_first_token_timeout, settings.provider_idle_timeout)
+            + settings.database_timeout
+            + 5.0,
+        )
+        manager.listeners.append(relay.announce)
+        stack.push_async_callback(relay.aclose)
+        hub = SessionHub(
+            chat=chat,
+            manager=manager,
+            relay=relay,
+            registry=registry,
+            feed=events,
+            instance_id=instance_id,
+        )
         monitor = Monitor(
             db=db,
             registry=registry,
             events=events,
             backplane=backplane,
-            connections=connections,
+            hub=hub,
             quotas=quotas,
             sweep_interval=settings.orphan_sweep_interval,
             orphan_age=settings.registry_ttl + 5,
         )
         manager.listeners.append(monitor.on_turn)
-        relay = TurnRelay(
-            redis=redis, backplane=backplane, manager=manager, prefix=settings.redis_prefix
-        )
-        stack.push_async_callback(relay.aclose)
         await monitor.start()
         stack.push_async_callback(monitor.aclose)
         await backplane.start()  # after every subscriber registered
@@ -253,6 +279,7 @@ async def build_services(settings: Settings) -> Services:
         bgg=bgg,
         manager=manager,
         chat=chat,
+        hub=hub,
         connections=connections,
         slots=slots,
         registry=registry,

@@ -17,16 +17,25 @@ from chat_server.errors import NotFound
 router = APIRouter()
 
 _STATIC = files("chat_server").joinpath("static")
-_MEDIA_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+_MEDIA_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".LICENSE": "text/plain; charset=utf-8",  # a vendored library's license, beside it
+}
+_FOLDERS = ("", "vendor")  # static/ and static/vendor/ (third-party libraries, README there)
 
 
 def _read_assets() -> dict[str, tuple[bytes, str]]:
-    """Every script and style the page may load, read once at import (before serving)."""
+    """Every script and style the page may load, read once at import (before serving):
+    the allowlist of ``/admin/assets/{name}``, keyed ``admin.js``, ``vendor/uPlot.min.css``."""
     assets: dict[str, tuple[bytes, str]] = {}
-    for entry in _STATIC.iterdir():
-        suffix = entry.name[entry.name.rfind(".") :]
-        if entry.is_file() and suffix in _MEDIA_TYPES:
-            assets[entry.name] = (entry.read_bytes(), _MEDIA_TYPES[suffix])
+    for folder in _FOLDERS:
+        where = _STATIC.joinpath(folder) if folder else _STATIC
+        for entry in where.iterdir():
+            suffix = entry.name[entry.name.rfind(".") :]
+            if entry.is_file() and suffix in _MEDIA_TYPES:
+                name = f"{folder}/{entry.name}" if folder else entry.name
+                assets[name] = (entry.read_bytes(), _MEDIA_TYPES[suffix])
     return assets
 
 
@@ -45,9 +54,10 @@ async def admin_page() -> HTMLResponse:
     return HTMLResponse(_HTML, headers=_HEADERS)
 
 
-@router.get("/admin/assets/{name}", include_in_schema=False)
+@router.get("/admin/assets/{name:path}", include_in_schema=False)
 async def admin_asset(name: str) -> Response:
-    """The page's own scripts and styles (public: they hold no data)."""
+    """The page's own scripts and styles, and the vendored libraries it uses (public:
+    they hold no data). Only the files read at import are served: no path is opened."""
     asset = _ASSETS.get(name)
     if asset is None:
         raise NotFound("no such asset", error_code="ASSET_NOT_FOUND")

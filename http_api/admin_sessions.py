@@ -1,4 +1,5 @@
-"""Staff: live sessions on every instance, their event feed (SSE), and ending one."""
+"""Staff: live sessions on every instance, their event feed (SSE), watching one (SSE),
+and ending one."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from chat_server.frames import encode
+from chat_server.sessions.follower import Follower
+from chat_server.sessions.outbox import Outbox
+from chat_server.sessions.protocol import Event
+from chat_server.storage.ids import new_id
 from chat_server.storage.pages import decode_cursor, encode_cursor
+from chat_server.transports.sse import KEEPALIVE_SECONDS, follow, sse_block
 
 from .deps import ServicesDep, Staff
 from .errors import ERROR_RESPONSES
@@ -22,13 +29,14 @@ router = APIRouter(
     tags=["admin"],
     responses={**ERROR_RESPONSES, 403: {"model": ErrorBody, "description": "Not staff"}},
 )
-KEEPALIVE_SECONDS = 15.0
+WATCHED = frozenset({"turn.started", "turn.delta", "turn.completed"})
 
 
 class LiveSessionOut(BaseModel):
     id: str
     user_id: str
     game_id: str
+    game_name: str | None = None
     instance: str
     connection_id: str | None = None
     connected_at: datetime
@@ -39,6 +47,8 @@ class LiveSessionOut(BaseModel):
     turn_id: str | None = None
     tokens: int = 0
     first_token_ms: int | None = None
+    connections: int = 1
+    """How many client connections follow the session, on every instance."""
 
 
 class LiveSessionsPage(BaseModel):
@@ -84,6 +94,71 @@ async def events(
                 yield ": keep-alive\n\n"
             for event_id, kind, data in batch:
                 yield f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _last_event(value: str | None) -> tuple[str, int] | None:
+    """``<turn_id>:<seq>`` from a Last-Event-ID header; None when absent or malformed."""
+    turn_id, _, seq = (value or "").rpartition(":")
+    return (turn_id, int(seq)) if turn_id and seq.isdigit() else None
+
+
+class _Renderer:
+    """A watch's events as SSE blocks, ``id: <turn_id>:<seq>`` (``turn.started`` is
+    seq 0, ``turn.completed`` the turn's last seq)."""
+
+    __slots__ = ("seqs",)
+
+    def __init__(self) -> None:
+        self.seqs: dict[str, int] = {}
+
+    def __call__(self, event: Event) -> str | None:
+        kind = event["type"]
+        if kind not in WATCHED:
+            return None
+        turn_id = event["turn_id"]
+        if kind == "turn.delta":
+            seq = self.seqs[turn_id] = event["seq"]
+        elif kind == "turn.started":
+            seq = self.seqs[turn_id] = 0
+        else:
+            seq = self.seqs.pop(turn_id, 0)
+        return sse_block(encode(event), event=kind, event_id=f"{turn_id}:{seq}")
+
+
+@router.get(
+    "/{session_id}/stream",
+    summary="Watch one live session (Server-Sent Events): turn.started, turn.delta, "
+    "turn.completed with the WebSocket frames' JSON, from any instance; the id is "
+    "<turn_id>:<seq>, send Last-Event-ID to resume; a comment line every 15 s of quiet",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "An SSE stream"},
+        404: {"model": ErrorBody, "description": "No such session"},
+    },
+)
+async def watch(
+    session_id: Annotated[str, Path(max_length=64)],
+    _staff: Staff,
+    services: ServicesDep,
+    last_event_id: Annotated[str | None, Header(max_length=200)] = None,
+) -> StreamingResponse:
+    follower = Follower(new_id(), "watch", Outbox(max_frames=256))
+    hub = services.hub
+    await hub.watch(session_id, follower, _last_event(last_event_id))
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield "retry: 2000\n\n"
+            async for block in follow(follower.outbox, _Renderer(), KEEPALIVE_SECONDS):
+                yield block
+        finally:
+            hub.unwatch(session_id, follower)
 
     return StreamingResponse(
         stream(),

@@ -165,6 +165,26 @@ class Page:
         except PlaywrightError as exc:
             raise CDPError(f"clicking {selector!r}: {exc.message}") from exc
 
+    async def capture(self, selector: str) -> bytes:
+        """A PNG of what the (first) element matching ``selector`` shows on screen."""
+        box = await self.evaluate(
+            f"""(() => {{
+              const el = document.querySelector({json.dumps(selector)});
+              if (!el) return null;
+              el.scrollIntoView({{block: "center"}});
+              const r = el.getBoundingClientRect();
+              return {{x: r.left + scrollX, y: r.top + scrollY, width: r.width,
+                       height: r.height}};
+            }})()"""
+        )
+        if box is None or not box["width"] or not box["height"]:
+            raise CDPError(f"nothing visible matches {selector!r}")
+        result = await self.call(
+            "Page.captureScreenshot",
+            {"format": "png", "clip": {**box, "scale": 1}, "captureBeyondViewport": True},
+        )
+        return base64.b64decode(result["data"])
+
     async def screenshot(self, path: Path) -> Path:
         """Save a PNG of the viewport (for a human to look at)."""
         data = await self._page.screenshot(type="png", timeout=CALL_TIMEOUT * 1000)

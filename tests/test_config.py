@@ -81,10 +81,13 @@ def test_every_contract_variable_is_a_setting() -> None:
 
 @pytest.mark.usefixtures("bare_env")
 def test_every_contract_variable_is_read_from_the_environment(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Setting a contract variable in the environment changes the matching setting."""
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"models": {}}', encoding="utf-8")
     samples = {
+        "MODEL_PRICES": str(prices),
         "DATABASE_URL": "postgresql://u@db.example/x",
         "REDIS_URL": "redis://cache.example:6380/2",
         "DEFAULT_PROVIDER": "gemini",

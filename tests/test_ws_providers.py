@@ -89,7 +89,13 @@ async def test_openai_tokens_arrive_in_order_and_whole(
     assert text_of(frames) == "".join(tokens)
     completed = frames[-1]
     assert completed["finish_reason"] == "stop"
-    assert completed["usage"] == {"input_tokens": 321, "output_tokens": 60}
+    assert completed["usage"] == {
+        "input_tokens": 321,
+        "output_tokens": 60,
+        "estimated": False,
+        "cost_usd": None,  # gpt-test has no price
+    }
+    assert (completed["provider"], completed["model"]) == ("openai", "gpt-test")
     body = openai_up.requests[0].body
     assert body["model"] == "gpt-test" and body["stream"] is True
     sent = str(body["messages"])
@@ -251,7 +257,12 @@ async def test_gemini_streams_through_the_server(tmp_path: Path) -> None:
                 await client.start(catan(server), provider="gemini")
                 frames = await client.ask("How do I win?")
     assert text_of(frames) == "Gemini says"
-    assert frames[-1]["usage"] == {"input_tokens": 9, "output_tokens": 3}
+    assert frames[-1]["usage"] == {
+        "input_tokens": 9,
+        "output_tokens": 3,
+        "estimated": False,
+        "cost_usd": round((9 * 0.30 + 3 * 2.50) / 1_000_000, 8),  # gemini-2.5-flash
+    }
 
 
 async def test_unconfigured_provider_is_refused(tmp_path: Path) -> None:
@@ -275,8 +286,8 @@ async def test_each_turn_sends_the_sessions_latest_turns(
     tmp_path: Path, openai_up: OpenAIUpstream
 ) -> None:
     """Each turn sends the session's latest HISTORY_TURNS turns: a cancelled answer is
-    left out, two connections on one session each see the other's turns, and a resume
-    on a new connection goes on from what was stored."""
+    left out, two connections on one session each see the other's turns (both receive
+    every turn live), and a resume on a new connection goes on from what was stored."""
     settings = openai_settings(tmp_path, openai_up, history_turns=2)
     with running_server(settings) as server:
         token = server.token()
@@ -289,14 +300,17 @@ async def test_each_turn_sends_the_sessions_latest_turns(
                 await second.expect("session.ready")
                 openai_up.script = Script(tokens=["A2."])
                 await second.ask("Q2")
+                await first.until("turn.completed")  # first follows second's turn too
                 openai_up.script = Script(tokens=["A3."])
                 await first.ask("Q3")
+                await second.until("turn.completed")
                 openai_up.script = Script(tokens=[f"t{i} " for i in range(2000)], token_delay=0.01)
                 await second.send({"type": "message", "text": "Q4"})
                 await second.expect("turn.started")
                 await second.expect("turn.delta")
                 await second.send({"type": "cancel"})
                 assert (await second.until("turn.completed"))[-1]["finish_reason"] == "cancelled"
+                await first.until("turn.completed")
             openai_up.script = Script(tokens=["A5."])
             await first.ask("Q5")
         async with ws_client(server.ws_url, token) as third:

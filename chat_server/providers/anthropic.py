@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any, Literal
 
 import anthropic
@@ -145,7 +146,8 @@ class AnthropicProvider:
         return messages
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamEvent]:
-        """Stream text deltas and citations, then one ``UsageReport`` and one ``Finish``.
+        """Stream an early ``UsageReport`` (input tokens), text deltas and citations, then
+        the final ``UsageReport`` and one ``Finish``.
 
         Raises ``ProviderUnavailable`` or ``ProviderError``.
         """
@@ -182,6 +184,8 @@ class AnthropicProvider:
                                         yield ref
                             elif kind == "message_start":
                                 _merge_usage(usage, event["message"].get("usage"))
+                                # Counted even if the turn is cancelled or cut later.
+                                yield UsageReport(replace(usage), final=False)
                             elif kind == "message_delta":
                                 stop = event["delta"].get("stop_reason") or stop
                                 _merge_usage(usage, event.get("usage"))

@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from ..rulebooks import Passage  # re-exported: the providers' interface names it
+
 __all__ = [
     "ChatMessage",
     "CitationRef",
@@ -33,21 +35,6 @@ __all__ = [
     "Usage",
     "UsageReport",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Passage:
-    """A searchable piece of a game's rulebook, as sent to a provider and cited back."""
-
-    id: str
-    document_id: str
-    title: str
-    heading: str | None
-    text: str
-    ordinal: int
-    language: str
-    kind: str = "rulebook"  # the document's kind: rulebook, faq, errata or expansion
-    page: int | None = None  # the PDF page (1-based), None for text and Markdown
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +84,12 @@ class CitationRef:
 
 @dataclass(frozen=True, slots=True)
 class UsageReport:
+    """Token counts so far. ``final`` is False for an early report (Anthropic's
+    ``message_start``), True for the end-of-stream one; a later report replaces an
+    earlier one."""
+
     usage: Usage = field(default_factory=Usage)
+    final: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,7 +147,8 @@ class GeminiProvider:
         ]
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamEvent]:
-        """Stream text deltas, then one ``UsageReport`` and one ``Finish``.
+        """Stream an early ``UsageReport`` (the prompt's tokens, from the first chunk),
+        text deltas, then the final ``UsageReport`` and one ``Finish``.
 
         Raises ``ProviderUnavailable`` or ``ProviderError``.
         """
@@ -164,7 +165,11 @@ class GeminiProvider:
             )
             async for chunk in chunks:
                 if chunk.usage_metadata is not None:
+                    early = usage is None  # the first chunk already counts the prompt
                     usage = _usage(chunk.usage_metadata)
+                    if early and usage.input_tokens:  # counted even if the turn is cut
+                        prompt = Usage(usage.input_tokens, 0, usage.cache_read_tokens)
+                        yield UsageReport(prompt, final=False)
                 if chunk.prompt_feedback is not None and chunk.prompt_feedback.block_reason:
                     raise ProviderError("gemini refused the prompt")
                 if not chunk.candidates:

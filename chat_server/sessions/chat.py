@@ -1,8 +1,9 @@
-"""The chat service: sessions and turns as the WebSocket endpoint asks for them.
+"""The chat service: sessions and turns, the rules that need storage.
 
 It holds the rules that need storage (visibility, ownership, flags, quota, history,
 grounding) and hands running turns to the ``TurnManager``. It knows nothing of
-sockets: it takes validated frames and an ``Outbox`` and returns frames to send.
+transports: it takes the core's commands (``protocol.py``) and returns its events;
+adapters reach it through the ``SessionHub``, which also attaches their followers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from .. import metrics
 from ..access import can_see_game
 from ..config import Settings
+from ..denials import Denial, DenialLog
 from ..errors import (
     FeatureDisabled,
     InvalidInput,
@@ -30,9 +32,9 @@ from ..errors import (
 )
 from ..flag_cache import FlagCache
 from ..flags import Decision
-from ..frames import MessageFrame, SessionResumeFrame, SessionStartFrame
-from ..providers.base import ChatMessage, Passage, Provider, ProviderRequest
+from ..providers.base import ChatMessage, Provider, ProviderRequest
 from ..quotas import Quota, QuotaCounter, Reservation, next_midnight
+from ..rulebooks import Passage
 from ..storage import chat as chat_store
 from ..storage.documents import Retrieval, game_languages, retrieve
 from ..storage.engine import Database
@@ -40,8 +42,8 @@ from ..storage.games import get_game
 from ..storage.ids import new_id, utcnow
 from ..tracing import TurnSpan, start_turn_span
 from .history import History
-from .manager import TurnManager
-from .outbox import Outbox, SlowClient
+from .manager import LiveTurn, TurnManager
+from .protocol import Ask, Event, Resume, Start
 from .turn import Turn
 
 __all__ = ["Attached", "ChatService", "Game", "Who"]
@@ -97,6 +99,7 @@ class ChatService:
         providers: dict[str, Provider],
         manager: TurnManager,
         instance_id: str,
+        denials: DenialLog | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -105,6 +108,7 @@ class ChatService:
         self.providers = providers
         self.manager = manager
         self.instance_id = instance_id
+        self.denials = denials
         self.draining = False
         # Shared while some connection holds them: one game object per game, one
         # history per session attached on this instance.
@@ -152,9 +156,7 @@ class ChatService:
         decision = self._decide(who, f"chat.provider.{name}", game)
         return decision.enabled or decision.flag_id is None
 
-    async def start_session(
-        self, who: Who, frame: SessionStartFrame
-    ) -> tuple[Attached, dict[str, Any]]:
+    async def start_session(self, who: Who, frame: Start) -> tuple[Attached, Event]:
         game = await self._visible_game(who, frame.game_id)
         name = frame.provider or self.settings.default_provider or "local"
         if name not in self.providers:
@@ -178,12 +180,10 @@ class ChatService:
         return attached, self._ready(session, [], quota)
 
     async def resume_session(
-        self, who: Who, frame: SessionResumeFrame, sink: Outbox
-    ) -> tuple[Attached, dict[str, Any], str | None]:
-        """Re-attach; also re-attach the running turn when ``turn_id`` names it.
-
-        Returns the attachment, the ``session.ready`` frame, and the id of the turn now
-        streaming to ``sink`` (if any).
+        self, who: Who, frame: Resume
+    ) -> tuple[Attached, Event, LiveTurn | None]:
+        """Re-attach: the attachment, the ``session.ready`` event (``running`` is None:
+        the hub fills it in) and this instance's running turn of the session, if any.
         """
         session = await chat_store.get_session(self.db, frame.session_id)
         if session is None or session["user_id"] != who.user_id:
@@ -200,17 +200,12 @@ class ChatService:
         )
         # The freshest view there is: what was stored, and this instance's running turn.
         attached.history.load(history, live.turn.message_id if live is not None else None)
-        resumed: str | None = None
         if live is not None:
             for message in history:
                 if message["id"] == live.turn.message_id:
                     message.update(live.turn.live_message())
         ready = self._ready(session, history, await self._usage(who, game))
-        if live is not None and frame.turn_id == live.turn.id:
-            resumed = live.turn.id
-            sink.put(ready)
-            self.manager.attach(live.turn.id, sink, frame.after_seq or 0)
-        return attached, ready, resumed
+        return attached, ready, self.manager.running_in_session(session["id"])
 
     def _ready(
         self, session: dict[str, Any], history: list[dict[str, Any]], quota: Quota
@@ -223,6 +218,7 @@ class ChatService:
             "session": public,
             "history": history,
             "quota": quota.to_dict(),
+            "running": None,
         }
 
     async def quota(self, who: Who, game: dict[str, Any]) -> Quota:
@@ -240,12 +236,11 @@ class ChatService:
         )
 
     # -- turns -----------------------------------------------------------------
-    async def start_turn(
-        self, who: Who, attached: Attached, frame: MessageFrame, sink: Outbox
-    ) -> Turn:
+    async def start_turn(self, who: Who, attached: Attached, frame: Ask) -> Turn:
         """Check flag then quota, store the question, start streaming the answer.
 
-        Puts ``turn.started`` into ``sink`` before any delta can follow. The provider
+        Every follower of the session here gets ``turn.started`` before any delta can
+        follow (``TurnManager.release``). The provider
         is asked while the question is being stored, but nothing of the answer is sent
         or stored before the question is: whatever fails before that stops the
         provider request, gives the quota back and stores nothing.
@@ -311,16 +306,12 @@ class ChatService:
                 raise
         except BaseException as exc:
             span.end(error=getattr(exc, "code", type(exc).__name__))
+            if isinstance(exc, FeatureDisabled | QuotaExceeded):
+                self._record_denial(who, attached, exc.code, now)
             raise
         turn.user_message_id, turn.message_id = user_message["id"], assistant_id
         attached.history.begin(frame.text, assistant_id)
-        try:
-            sink.put(turn.started_frame(reservation.quota.to_dict()))
-        except SlowClient:  # the client stopped reading: the turn goes on as if it left
-            self.manager.release(live, sink)
-            self.manager.detach(turn.id, sink)
-            raise
-        self.manager.release(live, sink)
+        self.manager.release(live, turn.started_frame(reservation.quota.to_dict()))
         return turn
 
     def rulebook_added(self, game_id: str) -> None:
@@ -393,6 +384,22 @@ class ChatService:
             metrics.DENIALS.labels("quota_exceeded").inc()
             raise QuotaExceeded(context=reservation.quota.to_dict())
         return reservation
+
+    def _record_denial(self, who: Who, attached: Attached, code: str, now: datetime) -> None:
+        """A refused turn, for the usage report (buffered: no round trip here)."""
+        if self.denials is not None:
+            provider = self.providers.get(attached.provider)
+            self.denials.record(
+                Denial(
+                    session_id=attached.session_id,
+                    user_id=who.user_id,
+                    game_id=attached.game.id,
+                    provider=attached.provider,
+                    model=provider.model if provider is not None else "",
+                    code=code,
+                    at=now,
+                )
+            )
 
     async def _refund_quietly(self, who: Who, game: Game, turn_id: str, now: datetime) -> None:
         try:

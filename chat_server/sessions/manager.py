@@ -1,8 +1,13 @@
-"""Running turns: their tasks, where their frames go, cancel, grace, shutdown.
+"""Running turns: their tasks, where their events go, cancel, grace, shutdown.
 
-A turn outlives its connection for ``resume_grace`` seconds (a client that drops
-mid-turn can come back), so turns are owned here, by the app, not by the connection:
+A turn outlives its connections for ``resume_grace`` seconds (a client that drops
+mid-turn can come back), so turns are owned here, by the app, not by a connection:
 every task has a handle in ``self._live`` and is cancelled or awaited at shutdown.
+
+A turn's events go to every follower of its session on this instance (``followers``)
+when it is released, and to those that join later (``join``): each gets a ``Cursor``
+(``follower.py``). The grace period starts when no follower that holds the turn is
+left, and ends when one joins again.
 
 A turn starts in two steps: ``begin`` asks the provider at once, while the caller
 stores the question; ``release`` then lets its frames out and makes it a turn that
@@ -29,19 +34,21 @@ from typing import Any
 
 from .. import metrics
 from ..errors import ChatServerError, ProviderError
-from ..frames import error_frame
 from ..logs import add_context
+from ..prices import PriceTable, load_prices
 from ..providers.base import (
     CitationRef,
     Finish,
     Provider,
     ProviderRequest,
     TextDelta,
+    Usage,
     UsageReport,
 )
 from ..providers.timing import with_timeouts
 from ..tracing import TurnSpan
-from .outbox import Outbox, SlowClient
+from .follower import Cursor, Follower, SessionFollowers
+from .protocol import Event, error_event
 from .turn import Turn
 
 __all__ = ["LiveTurn", "TurnManager"]
@@ -59,7 +66,10 @@ class LiveTurn:
     turn: Turn
     chain: list[Provider]
     request: ProviderRequest
-    sink: Outbox | None = None
+    #: one per follower on this instance; the turn pulls each when text arrives
+    cursors: list[Cursor] = field(default_factory=list)
+    #: the ``turn.started`` event, once released (a relay that joins later sends it)
+    started: Event | None = None
     span: TurnSpan = field(default_factory=lambda: TurnSpan(None))
     task: asyncio.Task[None] | None = None
     inner: asyncio.Task[None] | None = None
@@ -84,8 +94,11 @@ class TurnManager:
         first_token_timeout: float,
         idle_timeout: float,
         resume_grace: float,
+        prices: PriceTable | None = None,
+        followers: SessionFollowers | None = None,
     ) -> None:
         self._persist = persist
+        self._prices = prices or load_prices(None)
         self._refund = refund
         self._first_token_timeout = first_token_timeout
         self._idle_timeout = idle_timeout
@@ -94,6 +107,7 @@ class TurnManager:
         self._background: set[asyncio.Task[None]] = set()
         self._by_session: dict[str, str] = {}
         self.listeners: list[Listener] = []
+        self.followers = followers if followers is not None else SessionFollowers()
 
     # -- queries ---------------------------------------------------------------
     def running_in_session(self, session_id: str) -> LiveTurn | None:
@@ -126,13 +140,20 @@ class TurnManager:
         live.task = asyncio.create_task(self._run(live), name=f"turn-{turn.id}")
         return live
 
-    def release(self, live: LiveTurn, sink: Outbox) -> None:
-        """The question is stored: stream to ``sink`` (where ``turn.started`` waits)."""
-        live.sink = sink
-        if live.turn.pending:
-            sink.pull(live.turn)
+    def release(self, live: LiveTurn, started: Event) -> None:
+        """The question is stored: ``started`` (``turn.started``) goes to every follower
+        of the session here, then the turn streams to them."""
+        live.started = started
+        turn = live.turn
+        for follower in self.followers.of(turn.session_id):
+            follower.put(started)
+            live.cursors.append(Cursor(turn, follower, 0))
+        if turn.pending:
+            for cursor in live.cursors:
+                cursor.pull()
         live.stored.set_result(True)
-        self._notify("turn.started", live.turn)
+        self._grace_if_unheld(live)
+        self._notify("turn.started", turn)
 
     def abandon(self, live: LiveTurn) -> None:
         """The question could not be stored: stop the turn; nothing of it is sent or stored.
@@ -158,32 +179,58 @@ class TurnManager:
             live.inner.cancel()
         return True
 
-    def detach(self, turn_id: str, sink: Outbox) -> None:
-        """The connection ``sink`` went away: keep the turn for the grace period."""
+    def leave(self, turn_id: str, follower: Follower) -> None:
+        """``follower`` stops following the turn (it went away). Without a follower
+        that holds it, the turn is kept for the grace period, then cancelled."""
         live = self._live.get(turn_id)
-        if live is None or live.sink is not sink:
+        if live is None:
             return
-        live.sink = None
+        live.cursors = [c for c in live.cursors if c.follower is not follower]
+        self._grace_if_unheld(live)
+
+    def _grace_if_unheld(self, live: LiveTurn) -> None:
+        if live.grace is not None or live.turn.done or not live.stored.done():
+            return
+        if any(cursor.follower.holds for cursor in live.cursors):
+            return
         if self.resume_grace <= 0:
-            self.cancel(turn_id, "disconnect")
+            self.cancel(live.turn.id, "disconnect")
         else:
             loop = asyncio.get_running_loop()
-            live.grace = loop.call_later(self.resume_grace, self.cancel, turn_id, "disconnect")
+            live.grace = loop.call_later(self.resume_grace, self.cancel, live.turn.id, "disconnect")
 
-    def attach(self, turn_id: str, sink: Outbox, after_seq: int) -> LiveTurn | None:
-        """A client resumes: send what it missed after ``after_seq``, then go on live."""
+    def join(
+        self, turn_id: str, follower: Follower, after_seq: int, ready: Event | None = None
+    ) -> LiveTurn | None:
+        """``follower`` follows the running turn from ``after_seq`` on: the deltas
+        after it, then the rest live. None when the turn is not running here.
+
+        ``ready`` (``session.ready``) is queued first, its ``running`` filled in. A
+        client that comes back alone (nobody else follows the turn) gets what it
+        missed as one delta (``Turn.resume``); beside other followers it takes the
+        deltas they took, with their ``seq``.
+        """
         live = self._live.get(turn_id)
         if live is None or live.turn.done:
             return None
-        if live.grace is not None:
+        turn = live.turn
+        if live.started is None:  # not released yet: it starts for the session's followers
+            if ready is not None:
+                follower.put(ready)
+            return live
+        live.cursors = [c for c in live.cursors if c.follower is not follower]
+        if follower.holds and live.grace is not None:
             live.grace.cancel()
             live.grace = None
-        # A connection that still had the turn simply stops getting it (the newest
-        # resume wins); it stays open for everything else.
-        live.sink = sink
-        live.turn.resume(after_seq)
-        if live.turn.pending:
-            sink.pull(live.turn)
+        if not live.cursors and follower.kind == "client":
+            turn.resume(after_seq)
+        if ready is not None:
+            ready["running"] = {"turn_id": turn.id, "message_id": turn.message_id, "seq": turn.seq}
+            follower.put(ready)
+        cursor = Cursor(turn, follower, after_seq)
+        live.cursors.append(cursor)
+        if cursor.pending:
+            cursor.pull()
         return live
 
     async def shutdown(self, grace: float) -> None:
@@ -236,8 +283,9 @@ class TurnManager:
     async def _stream(self, live: LiveTurn) -> None:
         turn = live.turn
         for index, provider in enumerate(live.chain):
-            if index:
+            if index:  # the next provider answers: only its usage counts
                 turn.provider, turn.model = provider.name, provider.model
+                turn.usage, turn.usage_reported = Usage(), False
             live.inner = asyncio.create_task(self._consume(live, provider))
             try:
                 with live.span.child("chat.provider", provider=provider.name, model=provider.model):
@@ -289,12 +337,12 @@ class TurnManager:
                     if not turn.has_text:
                         live.span.event("chat.first_token")
                     turn.add_text(event.text, now)
-                    if live.sink is not None:
-                        live.sink.pull(turn)
+                    for cursor in live.cursors:
+                        cursor.outbox.pull(cursor)
                 elif isinstance(event, CitationRef):
                     turn.cite(event)
                 elif isinstance(event, UsageReport):
-                    turn.usage = event.usage
+                    turn.report_usage(event.usage, event.final)
                 elif isinstance(event, Finish):
                     live.provider_finish = event.reason
         finally:
@@ -304,6 +352,7 @@ class TurnManager:
         turn = live.turn
         if live.grace is not None:
             live.grace.cancel()
+        turn.settle_usage(self._prices, live.request)
         _observe(turn)
         live.span.end(
             error=turn.error_code if turn.finish_reason == "error" else None,
@@ -338,14 +387,12 @@ class TurnManager:
             },
         )
         self._forget(turn)
-        sink = live.sink
-        if sink is not None:
-            try:
-                if live.error is not None:
-                    sink.put(error_frame(live.error.code, live.error.message, turn_id=turn.id))
-                sink.put(turn.completed_frame())
-            except SlowClient:
-                sink.close()
+        events = [turn.completed_frame()]
+        if live.error is not None:
+            events.insert(0, error_event(live.error.code, live.error.message, turn_id=turn.id))
+        for cursor in live.cursors:
+            for event in events:
+                cursor.follower.put(event)
         live.done.set()
         self._notify("turn.completed", turn)
 
@@ -386,3 +433,5 @@ def _observe(turn: Turn) -> None:
         metrics.TURN_DURATION.labels(provider).observe(turn.finished_at - turn.started_at)
     metrics.TOKENS.labels(provider, "input").inc(turn.usage.input_tokens)
     metrics.TOKENS.labels(provider, "output").inc(turn.usage.output_tokens)
+    if turn.cost_usd:
+        metrics.COST.labels(provider).inc(turn.cost_usd)

@@ -22,7 +22,7 @@ from .registry import Registry
 from .turn import Turn
 
 if TYPE_CHECKING:
-    from ..connections import Connections
+    from .hub import SessionHub
 
 __all__ = ["Monitor"]
 
@@ -38,7 +38,7 @@ class Monitor:
         registry: Registry,
         events: EventFeed,
         backplane: Backplane,
-        connections: Connections,
+        hub: SessionHub,
         quotas: QuotaCounter,
         sweep_interval: float = 30.0,
         orphan_age: float = 20.0,
@@ -48,7 +48,7 @@ class Monitor:
         self.registry = registry
         self.events = events
         self.backplane = backplane
-        self.connections = connections
+        self.hub = hub
         self._sweep_interval = sweep_interval
         self._orphan_age = orphan_age
         self._sweeper: asyncio.Task[None] | None = None
@@ -74,20 +74,10 @@ class Monitor:
         self.events.publish(event, data)
         self.registry.touch(turn.session_id)
 
-    def session_event(self, event: str, snapshot: dict[str, Any]) -> None:
-        self.events.publish(
-            event,
-            {
-                "session_id": snapshot["id"],
-                "user_id": snapshot["user_id"],
-                "game_id": snapshot["game_id"],
-                "instance": snapshot["instance"],
-            },
-        )
-
     # -- kills -----------------------------------------------------------------------
     async def kill(self, session_id: str, *, actor_id: str, reason: str | None) -> None:
-        """End the session's connection wherever it runs (close 4000); audited."""
+        """End the session wherever it runs: its turn is cancelled and every follower
+        ended (a connection closes 4000); audited."""
         live = {s["id"] for s in await self.registry.list()}
         if session_id not in live:
             raise NotFound("no live session with this id", error_code="SESSION_NOT_LIVE")
@@ -97,10 +87,7 @@ class Monitor:
         await self.backplane.publish(KILL_CHANNEL, json.dumps({"session_id": session_id}))
 
     async def _on_kill(self, _channel: str, message: str) -> None:
-        session_id = json.loads(message)["session_id"]
-        for connection in self.connections.all():
-            if connection.session_id == session_id:
-                await connection.kill()
+        await self.hub.kill(json.loads(message)["session_id"])
 
     # -- orphans ---------------------------------------------------------------------
     async def start(self) -> None:

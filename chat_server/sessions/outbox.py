@@ -19,11 +19,20 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from .turn import Turn
+__all__ = ["Outbox", "Pullable", "SlowClient"]
 
-__all__ = ["Outbox", "SlowClient"]
+
+class Pullable(Protocol):
+    """A pull marker: a turn (one reader), or a follower's cursor in a turn."""
+
+    def take_delta(self) -> dict[str, Any] | None: ...
+
+    @property
+    def pending(self) -> bool:
+        """More to take (``pop`` keeps the marker in front while True)."""
+        ...
 
 
 class SlowClient(Exception):
@@ -34,7 +43,7 @@ class Outbox:
     __slots__ = ("_items", "_max", "_ready", "_wake", "closed")
 
     def __init__(self, max_frames: int = 256, wake: Callable[[], None] | None = None) -> None:
-        self._items: deque[dict[str, Any] | Turn] | None = None
+        self._items: deque[dict[str, Any] | Pullable] | None = None
         self._max = max_frames
         self._ready: asyncio.Event | None = None
         self._wake = wake
@@ -54,7 +63,7 @@ class Outbox:
         items.append(frame)
         self._notify()
 
-    def pull(self, turn: Turn) -> None:
+    def pull(self, turn: Pullable) -> None:
         """The turn has new text: make sure a pull for it is queued (never blocks)."""
         if self.closed:
             return
@@ -79,12 +88,13 @@ class Outbox:
         items = self._items
         while items:
             item = items.popleft()
-            if isinstance(item, Turn):
-                frame = item.take_delta()
-                if frame is not None:
-                    return frame
-                continue
-            return item
+            if isinstance(item, dict):
+                return item
+            frame = item.take_delta()
+            if frame is not None:
+                if item.pending:  # a follower catching up: one delta at a time
+                    items.appendleft(item)
+                return frame
         self._items = None  # an idle outbox keeps no queue
         return None
 

@@ -6,7 +6,8 @@ connection) and publishes them:
 - ``MemoryRegistry`` (one instance): listing reads the local snapshots directly.
 - ``RedisRegistry``: every ``flush_interval`` the entries that changed, and every
   ``heartbeat_interval`` all of them, are written in one pipeline as
-  ``{prefix}:{live}:{session_id}`` (JSON, TTL ``ttl``) and indexed in the sorted set
+  ``{prefix}:{live}:{session_id}@{instance}`` (JSON, TTL ``ttl``: a session followed
+  from several instances has an entry from each) and indexed in the sorted set
   ``{prefix}:{live}`` scored by their expiry time; the instance itself is kept alive in
   ``{prefix}:{live}:instances`` the same way. The ``{live}`` hash tag puts every
   registry key in one slot of a Redis Cluster, so the listing's ``MGET`` and the
@@ -14,6 +15,9 @@ connection) and publishes them:
   sessions leave the listing within ``ttl`` seconds (15 by default), and its
   half-finished answers are given a final status by ``sweep_orphans`` on the
   instances that remain.
+
+``list()`` gives one row per session: the entries of a session on several instances
+are merged (``connections`` and ``turns`` added up, the streaming one's turn shown).
 
 Nothing here is on the per-token path: writes are batched by a background task, at
 most one pipeline per ``flush_interval``; a Redis outage only delays the listing.
@@ -82,7 +86,7 @@ class MemoryRegistry:
             self._entries.pop(session_id, None)
 
     async def list(self) -> list[dict[str, Any]]:
-        return [snap() for snap in list(self._entries.values())]
+        return merge_rows([snap() for snap in list(self._entries.values())])
 
     async def live_instances(self) -> set[str] | None:
         return {self.instance_id}
@@ -127,7 +131,11 @@ class RedisRegistry:
         return f"{self._prefix}:{{live}}"
 
     def _key(self, session_id: str) -> str:
-        return f"{self._prefix}:{{live}}:{session_id}"
+        """This instance's entry of the session (the index holds the part after ``{live}:``)."""
+        return f"{self._prefix}:{{live}}:{session_id}@{self.instance_id}"
+
+    def _member(self, session_id: str) -> str:
+        return f"{session_id}@{self.instance_id}"
 
     @property
     def _instances(self) -> str:
@@ -157,10 +165,11 @@ class RedisRegistry:
                 ids: Any = await self._redis.zrangebyscore(self._index, now, "+inf")
                 if not ids:
                     return []
-                values = await self._redis.mget([self._key(_text(i)) for i in ids])
+                keys = [f"{self._prefix}:{{live}}:{_text(i)}" for i in ids]
+                values = await self._redis.mget(keys)
         except REDIS_ERRORS as exc:
             raise Unavailable("Redis is unavailable", context={"service": "redis"}) from exc
-        return [json.loads(v) for v in values if v]
+        return merge_rows([json.loads(v) for v in values if v])
 
     async def live_instances(self) -> set[str] | None:
         try:
@@ -203,10 +212,10 @@ class RedisRegistry:
         for sid in ids:
             snapshot = self._entries[sid]()
             pipe.set(self._key(sid), json.dumps(snapshot, default=str), px=int(self._ttl * 1000))
-            pipe.zadd(self._index, {sid: expires})
+            pipe.zadd(self._index, {self._member(sid): expires})
         for sid in removed:
             pipe.delete(self._key(sid))
-            pipe.zrem(self._index, sid)
+            pipe.zrem(self._index, self._member(sid))
         if full:
             pipe.zadd(self._instances, {self.instance_id: expires})
             pipe.zremrangebyscore(self._index, "-inf", now)
@@ -228,6 +237,27 @@ class RedisRegistry:
             await self._flush(full=False)
             async with asyncio.timeout(self._timeout):
                 await self._redis.zrem(self._instances, self.instance_id)
+
+
+def merge_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per session: several instances' entries of one session added up."""
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_id.setdefault(row["id"], []).append(row)
+    merged = []
+    for entries in by_id.values():
+        if len(entries) == 1:
+            merged.append(entries[0])
+            continue
+        # the entry of the instance that runs the turn (most tokens) speaks for it
+        lead = max(entries, key=lambda e: (bool(e.get("streaming")), e.get("tokens", 0)))
+        row = dict(lead)
+        row["connections"] = sum(e.get("connections", 1) for e in entries)
+        row["turns"] = sum(e.get("turns", 0) for e in entries)
+        row["connected_at"] = min(e["connected_at"] for e in entries)
+        row["last_activity_at"] = max(e["last_activity_at"] for e in entries)
+        merged.append(row)
+    return merged
 
 
 def _text(value: bytes | str) -> str:

@@ -1,19 +1,22 @@
-"""Resuming a turn that runs on another instance.
+"""Carrying a turn to followers on other instances.
 
-A client that dropped mid-turn may reconnect anywhere. When ``session.resume`` names a
-turn that runs elsewhere, this instance (the *replica*) asks every instance over the
-backplane; the one that runs the turn (the *owner*) attaches a remote sink to it, as
-if the client were local: the turn's usual rules number the deltas (``after_seq``
-rewinds delivery, pending text is merged), and the sink writes each frame to a
-per-resume Redis Stream (``{prefix}:relay:{turn_id}:{nonce}``, capped, expiring). The
-replica reads that stream and forwards the frames to its client up to
-``turn.completed``.
+A session may be followed from several instances (devices, a resume elsewhere, an
+admin's watch); its turn runs on one of them, the *owner*. When a turn starts, the
+owner says so once on the backplane (``started``: one PUBLISH per turn, off the turn's
+path). An instance with followers of that session (a *replica*) asks for the turn
+(``follow``); the owner then attaches a relay follower to it, as if a client were
+local: the turn's usual rules number the deltas, and the relay writes what its
+cursor takes to a per-replica Redis Stream (``{prefix}:relay:{turn_id}:{nonce}``,
+capped, expiring), a batch per write: everything that queued while the last write
+was in flight, at most one write per ``flush_interval``. The replica reads that
+stream into a ``Mirror`` (``mirror.py``) that its own followers follow.
 
-Nothing is written to Redis per token unless a client actually resumed elsewhere,
-so the common path (the client stays, or comes back to the same instance) costs no
-Redis traffic at all. If the owner died, nobody answers: the replica gives up after
-``answer_timeout`` and the client gets the history (where the answer will be marked
-``error`` by the orphan sweep).
+So a session with its followers on one instance costs one PUBLISH per turn and
+nothing per token; a replica costs one XADD per flush, whatever its number of
+followers. A replica that joins mid-turn asks from ``seq`` 0 and keeps the owner's
+numbering, so any of its followers can start from any ``after_seq``. If the owner
+dies, nobody answers (the replica gives up after ``answer_timeout``) or the stream
+falls silent (after ``silence`` seconds the mirror ends the turn with ``unavailable``).
 """
 
 from __future__ import annotations
@@ -23,23 +26,30 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Callable
 from typing import Any
 
 from ..backplane import Backplane
+from ..errors import ChatServerError
 from ..redis_client import REDIS_ERRORS, RedisClient
+from .follower import Follower
 from .manager import TurnManager
+from .mirror import Mirror
 from .outbox import Outbox
+from .turn import Turn
 
 __all__ = ["TurnRelay"]
 
 log = logging.getLogger(__name__)
 CHANNEL = "turn-relay"
-Forward = Callable[[dict[str, Any]], None]
+#: called with (session_id, turn_id) when a turn starts on another instance
+OnStarted = Callable[[str, str], None]
 
 
 class TurnRelay:
-    """Both sides of a cross-instance resume; needs Redis (absent: nothing to relay)."""
+    """Both sides of carrying turns between instances; needs Redis (absent: nothing
+    to carry, every follower is local)."""
 
     def __init__(
         self,
@@ -47,62 +57,112 @@ class TurnRelay:
         redis: RedisClient | None,
         backplane: Backplane,
         manager: TurnManager,
+        instance_id: str = "",
         prefix: str = "chat",
         answer_timeout: float = 2.0,
+        silence: float = 60.0,
+        flush_interval: float = 0.02,
         stream_ttl: int = 120,
     ) -> None:
         self._redis = redis
         self._backplane = backplane
         self._manager = manager
+        self._instance_id = instance_id
         self._prefix = prefix
         self._answer_timeout = answer_timeout
+        self._silence = silence
+        self._flush_interval = flush_interval
         self._stream_ttl = stream_ttl
-        self._owned: dict[str, tuple[Outbox, asyncio.Task[None]]] = {}
-        backplane.subscribe(CHANNEL, self._on_request)
+        self._owned: dict[str, tuple[Follower, asyncio.Task[None]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.mirrors: dict[str, Mirror] = {}  # turn id -> the mirror here
+        self._by_session: dict[str, Mirror] = {}  # session id -> its newest mirror here
+        self.on_started: OnStarted | None = None
+        backplane.subscribe(CHANNEL, self._on_message)
 
     @property
     def enabled(self) -> bool:
         return self._redis is not None
 
+    def mirror_in(self, session_id: str) -> Mirror | None:
+        """The running turn of ``session_id`` mirrored here, if any."""
+        mirror = self._by_session.get(session_id)
+        return mirror if mirror is not None and not mirror.done else None
+
     # -- owner side ----------------------------------------------------------------
-    async def _on_request(self, _channel: str, message: str) -> None:
+    def announce(self, event: str, turn: Turn) -> None:
+        """TurnManager listener: tell the other instances a turn started here."""
+        if event != "turn.started" or self._redis is None:
+            return
+        message = {"op": "started", "session_id": turn.session_id, "turn_id": turn.id}
+        message["owner"] = self._instance_id
+        self._spawn(self._publish(message))
+
+    async def _on_message(self, _channel: str, message: str) -> None:
         request = json.loads(message)
-        stream = request["stream"]
-        if request.get("op") == "cancel":
+        op = request.get("op")
+        if op == "started":
+            if request.get("owner") != self._instance_id and self.on_started is not None:
+                self.on_started(request["session_id"], request["turn_id"])
+            return
+        if op == "cancel":
             self._manager.cancel(request["turn_id"], "client")
             return
-        if request.get("op") == "detach":
+        stream = request["stream"]
+        if op == "detach":
             owned = self._owned.get(stream)
             if owned is not None:
-                self._manager.detach(request["turn_id"], owned[0])
+                self._manager.leave(request["turn_id"], owned[0])
+                owned[1].cancel()
             return
-        if self._manager.get(request["turn_id"]) is None or self._redis is None:
+        live = self._manager.get(request["turn_id"])
+        if live is None or live.turn.done or live.started is None or self._redis is None:
             return
-        sink = Outbox(max_frames=1024)
-        if self._manager.attach(request["turn_id"], sink, int(request["after_seq"])) is None:
+        follower = Follower(stream, "relay", Outbox(max_frames=1024))
+        turn = live.turn
+        follower.put(
+            {
+                "type": "relay.attached",
+                "seq": turn.seq,
+                "message_id": turn.message_id,
+                "provider": turn.provider,
+            }
+        )
+        follower.put(live.started)
+        if self._manager.join(turn.id, follower, int(request.get("after_seq", 0))) is None:
             return
-        task = asyncio.create_task(self._pump(stream, sink), name=f"relay-{stream}")
-        self._owned[stream] = (sink, task)
+        task = asyncio.create_task(self._pump(stream, follower.outbox), name=f"relay-{stream}")
+        self._owned[stream] = (follower, task)
         task.add_done_callback(lambda _t: self._owned.pop(stream, None))
 
     async def _pump(self, stream: str, sink: Outbox) -> None:
+        """Write what the turn has for the stream, a batch per Redis command: whatever
+        queued while the last write was in flight (or in ``flush_interval``) goes
+        out together."""
         assert self._redis is not None
         redis = self._redis
-        await self._add(redis, stream, {"type": "relay.attached"})
+        loop = asyncio.get_running_loop()
         while True:
             frame = await sink.get()
             if frame is None:
                 return
-            await self._add(redis, stream, frame)
-            if frame.get("type") == "turn.completed":
+            began = loop.time()
+            batch = [frame]
+            while (more := sink.pop()) is not None:
+                batch.append(more)
+            await self._add(redis, stream, batch)
+            if batch[-1].get("type") == "turn.completed":
                 return
+            rest = self._flush_interval - (loop.time() - began)
+            if rest > 0:
+                await asyncio.sleep(rest)
 
-    async def _add(self, redis: RedisClient, stream: str, frame: dict[str, Any]) -> None:
+    async def _add(self, redis: RedisClient, stream: str, batch: list[dict[str, Any]]) -> None:
         try:
             async with asyncio.timeout(3.0):
                 pipe = redis.pipeline(transaction=False)
                 pipe.xadd(
-                    stream, {"f": json.dumps(frame, default=str)}, maxlen=10_000, approximate=True
+                    stream, {"f": json.dumps(batch, default=str)}, maxlen=10_000, approximate=True
                 )
                 pipe.expire(stream, self._stream_ttl)
                 await pipe.execute()
@@ -110,66 +170,107 @@ class TurnRelay:
             log.warning("relay: could not write to %s", stream)
 
     # -- replica side ----------------------------------------------------------------
-    async def follow(
-        self,
-        turn_id: str,
-        after_seq: int,
-        forward: Forward,
-        on_attached: Callable[[], Awaitable[None]],
-    ) -> bool:
-        """Ask the owner of ``turn_id`` to stream it here; forward its frames.
+    def mirror(self, session_id: str, turn_id: str) -> Mirror:
+        """The mirror of ``turn_id`` here, asked for from its owner if new (returns at
+        once; ``mirror.attached`` is set when the owner answered)."""
+        mirror = self.mirrors.get(turn_id)
+        if mirror is not None:
+            return mirror
+        mirror = Mirror(turn_id, session_id)
+        self.mirrors[turn_id] = mirror
+        self._by_session[session_id] = mirror
+        mirror.task = asyncio.create_task(self._follow(mirror), name=f"mirror-{turn_id}")
+        return mirror
 
-        Returns False when no instance answered (the turn is over or its owner died).
-        Cancelling it (the client left) tells the owner to detach again.
-        """
-        if self._redis is None:
-            return False
+    def drop(self, mirror: Mirror) -> None:
+        """Nobody here follows the mirror any more: stop reading (the owner is told)."""
+        if mirror.task is not None:
+            mirror.task.cancel()
+        self._forget(mirror)
+
+    def _forget(self, mirror: Mirror) -> None:
+        if self.mirrors.get(mirror.turn.id) is mirror:
+            del self.mirrors[mirror.turn.id]
+        if self._by_session.get(mirror.session_id) is mirror:
+            del self._by_session[mirror.session_id]
+
+    async def _follow(self, mirror: Mirror) -> None:
+        try:
+            await self._read(mirror)
+        except ChatServerError:
+            log.warning("relay: could not ask for turn %s", mirror.turn.id)
+        finally:
+            mirror.attached.set()  # whoever waits for the owner's answer stops waiting
+            self._forget(mirror)
+
+    async def _read(self, mirror: Mirror) -> None:
+        assert self._redis is not None
+        turn_id = mirror.turn.id
         stream = f"{self._prefix}:relay:{turn_id}:{secrets.token_hex(8)}"
-        request = {"turn_id": turn_id, "after_seq": after_seq, "stream": stream}
-        await self._backplane.publish(CHANNEL, json.dumps(request))
+        request = {"op": "follow", "turn_id": turn_id, "after_seq": 0, "stream": stream}
+        await self._publish(request)
         cursor = "0-0"
-        attached = False
+        heard = time.monotonic()
         try:
             while True:
-                wait = self._answer_timeout if not attached else 30.0
+                attached = mirror.attached.is_set()
+                wait = self._answer_timeout if not attached else min(self._silence, 15.0)
                 result: Any
                 try:
                     async with asyncio.timeout(wait + 1.0):
                         result = await self._redis.xread(
-                            {stream: cursor}, count=200, block=int(wait * 1000)
+                            {stream: cursor}, count=100, block=int(wait * 1000)
                         )
                 except REDIS_ERRORS:
                     result = []
                 if not result:
                     if not attached:
-                        return False
+                        return  # nobody runs it: over, or its owner died
+                    if time.monotonic() - heard > self._silence:
+                        mirror.fail()
+                        return
                     continue
+                heard = time.monotonic()
                 for _key, entries in result:
                     for entry_id, fields in entries:
                         cursor = entry_id
                         raw = fields.get(b"f") or fields.get("f")
-                        frame = json.loads(raw)
-                        if frame.get("type") == "relay.attached":
-                            attached = True
-                            await on_attached()
-                            continue
-                        forward(frame)
-                        if frame.get("type") == "turn.completed":
-                            return True
+                        for event in json.loads(raw):
+                            mirror.apply(event)
+                if mirror.done:
+                    return
         except asyncio.CancelledError:
-            if attached:
-                with contextlib.suppress(Exception):
-                    await self._backplane.publish(CHANNEL, json.dumps({**request, "op": "detach"}))
+            with contextlib.suppress(Exception):
+                await self._publish({**request, "op": "detach"})
             raise
 
     async def cancel(self, turn_id: str) -> None:
         """Cancel a turn that runs on another instance (its owner closes the upstream)."""
-        message = {"op": "cancel", "turn_id": turn_id, "stream": ""}
+        await self._publish({"op": "cancel", "turn_id": turn_id})
+
+    async def _publish(self, message: dict[str, Any]) -> None:
         await self._backplane.publish(CHANNEL, json.dumps(message))
 
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(self._quietly(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _quietly(coro: Any) -> None:
+        try:
+            await coro
+        except ChatServerError:
+            log.warning("relay: the backplane is unavailable")
+
     async def aclose(self) -> None:
-        for sink, task in list(self._owned.values()):
-            sink.close()
+        tasks = [m.task for m in self.mirrors.values() if m.task is not None]
+        for mirror in list(self.mirrors.values()):
+            self.drop(mirror)
+        tasks += [task for _f, task in self._owned.values()] + list(self._tasks)
+        for follower, _task in list(self._owned.values()):
+            follower.outbox.close()
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -1,11 +1,16 @@
 """One turn's rules, with no I/O: sequencing deltas, merging, replay, the final frame.
 
-The turn's text grows as the provider streams. A connection *pulls* deltas with
+The turn's text grows as the provider streams. A follower *pulls* deltas with
 ``take_delta()`` when it is ready to send: whatever arrived since the last pull goes
 out as one delta with the next ``seq`` (so a slow client gets fewer, bigger deltas and
 nothing is dropped). ``resume(after_seq)`` rewinds delivery to what a reconnecting
 client has, so the next pull carries exactly the text it missed: concatenating every
 delta a client saw gives the full answer, with no gap in ``seq`` and no duplicate.
+
+Several followers share the numbering: each holds a ``Cursor`` (``follower.py``), the
+first to pull cuts the next delta and the others get the same one (``delta(seq)``),
+so every follower sees the same ``seq`` for the same text. A turn that runs on another
+instance is mirrored here with the owner's cuts (``add_delta``).
 
 Not thread-safe; used from one event loop.
 """
@@ -16,7 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from ..providers.base import CitationRef, Passage, Usage
+from ..accounting import settle
+from ..prices import PriceTable, total_input
+from ..providers.base import CitationRef, ProviderRequest, Usage
+from ..rulebooks import Passage
 from ..storage.chat import TurnRecord
 
 __all__ = ["FinishReason", "Turn"]
@@ -49,8 +57,14 @@ class Turn:
     tokens: int = 0
     seq: int = 0
     offsets: list[int] = field(default_factory=lambda: [0])
+    #: the delta of ``seq`` as it was cut, shared by every follower that sends it
+    last_delta: dict[str, Any] | None = None
     first_token_at: float | None = None
     usage: Usage = field(default_factory=Usage)
+    usage_reported: bool = False  # a provider reported usage (``usage`` is its last report)
+    usage_final: bool = False  # ... and that report was the end-of-stream one
+    estimated: bool = False  # some of ``usage`` is an estimate (``settle_usage``)
+    cost_usd: float | None = None
     cited: dict[str, str | None] = field(default_factory=dict)
     finish_reason: FinishReason | None = None
     error_code: str | None = None
@@ -99,19 +113,66 @@ class Turn:
         pending.clear()
         self.seq += 1
         self.offsets.append(self.length)
-        return {"type": "turn.delta", "turn_id": self.id, "seq": self.seq, "text": text}
+        frame = {"type": "turn.delta", "turn_id": self.id, "seq": self.seq, "text": text}
+        self.last_delta = frame
+        return frame
+
+    def delta(self, seq: int) -> dict[str, Any]:
+        """The delta ``seq`` (1 ≤ seq ≤ ``self.seq``) as it was cut: the same object for
+        every follower when it is the latest, else sliced again from the text."""
+        last = self.last_delta
+        if last is not None and last["seq"] == seq:
+            return last
+        offsets = self.offsets
+        text = self.text[offsets[seq - 1] : offsets[seq]]
+        return {"type": "turn.delta", "turn_id": self.id, "seq": seq, "text": text}
+
+    def add_delta(self, frame: dict[str, Any], now: float) -> bool:
+        """Mirror a delta cut by the instance that runs the turn (its ``seq`` kept).
+
+        False (and nothing changes) unless it is the next one.
+        """
+        if frame["seq"] != self.seq + 1:
+            return False
+        text: str = frame["text"]
+        if self.first_token_at is None:
+            self.first_token_at = now
+        self.parts.append(text)
+        self.length += len(text)
+        self.tokens += 1
+        self.seq += 1
+        self.offsets.append(self.length)
+        self.last_delta = frame
+        return True
 
     def resume(self, after_seq: int) -> None:
-        """A client that saw deltas up to ``after_seq`` comes back."""
+        """A client that saw deltas up to ``after_seq`` comes back (alone: the deltas
+        after it are cut again, as one)."""
         keep = max(0, min(after_seq, self.seq))
         del self.offsets[keep + 1 :]
         self.seq = keep
+        self.last_delta = None
         self.pending_parts.clear()  # the next delta is sliced from the whole text
+
+    def report_usage(self, usage: Usage, final: bool) -> None:
+        self.usage, self.usage_reported, self.usage_final = usage, True, final
 
     # -- ending ----------------------------------------------------------------
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+    def settle_usage(self, prices: PriceTable, request: ProviderRequest) -> None:
+        """Once finished: count what the provider did not report, and price it."""
+        settled = settle(
+            self.usage if self.usage_reported else None,
+            final=self.usage_final,
+            answer_chars=self.length,
+            request=request,
+            failed=self.finish_reason == "error",
+        )
+        self.usage, self.estimated = settled.usage, settled.estimated
+        self.cost_usd = prices.cost(self.provider, self.model, self.usage)
 
     def finish(self, reason: FinishReason, now: float, error_code: str | None = None) -> None:
         if self.finish_reason is None:
@@ -155,9 +216,18 @@ class Turn:
             "turn_id": self.id,
             "message_id": self.message_id,
             "finish_reason": self.finish_reason,
+            "provider": self.provider,
+            "model": self.model,
             "usage": {
-                "input_tokens": self.usage.input_tokens,
+                "input_tokens": total_input(
+                    self.provider,
+                    self.usage.input_tokens,
+                    self.usage.cache_read_tokens,
+                    self.usage.cache_creation_tokens,
+                ),
                 "output_tokens": self.usage.output_tokens,
+                "estimated": self.estimated,
+                "cost_usd": self.cost_usd,
             },
             "citations": self.citations(),
             "timing": {
@@ -192,6 +262,8 @@ class Turn:
             output_tokens=self.usage.output_tokens,
             cache_read_tokens=self.usage.cache_read_tokens,
             cache_creation_tokens=self.usage.cache_creation_tokens,
+            estimated=self.estimated,
+            cost_usd=self.cost_usd,
             first_token_ms=self._ms(self.first_token_at),
             total_ms=self._ms(self.finished_at) or 0,
             error_code=self.error_code,

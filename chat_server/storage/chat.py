@@ -139,6 +139,8 @@ _USAGE_UPDATE = (
     "output_tokens",
     "cache_read_tokens",
     "cache_creation_tokens",
+    "estimated",
+    "cost_usd",
     "first_token_ms",
     "total_ms",
     "finish_reason",
@@ -256,6 +258,8 @@ class TurnRecord:
     first_token_ms: int | None
     total_ms: int
     error_code: str | None
+    estimated: bool = False
+    cost_usd: float | None = None
 
 
 async def finish_turn(db: Database, record: TurnRecord) -> None:
@@ -272,6 +276,8 @@ async def finish_turn(db: Database, record: TurnRecord) -> None:
         "output_tokens": record.output_tokens,
         "cache_read_tokens": record.cache_read_tokens,
         "cache_creation_tokens": record.cache_creation_tokens,
+        "estimated": record.estimated,
+        "cost_usd": record.cost_usd,
         "first_token_ms": record.first_token_ms,
         "total_ms": record.total_ms,
         "finish_reason": record.finish_reason,

@@ -8,8 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..providers.base import Passage
-from ..rulebooks import split_passages
+from ..rulebooks import Passage, split_passages
 from .engine import Database
 from .fulltext import index_passages, search_passages
 from .ids import new_id, utcnow

@@ -182,6 +182,10 @@ usage_events = Table(
     Column("output_tokens", Integer, nullable=False, server_default="0"),
     Column("cache_read_tokens", Integer, nullable=False, server_default="0"),
     Column("cache_creation_tokens", Integer, nullable=False, server_default="0"),
+    # Some of the tokens are estimated (a cancelled or cut turn; accounting.py).
+    Column("estimated", Boolean, nullable=False, server_default="0"),
+    # USD from the model's price (prices.py); NULL when the model has no price.
+    Column("cost_usd", Float),
     Column("first_token_ms", Integer),
     Column("total_ms", Integer, nullable=False),
     Column("finish_reason", String(16), nullable=False),

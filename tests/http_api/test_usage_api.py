@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +28,11 @@ ROW_FIELDS = {
     "errors",
     "cancelled",
     "first_token_ms_p50",
+    "first_token_ms_p95",
+    "cost_usd",
+    "denied",
+    "unpriced",
+    "estimated",
 }
 
 
@@ -179,3 +187,91 @@ def test_admin_usage_is_staff_only(server: RunningServer) -> None:
     """A basic user gets 403 on /admin/usage."""
     with client(server) as user:
         expect_error(user.get("/admin/usage"), 403, "FORBIDDEN")
+
+
+async def refused(server: RunningServer, user: str, game_id: str, code: str) -> None:
+    """One message by ``user`` that is refused with ``code`` (no turn starts)."""
+    async with asyncio.timeout(30), ws_client(server.ws_url, server.token(user)) as ws:
+        await ws.start(game_id)
+        await ws.send({"type": "message", "text": "May I?"})
+        assert (await ws.expect("error"))["code"] == code
+
+
+def rows_when(
+    staff: httpx.Client, params: dict[str, str], ready: Any, wait: float = 10.0
+) -> list[dict[str, Any]]:
+    """The usage rows once ``ready(rows)`` holds (refusals are written within a second)."""
+    deadline = time.monotonic() + wait
+    while True:
+        rows: list[dict[str, Any]] = staff.get("/admin/usage", params=params).json()["rows"]
+        if ready(rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+async def test_admin_usage_counts_refused_turns_as_denied(server: RunningServer) -> None:
+    """A quota refusal and a flag refusal are counted as denied, apart from turns."""
+    ids = demo_ids(server)
+    catan, tictactoe = ids["Catan"], ids["Tic-Tac-Toe"]
+    with client(server, "adm", "admin") as staff:
+        flag = {"feature_key": "chat", "scope_type": "game", "scope_id": catan}
+        staff.put("/admin/flags", json={**flag, "enabled": True, "metadata": {"daily_limit": 1}})
+        off = {"feature_key": "chat", "scope_type": "game", "scope_id": tictactoe}
+        staff.put("/admin/flags", json={**off, "enabled": False})
+    await converse(server, "dora", catan, 1)
+    await refused(server, "dora", catan, "quota_exceeded")
+    await refused(server, "dora", catan, "quota_exceeded")
+    await refused(server, "erin", tictactoe, "feature_disabled")
+    with client(server, "dev", "developer") as staff:
+        rows = rows_when(staff, {"group_by": "game"}, lambda rs: sum(r["denied"] for r in rs) >= 3)
+        by_user = {r["key"]: r for r in staff.get("/admin/usage?group_by=user").json()["rows"]}
+    by_game = {r["key"]: r for r in rows}
+    assert (by_game[catan]["turns"], by_game[catan]["denied"]) == (1, 2)
+    assert (by_game[tictactoe]["turns"], by_game[tictactoe]["denied"]) == (0, 1)
+    assert by_game[tictactoe]["first_token_ms_p50"] is None
+    assert (by_user["dora"]["denied"], by_user["erin"]["denied"]) == (2, 1)
+
+
+async def test_admin_usage_as_csv(server: RunningServer) -> None:
+    """Accept: text/csv answers the same rows as CSV, a header line first."""
+    ids = demo_ids(server)
+    await converse(server, "fay", ids["Catan"], 2)
+    with client(server, "dev", "developer") as staff:
+        as_json = staff.get("/admin/usage", params={"group_by": "model"}).json()["rows"]
+        response = staff.get(
+            "/admin/usage", params={"group_by": "model"}, headers={"Accept": "text/csv"}
+        )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/csv")
+    assert "attachment" in response.headers["content-disposition"]
+    lines = list(csv.reader(io.StringIO(response.text)))
+    header, body = lines[0], lines[1:]
+    assert header[:10] == [
+        "key",
+        "turns",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "errors",
+        "cancelled",
+        "denied",
+        "first_token_ms_p50",
+        "first_token_ms_p95",
+    ]
+    assert set(header) == ROW_FIELDS
+    assert len(body) == len(as_json) == 1
+    row = dict(zip(header, body[0], strict=True))
+    expected = as_json[0]
+    assert row["key"] == expected["key"] == "rulebook-lookup"
+    assert int(row["turns"]) == expected["turns"] == 2
+    assert int(row["output_tokens"]) == expected["output_tokens"]
+    assert row["cost_usd"] == ""  # the offline lookup has no price: null is an empty cell
+    assert float(row["first_token_ms_p95"]) == expected["first_token_ms_p95"]
+
+
+async def test_admin_usage_by_day(server: RunningServer) -> None:
+    """group_by=day keys today's turns by the UTC date."""
+    await converse(server, "gus", demo_ids(server)["Catan"], 1)
+    with client(server, "dev", "developer") as staff:
+        rows = staff.get("/admin/usage", params={"group_by": "day"}).json()["rows"]
+    assert [(r["key"], r["turns"]) for r in rows] == [(datetime.now(UTC).date().isoformat(), 1)]

@@ -78,11 +78,23 @@ class TestAnthropic(ProviderContract):
         upstream.script.cache_creation_tokens = 30
         upstream.script.output_tokens = 42
         events = await collect(provider)
-        report = next(e for e in events if isinstance(e, UsageReport))
+        report = next(e for e in events if isinstance(e, UsageReport) and e.final)
         assert report.usage.input_tokens == upstream.script.input_tokens
         assert report.usage.output_tokens == 42
         assert report.usage.cache_read_tokens == 120
         assert report.usage.cache_creation_tokens == 30
+
+    async def test_input_tokens_are_reported_before_the_text(
+        self, upstream: Upstream, provider: Provider
+    ) -> None:
+        """message_start's input and cache counts arrive as an early report, before any text."""
+        upstream.script.input_tokens = 777
+        upstream.script.cache_read_tokens = 5
+        events = await collect(provider)
+        first_text = next(i for i, e in enumerate(events) if isinstance(e, TextDelta))
+        early = [e for e in events[:first_text] if isinstance(e, UsageReport)]
+        assert len(early) == 1 and not early[0].final
+        assert (early[0].usage.input_tokens, early[0].usage.cache_read_tokens) == (777, 5)
 
     async def test_overloaded_529_is_unavailable(
         self, upstream: Upstream, provider: Provider

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chat_server.providers.base import Provider, UsageReport
+from chat_server.providers.base import Provider, TextDelta, UsageReport
 from chat_server.providers.gemini import GeminiProvider
 from tests.providers import PASSAGES, ProviderContract, collect, make_request
 from tests.upstreams import GeminiUpstream, Upstream
@@ -34,6 +34,17 @@ class TestGemini(ProviderContract):
         """Cached content tokens from the usage metadata arrive as cache reads."""
         upstream.script.cache_read_tokens = 64
         events = await collect(provider)
-        report = next(e for e in events if isinstance(e, UsageReport))
+        report = next(e for e in events if isinstance(e, UsageReport) and e.final)
         assert report.usage.cache_read_tokens == 64
         assert report.usage.input_tokens == upstream.script.input_tokens
+
+    async def test_prompt_tokens_are_reported_before_the_text(
+        self, upstream: Upstream, provider: Provider
+    ) -> None:
+        """The first chunk's prompt count arrives as an early report, before any text."""
+        upstream.script.input_tokens = 321
+        events = await collect(provider)
+        first_text = next(i for i, e in enumerate(events) if isinstance(e, TextDelta))
+        early = [e for e in events[:first_text] if isinstance(e, UsageReport)]
+        assert len(early) == 1 and not early[0].final
+        assert (early[0].usage.input_tokens, early[0].usage.output_tokens) == (321, 0)

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from chat_server.providers.base import CitationRef, Passage, Usage
+from chat_server.prices import ModelPrice, PriceTable
+from chat_server.providers.base import ChatMessage, CitationRef, Passage, ProviderRequest, Usage
 from chat_server.sessions.turn import Turn
+
+REQUEST = ProviderRequest(
+    model="",
+    system="",
+    messages=[ChatMessage("user", "How does the robber move?")],
+    passages=[],
+    language="en",
+    game_name="Catan",
+)
 
 
 def make_turn(**extra: object) -> Turn:
@@ -81,11 +91,19 @@ def test_completed_frame_and_record_carry_status_usage_and_citations() -> None:
     turn = make_turn(passages=[passage])
     turn.add_text("It steals [p1].", 100.25)
     turn.cite(CitationRef("p1", "The robber steals."))
-    turn.usage = Usage(input_tokens=10, output_tokens=4)
+    turn.report_usage(Usage(input_tokens=10, output_tokens=4), final=True)
     turn.finish("stop", 101.0)
+    prices = PriceTable({"m": ModelPrice(input=1.0, output=2.0)})
+    turn.settle_usage(prices, REQUEST)
     frame = turn.completed_frame()
     assert frame["finish_reason"] == "stop"
-    assert frame["usage"] == {"input_tokens": 10, "output_tokens": 4}
+    assert (frame["provider"], frame["model"]) == ("local", "m")
+    assert frame["usage"] == {
+        "input_tokens": 10,
+        "output_tokens": 4,
+        "estimated": False,
+        "cost_usd": 18 / 1_000_000,
+    }
     assert frame["timing"] == {"first_token_ms": 250, "total_ms": 1000}
     assert frame["citations"][0]["heading"] == "Robber"
     record = turn.record()

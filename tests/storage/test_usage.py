@@ -1,5 +1,6 @@
-"""Usage aggregates for staff: turns, tokens, errors, cancels and median first token, by
-game, user or provider, over a period."""
+"""Usage aggregates for staff: turns, tokens, cost, errors, cancels, refusals and first
+token p50/p95, by game, user, provider, model or day, over a period; refusals recorded
+in batches."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import itertools
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from prometheus_client import REGISTRY
+
+from chat_server.denials import Denial, DenialLog
 from chat_server.storage import Database
 from chat_server.storage.chat import begin_turn, create_session, fail_stale_turns
 from chat_server.storage.ids import new_id
@@ -29,6 +33,10 @@ def event(
     finish: str = "stop",
     first_ms: int | None = 100,
     tokens: tuple[int, int] = (10, 5),
+    model: str = "m",
+    cost: float | None = None,
+    estimated: bool = False,
+    cache: tuple[int, int] = (0, 0),
 ) -> dict[str, Any]:
     return {
         "turn_id": f"turn-{next(_turns)}",
@@ -36,9 +44,13 @@ def event(
         "user_id": user,
         "game_id": game,
         "provider": provider,
-        "model": "m",
+        "model": model,
         "input_tokens": tokens[0],
         "output_tokens": tokens[1],
+        "cache_read_tokens": cache[0],
+        "cache_creation_tokens": cache[1],
+        "estimated": estimated,
+        "cost_usd": cost,
         "first_token_ms": first_ms,
         "total_ms": 500,
         "finish_reason": finish,
@@ -94,6 +106,11 @@ async def test_rows_by_game_user_and_provider(db: Database) -> None:
         "errors",
         "cancelled",
         "first_token_ms_p50",
+        "first_token_ms_p95",
+        "cost_usd",
+        "unpriced",
+        "estimated",
+        "denied",
     }
 
 
@@ -176,3 +193,120 @@ async def test_every_started_turn_counts(db: Database, game: dict[str, Any]) -> 
     assert before == []
     assert (after["key"], after["turns"], after["errors"]) == ("gemini", 1, 1)
     assert after["first_token_ms_p50"] is None
+
+
+async def test_cost_sums_priced_turns_and_says_which_are_not(db: Database) -> None:
+    """cost_usd sums the priced turns; a row with no priced turn has null, never 0."""
+    async with asyncio.timeout(WAIT):
+        await store(
+            db,
+            [
+                event(model="gpt-4o-mini", cost=0.25),
+                event(model="gpt-4o-mini", cost=0.5, estimated=True, finish="cancelled"),
+                event(model="mystery", cost=None),
+                event(model="mystery", cost=None),
+            ],
+        )
+        rows = await day_rows(db, "model")
+    assert rows["gpt-4o-mini"]["cost_usd"] == 0.75
+    assert (rows["gpt-4o-mini"]["unpriced"], rows["gpt-4o-mini"]["estimated"]) == (0, 1)
+    assert rows["mystery"]["cost_usd"] is None
+    assert rows["mystery"]["unpriced"] == 2
+
+
+async def test_anthropic_cache_tokens_count_as_input(db: Database) -> None:
+    """Anthropic's cache reads and writes (reported apart) are input tokens in the report;
+    OpenAI's cached tokens are already inside its input count."""
+    async with asyncio.timeout(WAIT):
+        await store(
+            db,
+            [
+                event(provider="anthropic", tokens=(10, 1), cache=(100, 20)),
+                event(provider="openai", tokens=(50, 1), cache=(40, 0)),
+            ],
+        )
+        rows = await day_rows(db, "provider")
+    assert rows["anthropic"]["input_tokens"] == 130
+    assert rows["openai"]["input_tokens"] == 50
+
+
+async def test_rows_by_day_are_utc_dates_in_order(db: Database) -> None:
+    """group_by=day keys rows by UTC date, oldest first."""
+    async with asyncio.timeout(WAIT):
+        await store(
+            db,
+            [
+                event(at=DAY + timedelta(days=1, hours=1)),
+                event(at=DAY + timedelta(hours=23, minutes=59)),
+                event(at=DAY + timedelta(hours=1)),
+            ],
+        )
+        rows = await aggregate_usage(db, start=DAY, end=DAY + timedelta(days=2), group_by="day")
+    assert [(r["key"], r["turns"]) for r in rows] == [("2026-03-14", 2), ("2026-03-15", 1)]
+
+
+async def test_p95_first_token(db: Database) -> None:
+    """p95 of first-token times interpolates between the closest ranks."""
+    async with asyncio.timeout(WAIT):
+        await store(db, [event(first_ms=ms) for ms in range(100, 2100, 100)])  # 20 turns
+        (row,) = await aggregate_usage(db, start=DAY, end=DAY + timedelta(days=1), group_by="game")
+    assert row["first_token_ms_p50"] == 1050
+    assert row["first_token_ms_p95"] == 1905  # 100 + 0.95 * 19 * 100
+
+
+async def test_denials_are_counted_apart_from_turns(db: Database) -> None:
+    """Refusals written by the denial log count as denied, not as turns or errors."""
+    log = DenialLog(db, interval=3600)
+    for code in ("quota_exceeded", "quota_exceeded", "feature_disabled"):
+        log.record(
+            Denial(
+                session_id="s",
+                user_id="ann",
+                game_id="catan",
+                provider="openai",
+                model="gpt-4o-mini",
+                code=code,
+                at=DAY + timedelta(hours=2),
+            )
+        )
+    async with asyncio.timeout(WAIT):
+        await store(db, [event(game="catan")])
+        assert len(log) == 3
+        assert await log.flush() == 3
+        assert len(log) == 0
+        rows = await day_rows(db, "game")
+    catan = rows["catan"]
+    assert (catan["turns"], catan["denied"], catan["errors"]) == (1, 3, 0)
+    assert catan["input_tokens"] == 10
+
+
+async def test_denials_wait_for_the_database_and_are_written_at_close(db: Database) -> None:
+    """A failed flush keeps the refusals; close writes what is left."""
+    gone = Database("postgresql://nobody@127.0.0.1:1/nowhere", pool_size=1)  # nothing listens
+    stuck = DenialLog(gone, interval=3600)
+    log = DenialLog(db, interval=3600)
+    denial = Denial("s", "ann", "azul", "local", "rulebook-lookup", "quota_exceeded", DAY)
+    stuck.record(denial)
+    log.record(denial)
+    async with asyncio.timeout(WAIT):
+        assert await stuck.flush() == 0
+        assert len(stuck) == 1
+        await gone.dispose()
+        await log.start()
+        await log.aclose()
+        rows = await day_rows(db, "game")
+    assert rows["azul"]["denied"] == 1
+
+
+async def test_a_full_denial_buffer_keeps_the_newest(db: Database) -> None:
+    """Past max_pending the oldest refusals are dropped and counted; the newest are written."""
+    dropped = REGISTRY.get_sample_value("chat_denials_dropped_total") or 0.0
+    log = DenialLog(db, interval=3600, max_pending=3)
+    for i in range(5):
+        log.record(Denial("s", f"user-{i}", "full", "local", "m", "quota_exceeded", DAY))
+    assert len(log) == 3
+    assert REGISTRY.get_sample_value("chat_denials_dropped_total") == dropped + 2
+    async with asyncio.timeout(WAIT):
+        assert await log.flush() == 3
+        rows = await day_rows(db, "user")
+    assert sorted(rows) == ["user-2", "user-3", "user-4"]
