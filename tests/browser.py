@@ -10,9 +10,10 @@ or fails, see ``tests.services.missing``).
 
 The ``Page`` API is the one the page tests were written against (it was a hand-written
 DevTools client before): ``evaluate``, ``wait_for``, ``navigate``, ``type_into``,
-``click``, ``screenshot``, ``call`` (a raw DevTools command) and ``errors`` (uncaught
-exceptions, ``console.error`` and the browser's own error log, such as CSP
-violations; failed network requests are left out, as a page may handle a 403).
+``click``, ``capture`` (an element's PNG), ``screenshot``, ``call`` (a raw DevTools
+command) and ``errors`` (uncaught exceptions, ``console.error`` and the browser's own
+error log, such as CSP violations; failed network requests are left out, as a page
+may handle a 403). ``Page.playwright`` is the Playwright page, for anything else.
 """
 
 from __future__ import annotations
@@ -167,23 +168,16 @@ class Page:
 
     async def capture(self, selector: str) -> bytes:
         """A PNG of what the (first) element matching ``selector`` shows on screen."""
-        box = await self.evaluate(
-            f"""(() => {{
-              const el = document.querySelector({json.dumps(selector)});
-              if (!el) return null;
-              el.scrollIntoView({{block: "center"}});
-              const r = el.getBoundingClientRect();
-              return {{x: r.left + scrollX, y: r.top + scrollY, width: r.width,
-                       height: r.height}};
-            }})()"""
-        )
-        if box is None or not box["width"] or not box["height"]:
-            raise CDPError(f"nothing visible matches {selector!r}")
-        result = await self.call(
-            "Page.captureScreenshot",
-            {"format": "png", "clip": {**box, "scale": 1}, "captureBeyondViewport": True},
-        )
-        return base64.b64decode(result["data"])
+        target = self._page.locator(selector).first
+        try:
+            if await self._page.locator(selector).count() == 0:
+                raise CDPError(f"nothing visible matches {selector!r}")
+            box = await target.bounding_box(timeout=CALL_TIMEOUT * 1000)
+            if box is None or not box["width"] or not box["height"]:
+                raise CDPError(f"nothing visible matches {selector!r}")
+            return await target.screenshot(type="png", timeout=CALL_TIMEOUT * 1000)
+        except PlaywrightError as exc:
+            raise CDPError(f"capturing {selector!r}: {exc.message}") from exc
 
     async def screenshot(self, path: Path) -> Path:
         """Save a PNG of the viewport (for a human to look at)."""
