@@ -145,11 +145,12 @@ def test_question_streams_answer_and_citation(term: Any) -> None:
     t.expect("rulebook of Catan says")
     early = t.output  # the answer is on screen before the turn has completed
     assert "-- stop" not in early
-    answer = t.expect("-- stop")
+    answer = t.expect("-- stop · local rulebook-lookup · ")  # who answered
     assert "steals one random resource card" in answer
     footer = t.expect("> ")
     assert re.search(r"\[p\d+\] [^\n]* — The robber", footer), footer
-    assert re.search(r"\d+ tokens in, \d+ out", footer), footer
+    # The local provider's model has no price: its cost is unknown, never a guess.
+    assert re.search(r"^\d+ tokens in, \d+ out( \(estimated\))? · cost unknown · ", footer), footer
     t.send(b"\x04")  # Ctrl-D at the prompt
     assert t.wait() == 0
 
