@@ -78,9 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a token (default: $TOKEN when set, else a dev token minted here)",
     )
     chat.add_argument("--session", default=None, help="resume this session")
-    chat.add_argument("--user", default="cli-user")
-    chat.add_argument("--provider", default=None)
-    chat.add_argument("--language", default="en")
+    chat.add_argument("--user", default="cli-user", help="the dev token's user id")
+    chat.add_argument("--provider", default=None, help="openai, anthropic, gemini or local")
+    chat.add_argument("--language", default="en", help="the session's language (default en)")
     args = parser.parse_args(argv)
 
     overrides: dict[str, object] = {}
