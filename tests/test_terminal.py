@@ -294,3 +294,16 @@ def test_footer_names_who_answered_tokens_and_cost() -> None:
     # An older server sends neither who answered nor the cost: they are left out.
     older = {"finish_reason": "cancelled", "usage": {"input_tokens": 1, "output_tokens": 2}}
     assert footer(older) == "-- cancelled · 1 tokens in, 2 out · 0.0 s\n"
+
+
+def test_an_expired_token_is_told_in_words_at_the_prompt(tmp_path: Path) -> None:
+    """The token runs out while the client waits at the prompt: it says why, exit 1."""
+    with running_server(make_settings(tmp_path, jwt_leeway=0.0)) as strict:
+        t = terminal(strict, tmp_path, token=False, TOKEN=strict.token("user-1", ttl=2))
+        try:
+            t.expect("> ")
+            t.expect("error: token_expired", timeout=15)
+            t.expect("the token was refused or has expired (close code 4401")
+            assert t.wait() == 1
+        finally:
+            t.close()
