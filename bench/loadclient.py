@@ -115,6 +115,9 @@ class Agent:
         msg = json.loads(payload)
         kind = msg.get("type")
         turn = self.turn
+        if self.cfg.get("protocol") == "ai-sdk":
+            self.on_ai_sdk(msg, kind, turn, now)
+            return
         if kind == "turn.delta":
             if turn is not None:
                 if turn.first is None:
@@ -149,6 +152,48 @@ class Agent:
         if not self.control.full():
             self.control.put_nowait(msg)
 
+    def on_ai_sdk(self, msg: dict[str, Any], kind: Any, turn: TurnRec | None, now: float) -> None:
+        """``/ws/ai-sdk``: ``chunk`` frames carry the UI message chunks of the answer."""
+        if kind == "chunk":
+            chunk = msg.get("chunk") or {}
+            if turn is None:
+                return
+            ctype = chunk.get("type")
+            if ctype == "text-delta":
+                if turn.first is None:
+                    turn.first = now
+                width = len(chunk.get("delta") or "")
+                turn.times.append(now)
+                turn.widths.append(width)
+                turn.chars += width
+            elif ctype == "start":
+                turn.started = now
+            elif ctype == "finish":
+                turn.reason = chunk.get("finishReason")
+                if turn.reason != "stop":
+                    self.errors[f"finish_{turn.reason}"] += 1
+            return
+        if kind in ("end", "error") and turn is not None:
+            if kind == "error":
+                self.errors[str(msg.get("errorText", "")).split(":", 1)[0]] += 1
+                turn.reason = "refused"
+            if not turn.done.done():
+                turn.done.set_result(None)
+
+    def ai_sdk_send(self, text: str) -> dict[str, Any]:
+        """A ``WebSocketChatTransport`` ``send`` (only the question: the server keeps history)."""
+        n = len(self.turns)
+        parts = [{"type": "text", "text": text}]
+        return {
+            "type": "send",
+            "requestId": f"r{n}",
+            "id": f"{self.cfg['user_prefix']}chat{self.index}",
+            "trigger": "submit-message",
+            "messages": [{"id": f"q{n}", "role": "user", "parts": parts}],
+            "headers": {},
+            "body": {"game_id": self.cfg["game_id"]},
+        }
+
     async def expect(self, kind: str, timeout: float = 30.0) -> dict[str, Any]:
         async with asyncio.timeout(timeout):
             while True:
@@ -167,6 +212,13 @@ class Agent:
             await loop.create_connection(lambda: ws, url.hostname, url.port)
             await ws.opened
         self.ws = ws
+        if self.cfg.get("protocol") == "ai-sdk":
+            # No handshake frames: a chat is created by its first request. Ask a
+            # one-token question now, as /ws/chat clients send session.start here:
+            # the session's creation stays out of the measured window.
+            await self.ask(1, 0.0, 0.0)
+            self.turns.clear()
+            return
         await self.expect("ready")
         ws.send_text(json.dumps({"type": "session.start", "game_id": self.cfg["game_id"]}))
         await self.expect("session.ready")
@@ -178,7 +230,10 @@ class Agent:
         turn = TurnRec(time.perf_counter(), loop.create_future())
         self.turn = turn
         self.turns.append(turn)
-        self.ws.send_text(json.dumps({"type": "message", "text": text}))
+        if self.cfg.get("protocol") == "ai-sdk":
+            self.ws.send_text(json.dumps(self.ai_sdk_send(text)))
+        else:
+            self.ws.send_text(json.dumps({"type": "message", "text": text}))
         budget = 30.0 + 3 * (first_ms + tokens * gap_ms) / 1000
         try:
             async with asyncio.timeout(budget):

@@ -95,6 +95,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="two product instances, one per core, each at N streams (default 50) vs one",
     )
+    p.add_argument(
+        "--ai-sdk",
+        action="store_true",
+        help="the product's /ws/ai-sdk against /ws/chat at --streams streams (CPU per token)",
+    )
     p.add_argument("--no-accounting", action="store_true", help="skip the per-turn accounting")
     p.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--redis-db", type=int, default=13)

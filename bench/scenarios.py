@@ -141,6 +141,30 @@ class Bench:
             server, "fifty", clients=self.args.streams, turns=turns, tokens=TOKENS, gap_ms=GAP_MS
         )
 
+    def ai_sdk(self, server: dict[str, Any]) -> dict[str, Any]:
+        """CPU per delivered token: /ws/ai-sdk against /ws/chat on the same server, in
+        alternating runs of the fifty-streams scenario (issue 17: at most 1.1x)."""
+        turns = 2 if self.args.quick else 3
+        ai_url = server["ws"].replace("/ws/chat", "/ws/ai-sdk")
+        runs: dict[str, list[dict[str, Any]]] = {"chat": [], "ai_sdk": []}
+        for _ in range(self.args.runs):
+            for name, extra in (("chat", {}), ("ai_sdk", {"url": ai_url, "protocol": "ai-sdk"})):
+                runs[name].append(
+                    self.load(
+                        server,
+                        f"ai-sdk-{name}",
+                        clients=self.args.streams,
+                        turns=turns,
+                        tokens=TOKENS,
+                        gap_ms=GAP_MS,
+                        **extra,
+                    )
+                )
+        chat, ai = _median(runs["chat"]), _median(runs["ai_sdk"])
+        per_chat, per_ai = chat.get("server_cpu_per_1k"), ai.get("server_cpu_per_1k")
+        ratio = per_ai / per_chat if per_chat and per_ai else None
+        return {"chat": chat, "ai_sdk": ai, "cpu_per_token_ratio": ratio}
+
     def ramp(self, server: dict[str, Any]) -> dict[str, Any]:
         steps: list[dict[str, Any]] = []
         sustained = 0
@@ -325,6 +349,14 @@ class Bench:
                         f"  {TITLES[target]} {scenario}: {_brief(results[target][scenario])}",
                         file=sys.stderr,
                     )
+            if self.args.ai_sdk and "product" in servers:
+                results["product"]["ai_sdk"] = r = self.ai_sdk(servers["product"])
+                ratio = r["cpu_per_token_ratio"]
+                print(
+                    f"  product ai-sdk: {_brief(r['ai_sdk'])}; CPU per token "
+                    + (f"{ratio:.2f}x /ws/chat's" if ratio else "n/a"),
+                    file=sys.stderr,
+                )
             if not self.args.no_accounting:
                 for target in only:
                     results[target]["accounting"] = self.accounting(servers[target])

@@ -17,12 +17,14 @@ from starlette.websockets import WebSocket
 
 from http_api import api_router
 from http_api.body_limit import BodyLimit
+from http_api.documents import UPLOAD_PATHS
 from http_api.errors import install_error_handlers
 
 from . import __version__
 from .config import Settings, load_settings
 from .logs import RequestContext
 from .services import build_services, close_services, with_local_secret
+from .transports.ai_sdk_ws import AI_SDK_WS_PATH, ai_sdk_endpoint
 from .ws import chat_endpoint
 
 __all__ = ["CHAT_PATH", "ChatApp", "create_app"]
@@ -49,6 +51,13 @@ class ChatApp(FastAPI):
             scope["app"] = self  # the endpoint finds the services on app.state
             await _CHAT(scope, receive, send)
             return
+        if scope["type"] == "websocket" and scope["path"] in (
+            AI_SDK_WS_PATH,
+            scope.get("root_path", "") + AI_SDK_WS_PATH,
+        ):
+            scope["app"] = self
+            await _AI_SDK(scope, receive, send)
+            return
         await super().__call__(scope, receive, send)
 
 
@@ -57,6 +66,13 @@ async def _chat(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 _CHAT = RequestContext(_chat)
+
+
+async def _ai_sdk(scope: Scope, receive: Receive, send: Send) -> None:
+    await ai_sdk_endpoint(WebSocket(scope, receive, send))
+
+
+_AI_SDK = RequestContext(_ai_sdk)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -84,7 +100,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.http_max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.http_max_body_bytes,
+        upload_paths=UPLOAD_PATHS,
+        # the file, plus the form's other fields and boundaries
+        upload_max_bytes=settings.document_max_bytes + 64 * 1024,
+    )
     app.add_middleware(RequestContext)  # outermost: a request id on every log line
     app.include_router(api_router)
     return app

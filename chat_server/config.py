@@ -101,7 +101,21 @@ class Settings(BaseSettings):
     local_token_delay: float = Field(default=0.02, ge=0, le=5)
     history_turns: int = Field(default=6, ge=0, le=100)
     history_chars: int = Field(default=8000, ge=0, le=1_000_000)
-    grounding_passages: int = Field(default=4, ge=1, le=20)
+    grounding_passages: int = Field(default=6, ge=1, le=20)
+
+    # Documents (rulebooks, FAQs, errata)
+    document_max_bytes: int = Field(
+        default=20 * 1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="The largest document file an admin may upload (PDF, Markdown, text).",
+    )
+    documents_bucket: str = Field(
+        default="documents",
+        pattern=r"^[a-z0-9][a-z0-9._-]{1,62}$",
+        description="The Supabase Storage bucket of original documents "
+        "(with SUPABASE_URL and SUPABASE_SERVICE_KEY).",
+    )
 
     # BoardGameGeek
     bgg_base_url: str = "https://boardgamegeek.com/xmlapi2"
@@ -120,6 +134,8 @@ class Settings(BaseSettings):
     ws_max_connections_per_user: int = Field(default=10, ge=1, le=100_000)
     ws_resume_grace: float = Field(default=20.0, ge=0, le=3600)
     ws_send_timeout: float = Field(default=30.0, gt=0, le=3600)
+    #: a comment line on an idle AI SDK SSE stream this often (load balancers close at 60 s)
+    sse_heartbeat: float = Field(default=10.0, gt=0, le=15)
     ws_ping_interval: float = Field(default=20.0, gt=0, le=3600)
     ws_ping_timeout: float = Field(default=20.0, gt=0, le=3600)
     shutdown_grace: float = Field(default=30.0, ge=0, le=3600)

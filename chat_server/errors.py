@@ -12,6 +12,8 @@ place each.
     ├── NotFound                (not_found, 404)
     ├── Conflict                (conflict, 409)
     ├── InvalidInput            (invalid_frame / 422)
+    ├── TooLarge                (payload_too_large, 413): an upload over its limit
+    ├── RequestTimeout          (request_timeout, 408): an upload that did not arrive in time
     ├── SessionRequired         (session_required, 409)
     ├── TurnInProgress          (turn_in_progress, 409)
     ├── FeatureDisabled         (feature_disabled, 403)
@@ -39,9 +41,11 @@ __all__ = [
     "ProviderUnavailable",
     "QuotaExceeded",
     "RateLimited",
+    "RequestTimeout",
     "SessionRequired",
     "ShuttingDown",
     "TokenExpired",
+    "TooLarge",
     "TurnInProgress",
     "Unauthorized",
     "Unavailable",
@@ -106,6 +110,18 @@ class InvalidInput(ChatServerError):
     def __init__(self, message: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("error_code", "VALIDATION_ERROR")
         super().__init__(message, **kwargs)
+
+
+class TooLarge(ChatServerError):
+    code = "payload_too_large"
+    status_code = 413
+    default_message = "request body too large"
+
+
+class RequestTimeout(ChatServerError):
+    code = "request_timeout"
+    status_code = 408
+    default_message = "the request body did not arrive in time"
 
 
 class SessionRequired(ChatServerError):

@@ -23,11 +23,13 @@ from .config import Settings
 from .connections import Connections
 from .demo import seed_demo_games
 from .denials import DenialLog
+from .document_files import DOCUMENTS_CHANNEL, FileStore, build_file_store
 from .errors import Unavailable
 from .flag_cache import FlagCache
 from .providers import Provider, build_providers
 from .quotas import MemoryQuotaCounter, QuotaCounter, RedisQuotaCounter
 from .redis_client import RedisClient, connect_redis, discover_cluster
+from .retrieval.embedder import warm_up
 from .sessions.chat import ChatService
 from .sessions.events import EventFeed, MemoryEvents, RedisEvents
 from .sessions.hub import SessionHub
@@ -67,6 +69,7 @@ class Services:
     registry: Registry
     monitor: Monitor
     relay: TurnRelay
+    files: FileStore
     instance_id: str
     started_at: float = field(default_factory=time.time)
 
@@ -117,6 +120,7 @@ async def build_services(settings: Settings) -> Services:
     stack = contextlib.AsyncExitStack()
     stack.push_async_callback(db.dispose)
     try:
+        warm_up()  # the retrieval model, in a thread (chat_server/retrieval)
         if settings.auto_migrate:
             await upgrade(db)
         seed = settings.seed_demo if settings.seed_demo is not None else not settings.database_url
@@ -263,6 +267,15 @@ async def build_services(settings: Settings) -> Services:
         manager.listeners.append(monitor.on_turn)
         await monitor.start()
         stack.push_async_callback(monitor.aclose)
+        files = build_file_store(
+            settings.supabase_url, settings.supabase_service_key, settings.documents_bucket
+        )
+        stack.push_async_callback(files.aclose)
+
+        async def documents_changed(_channel: str, game_id: str) -> None:
+            chat.rulebook_added(game_id)  # forget the game's languages: read them again
+
+        backplane.subscribe(DOCUMENTS_CHANNEL, documents_changed)
         await backplane.start()  # after every subscriber registered
     except BaseException:
         await stack.aclose()
@@ -285,6 +298,7 @@ async def build_services(settings: Settings) -> Services:
         registry=registry,
         monitor=monitor,
         relay=relay,
+        files=files,
         instance_id=instance_id,
     )
     services._stack = stack  # type: ignore[attr-defined]

@@ -382,7 +382,10 @@ def footer(frame: dict[str, Any]) -> str:
     lines = ["-- " + " · ".join(parts)]
     for c in frame.get("citations") or []:
         where = f"{c.get('title')} — {c['heading']}" if c.get("heading") else c.get("title")
-        lines.append(f"   [{c.get('passage_id')}] {where}")
+        if c.get("page") is not None:
+            where += f", page {c['page']}"
+        url = f"  {c['url']}" if c.get("url") else ""
+        lines.append(f"   [{c.get('passage_id')}] {where}{url}")
     return "\n".join(lines) + "\n"
 
 

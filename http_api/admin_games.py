@@ -1,4 +1,4 @@
-"""Staff: create, edit and import games; add rulebooks."""
+"""Staff: create, edit and import games (their documents: ``documents.py``)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from fastapi import APIRouter, Response
 
 from chat_server.bgg import BggGame
 from chat_server.errors import Conflict, NotFound
+from chat_server.storage import Database
 from chat_server.storage import games as store
-from chat_server.storage.documents import add_document
 from chat_server.storage.ids import utcnow
 
 from .deps import ServicesDep, Staff
 from .errors import ERROR_RESPONSES
-from .models import DocumentIn, DocumentOut, ErrorBody, GameCreate, GameOut, GamePatch, ImportIn
+from .models import ErrorBody, GameCreate, GameOut, GamePatch, ImportIn
 
 router = APIRouter(
     prefix="/admin/games",
@@ -49,7 +49,24 @@ async def patch_game(
         changes.pop("name", None)
     if changes.get("status") is None:
         changes.pop("status", None)
+    if "details" in changes:
+        changes["details"] = await _merged_details(services.db, game_id, changes["details"])
     return GameOut(**await store.update_game(services.db, game_id, changes))
+
+
+async def _merged_details(db: Database, game_id: str, patch: dict[str, Any] | None) -> Any:
+    """The game's details with the patched keys set (a null value removes its key); the
+    rest (BoardGameGeek's data) is kept."""
+    game = await store.get_game(db, game_id)
+    if game is None:
+        raise NotFound("game not found", error_code="GAME_NOT_FOUND")
+    details = dict(game.get("details") or {})
+    for key, value in (patch or {}).items():
+        if value is None:
+            details.pop(key, None)
+        else:
+            details[key] = value
+    return details
 
 
 def _from_bgg(game: BggGame) -> dict[str, Any]:
@@ -100,29 +117,3 @@ async def import_game(
                 raise
     response.status_code = 200
     return GameOut(**await store.update_game(services.db, existing["id"], data))
-
-
-@router.post(
-    "/{game_id}/documents",
-    status_code=201,
-    response_model=DocumentOut,
-    summary="Add a rulebook used to ground answers",
-    responses={404: {"model": ErrorBody}},
-)
-async def add_rulebook(
-    game_id: str, body: DocumentIn, _staff: Staff, services: ServicesDep
-) -> DocumentOut:
-    if await store.get_game(services.db, game_id) is None:
-        raise NotFound("game not found", error_code="GAME_NOT_FOUND")
-    doc = await add_document(
-        services.db,
-        game_id=game_id,
-        language=body.language.lower(),
-        title=body.title,
-        content=body.content,
-        fmt=body.format,
-        kind=body.kind,
-        openai_vector_store_id=body.openai_vector_store_id,
-    )
-    services.chat.rulebook_added(game_id)
-    return DocumentOut(**doc)

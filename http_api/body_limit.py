@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -10,16 +11,43 @@ __all__ = ["BodyLimit"]
 
 
 class BodyLimit:
-    """ASGI middleware: a declared or streamed HTTP body over ``max_bytes`` gets 413."""
+    """ASGI middleware: a declared or streamed HTTP body over ``max_bytes`` gets 413.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    A ``multipart/form-data`` body to a path matching ``upload_paths`` may be up to
+    ``upload_max_bytes`` instead (a document upload, whose handler enforces its own,
+    exact limit on the file); a JSON body there keeps ``max_bytes``."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        *,
+        upload_paths: re.Pattern[str] | None = None,
+        upload_max_bytes: int = 0,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_paths = upload_paths
+        self.upload_max_bytes = max(upload_max_bytes, max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.upload_paths is not None and self.upload_paths.fullmatch(scope["path"]):
+            content_type = dict(scope.get("headers", [])).get(b"content-type", b"")
+            if content_type.lower().startswith(b"multipart/form-data"):
+                await _Limited(self.app, self.upload_max_bytes)(scope, receive, send)
+                return
+        await _Limited(self.app, self.max_bytes)(scope, receive, send)
+
+
+class _Limited:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, m
 __all__ = [
     "DocumentIn",
     "DocumentOut",
+    "DocumentUpload",
+    "DocumentsOut",
     "ErrorBody",
     "FlagIn",
     "FlagOut",
@@ -103,6 +105,21 @@ class GameCreate(_In):
     description: Annotated[str, Field(max_length=100_000)] | None = None
 
 
+GlossaryWord = Annotated[str, Field(min_length=1, max_length=100)]
+Glossary = Annotated[
+    dict[GlossaryWord, Annotated[list[GlossaryWord], Field(min_length=1, max_length=50)]],
+    Field(max_length=500),
+]
+
+
+class DetailsPatch(_In):
+    """The game details staff may change. ``glossary``: each of the rulebook's own terms
+    with the words players use for it (``{"Delver": ["worker", "meeple"]}``), used to find
+    the rule a question means; null removes it."""
+
+    glossary: Glossary | None = None
+
+
 class GamePatch(_In):
     name: Name | None = None
     status: GameStatus | None = None
@@ -114,6 +131,7 @@ class GamePatch(_In):
     thumbnail_url: Url | None = None
     image_url: Url | None = None
     description: Annotated[str, Field(max_length=100_000)] | None = None
+    details: DetailsPatch | None = None
 
 
 class ImportIn(_In):
@@ -131,15 +149,38 @@ class DocumentIn(_In):
     openai_vector_store_id: Annotated[str, Field(max_length=100)] | None = None
 
 
+DocumentKind = Literal["rulebook", "faq", "errata", "expansion"]
+
+
+class DocumentUpload(_In):
+    """The text fields of a ``multipart/form-data`` upload, beside its ``file``."""
+
+    file: Annotated[bytes, Field(description="The PDF, Markdown or text file")] = b""
+    language: Annotated[str, Field(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?$")] = "en"
+    title: Name | None = Field(default=None, description="Default: the file's name")
+    kind: DocumentKind = "rulebook"
+    format: Literal["pdf", "markdown", "text"] | None = Field(
+        default=None, description="Default: from the file's media type, else its name"
+    )
+
+
 class DocumentOut(BaseModel):
     id: str
     game_id: str
-    language: str
     title: str
-    format: str
+    language: str
     kind: str
+    format: str
+    media_type: str | None
+    pages: int | None
     passages: int
+    bytes: int
     created_at: datetime
+    updated_at: datetime | None
+
+
+class DocumentsOut(BaseModel):
+    documents: list[DocumentOut]
 
 
 class FlagIn(_In):

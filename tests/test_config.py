@@ -96,6 +96,7 @@ def test_every_contract_variable_is_read_from_the_environment(
         "PORT": "8123",
         "LOG_LEVEL": "debug",
         "CHAT_DATA_DIR": "/srv/chat",
+        "DOCUMENT_MAX_BYTES": "30000000",
     }
     for name in contract_variables():
         default = getattr(load_settings(), name.lower())

@@ -44,7 +44,7 @@ from .base import (
     Usage,
     UsageReport,
 )
-from .prompt import system_instructions
+from .prompt import passage_label, system_instructions
 from .transport import DROPPED, close_response
 
 __all__ = ["AnthropicProvider"]
@@ -83,9 +83,7 @@ def _document_block(passages: list[Passage], game_name: str) -> dict[str, Any]:
         },
         "title": f"{game_name} rulebook",
         "context": "Rulebook passages, in this order: "
-        + "; ".join(
-            f"{p.id} ({p.title}" + (f" — {p.heading})" if p.heading else ")") for p in passages
-        ),
+        + "; ".join(f"{p.id} ({passage_label(p)})" for p in passages),
         "citations": {"enabled": True},
         "cache_control": {"type": "ephemeral"},
     }
@@ -124,7 +122,9 @@ class AnthropicProvider:
         await self._client.close()
 
     def _system(self, request: ProviderRequest) -> list[TextBlockParam]:
-        text = system_instructions(request.game_name, request.language, bool(request.passages))
+        text = system_instructions(
+            request.game_name, request.language, bool(request.passages), request.rules_silent
+        )
         if request.system:
             text = f"{text}\n\n{request.system}"
         return [{"type": "text", "text": text}]

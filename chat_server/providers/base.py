@@ -49,7 +49,9 @@ class ProviderRequest:
 
     ``model`` overrides the provider's configured model when not empty; ``system`` holds
     extra instructions appended to the grounded prompt each provider builds from
-    ``passages`` (``prompt.py``), usually empty.
+    ``passages`` (``prompt.py``), usually empty. ``rules_silent``: the game has rules,
+    but no passage cleared the relevance floor (``passages`` is then empty): the model is
+    told that the rules do not answer the question.
     """
 
     model: str
@@ -59,6 +61,7 @@ class ProviderRequest:
     language: str
     game_name: str
     max_output_tokens: int = 1024
+    rules_silent: bool = False
 
 
 @dataclass(slots=True)

@@ -130,7 +130,9 @@ class GeminiProvider:
         self._client.close()
 
     def _config(self, request: ProviderRequest) -> types.GenerateContentConfig:
-        system = system_prompt(request.game_name, request.language, request.passages)
+        system = system_prompt(
+            request.game_name, request.language, request.passages, request.rules_silent
+        )
         if request.system:
             system = f"{system}\n\n{request.system}"
         return types.GenerateContentConfig(

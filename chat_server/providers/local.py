@@ -30,7 +30,13 @@ class LocalProvider:
     async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamEvent]:
         question = request.messages[-1].content if request.messages else ""
         passages = request.passages[: self._max_passages]
-        if not passages:
+        if request.rules_silent:
+            text = (
+                "I am the offline rulebook lookup (not a language model). The rules of "
+                f"{request.game_name} (rulebook, errata and FAQ) say nothing about that: "
+                "the rules are silent on this question."
+            )
+        elif not passages:
             text = (
                 f"I am the offline rulebook lookup (not a language model), and I have no "
                 f"rulebook for {request.game_name} yet, so I cannot answer from the rules. "
@@ -43,6 +49,8 @@ class LocalProvider:
             ]
             for p in passages:
                 where = f"{p.title} — {p.heading}" if p.heading else p.title
+                if p.page is not None:
+                    where += f", page {p.page}"
                 parts.append(f"[{p.id}] {where}:\n{p.text}\n\n")
             text = "".join(parts).rstrip()
         output_tokens = 0

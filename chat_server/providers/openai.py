@@ -147,7 +147,9 @@ class OpenAIProvider:
 
     def _body(self, request: ProviderRequest) -> dict[str, Any]:
         """The request body ``chat.completions.create()`` would send for these fields."""
-        system = system_prompt(request.game_name, request.language, request.passages)
+        system = system_prompt(
+            request.game_name, request.language, request.passages, request.rules_silent
+        )
         if request.system:
             system = f"{system}\n\n{request.system}"
         messages: list[ChatCompletionMessageParam] = [{"role": "system", "content": system}]

@@ -36,7 +36,7 @@ from ..providers.base import ChatMessage, Provider, ProviderRequest
 from ..quotas import Quota, QuotaCounter, Reservation, next_midnight
 from ..rulebooks import Passage
 from ..storage import chat as chat_store
-from ..storage.documents import Retrieval, game_languages, retrieve
+from ..storage.documents import INDEXES, Retrieval, game_languages, retrieve
 from ..storage.engine import Database
 from ..storage.games import get_game
 from ..storage.ids import new_id, utcnow
@@ -173,6 +173,7 @@ class ChatService:
             language=frame.language,
             provider=name,
             model=self.providers[name].model,
+            session_id=frame.session_id,
         )
         attached = Attached(
             session["id"], session["language"], name, game, self._history(session["id"])
@@ -283,7 +284,7 @@ class ChatService:
                 quota_at=now,
                 passages=found.passages,
             )
-            request = self._request(attached, frame.text, found.passages)
+            request = self._request(attached, frame.text, found.passages, rules_silent=found.silent)
             # The provider request and the question's write go out together; the turn
             # holds its text back until ``release``.
             live = self.manager.begin(turn, chain, request, span)
@@ -315,8 +316,10 @@ class ChatService:
         return turn
 
     def rulebook_added(self, game_id: str) -> None:
-        """A rulebook was stored for ``game_id``: ground its next turns on it."""
+        """A document of ``game_id`` was stored, replaced or deleted: ground its next turns
+        on what is stored now (its languages and its retrieval index are read again)."""
         self._languages.pop(game_id, None)
+        INDEXES.forget(game_id)
 
     async def _retrieve(self, attached: Attached, question: str) -> Retrieval:
         game_id, now = attached.game.id, time.monotonic()
@@ -423,7 +426,7 @@ class ChatService:
         return chain
 
     def _request(
-        self, attached: Attached, question: str, passages: list[Passage]
+        self, attached: Attached, question: str, passages: list[Passage], *, rules_silent: bool
     ) -> ProviderRequest:
         """The conversation sent to a provider: the latest turns within a budget."""
         messages = attached.history.conversation()
@@ -436,6 +439,7 @@ class ChatService:
             language=attached.language,
             game_name=attached.game.name,
             max_output_tokens=self.settings.provider_max_output_tokens,
+            rules_silent=rules_silent,
         )
 
     # -- what the manager calls back ---------------------------------------------

@@ -43,11 +43,13 @@ Event = dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class Start:
-    """Attach to a new session on ``game_id``."""
+    """Attach to a new session on ``game_id`` (under ``session_id`` when the client
+    names its sessions itself: an AI SDK chat id; else a new id)."""
 
     game_id: str
     language: str = "en"
     provider: str | None = None
+    session_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

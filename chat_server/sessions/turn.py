@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from ..accounting import settle
+from ..document_files import document_url
 from ..prices import PriceTable, total_input
 from ..providers.base import CitationRef, ProviderRequest, Usage
 from ..rulebooks import Passage
@@ -201,6 +202,8 @@ class Turn:
                     "document_id": p.document_id,
                     "title": p.title,
                     "heading": p.heading,
+                    "page": p.page,
+                    "url": document_url(self.game_id, p.document_id, p.page),
                     "offset": p.ordinal,
                     "quote": quote,
                 }

@@ -66,11 +66,19 @@ def message_dict(row: Any) -> dict[str, Any]:
 
 
 async def create_session(
-    db: Database, *, user_id: str, game_id: str, language: str, provider: str, model: str
+    db: Database,
+    *,
+    user_id: str,
+    game_id: str,
+    language: str,
+    provider: str,
+    model: str,
+    session_id: str | None = None,
 ) -> dict[str, Any]:
+    """A new session; ``session_id`` is the client's own (an AI SDK chat id), else new."""
     now = utcnow()
     values = {
-        "id": new_id(),
+        "id": session_id or new_id(),
         "user_id": user_id,
         "game_id": game_id,
         "language": language,

@@ -127,6 +127,11 @@ _PASSAGE_COLUMNS = (
 )
 
 
+# The tie-break at equal relevance (issue 19, separate from the ranking itself): errata,
+# then FAQs, then everything else (the rulebook, expansions).
+_KIND_TIE_BREAK = "CASE p.kind WHEN 'errata' THEN 0 WHEN 'faq' THEN 1 ELSE 2 END"
+
+
 def _pg_search(lang_clause: str, config: str) -> str:
     """The Postgres search (asyncpg parameters: game, query, limit, [language, config])."""
     return (
@@ -134,7 +139,7 @@ def _pg_search(lang_clause: str, config: str) -> str:
         "JOIN game_documents AS d ON d.id = p.document_id, "
         f"to_tsquery({config}, $2) AS q "
         f"WHERE p.game_id = $1 {lang_clause} AND p.search @@ q "
-        "ORDER BY ts_rank(p.search, q) DESC, p.ordinal LIMIT $3"
+        f"ORDER BY ts_rank(p.search, q) DESC, {_KIND_TIE_BREAK}, p.ordinal LIMIT $3"
     )
 
 
@@ -153,7 +158,8 @@ def _sqlite_search(one_language: bool) -> TextClause:
         "JOIN document_passages AS p ON p.id = f.passage_id "
         "JOIN game_documents AS d ON d.id = p.document_id "
         f"WHERE document_passages_fts MATCH :query AND f.game_id = :game_id "
-        f"{lang_clause} ORDER BY bm25(document_passages_fts) LIMIT :limit"
+        f"{lang_clause} ORDER BY bm25(document_passages_fts), {_KIND_TIE_BREAK}, p.ordinal "
+        "LIMIT :limit"
     )
 
 

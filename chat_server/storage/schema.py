@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -28,6 +29,7 @@ __all__ = [
     "admin_audit",
     "chat_messages",
     "chat_sessions",
+    "document_files",
     "document_passages",
     "feature_flags",
     "game_documents",
@@ -47,6 +49,8 @@ metadata = MetaData(
 )
 
 ID = String(36)
+#: Session ids: ours are UUIDs, an AI SDK chat's id is the client's (1-64 characters).
+SESSION_ID = String(64)
 TS = DateTime(timezone=True)
 
 profiles = Table(
@@ -117,6 +121,21 @@ document_passages = Table(
     Index(None, "game_id", "language"),
 )
 
+# The original file of a document: its bytes here (the default), or the key of the
+# object that holds them in Supabase Storage (``storage_key``, with ``data`` null).
+document_files = Table(
+    "document_files",
+    metadata,
+    Column(
+        "document_id",
+        ID,
+        ForeignKey("game_documents.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("data", LargeBinary),
+    Column("storage_key", String(300)),
+)
+
 feature_flags = Table(
     "feature_flags",
     metadata,
@@ -137,7 +156,7 @@ feature_flags = Table(
 chat_sessions = Table(
     "chat_sessions",
     metadata,
-    Column("id", ID, primary_key=True),
+    Column("id", SESSION_ID, primary_key=True),
     Column("user_id", String(64), nullable=False),
     Column("game_id", ID, ForeignKey("games.id", ondelete="CASCADE"), nullable=False),
     Column("language", String(16), nullable=False),
@@ -152,7 +171,12 @@ chat_messages = Table(
     "chat_messages",
     metadata,
     Column("id", ID, primary_key=True),
-    Column("session_id", ID, ForeignKey("chat_sessions.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "session_id",
+        SESSION_ID,
+        ForeignKey("chat_sessions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
     Column("turn_id", ID, nullable=False),
     Column("role", String(16), nullable=False),
     Column("content", Text, nullable=False),
@@ -173,7 +197,7 @@ usage_events = Table(
         "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     ),
     Column("turn_id", ID, nullable=False, unique=True),
-    Column("session_id", ID, nullable=False),
+    Column("session_id", SESSION_ID, nullable=False),
     Column("user_id", String(64), nullable=False),
     Column("game_id", ID, nullable=False),
     Column("provider", String(32), nullable=False),

@@ -18,7 +18,7 @@ from .schema_check import Schema
 from .support import TIMEOUT, bearer, expect_error
 
 ERROR_REF = "#/components/schemas/ErrorBody"
-OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
+OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/asyncapi.json"}
 
 
 @pytest.fixture
@@ -149,10 +149,20 @@ async def test_real_responses_match_the_schema(
         await call("POST", "/admin/games/import", 200, headers=staff, json={"bgg_id": 822})
         await call("POST", "/admin/games/import", 404, headers=staff, json={"bgg_id": 777})
         doc = {"title": "Tour rules", "content": "Win by touring."}
-        await call("POST", f"/admin/games/{new_id}/documents", 201, headers=staff, json=doc)
+        posted = await call(
+            "POST", f"/admin/games/{new_id}/documents", 201, headers=staff, json=doc
+        )
+        docs, doc_id = f"/admin/games/{new_id}/documents", posted.json()["id"]
+        await call("GET", docs, 200, headers=staff)
+        await call("PUT", f"{docs}/{doc_id}", 200, headers=staff, json=doc)
+        await call("PUT", f"{docs}/missing", 404, headers=staff, json=doc)
+        await call("GET", f"/games/{new_id}/documents/{doc_id}/file", 200, headers=staff)
+        await call("GET", f"/games/{new_id}/documents/{doc_id}/file", 404, headers=user)
         await call("POST", "/admin/games/missing/documents", 404, headers=staff, json=doc)
         big = {**doc, "content": "x" * 200_000}
         await call("POST", f"/admin/games/{new_id}/documents", 413, headers=staff, json=big)
+        await call("DELETE", f"{docs}/{doc_id}", 204, headers=staff)
+        await call("DELETE", f"{docs}/{doc_id}", 404, headers=staff)
 
         flag = {"feature_key": "tour", "scope_type": "game", "scope_id": new_id, "enabled": True}
         put = await call("PUT", "/admin/flags", 200, headers=staff, json=flag)
@@ -175,6 +185,20 @@ async def test_real_responses_match_the_schema(
         await call("GET", "/admin/sessions", 200, headers=staff)
         await call("DELETE", "/admin/sessions/missing", 404, headers=staff)
 
+        question = [{"id": "q", "role": "user", "parts": [{"type": "text", "text": "Win?"}]}]
+        chat = {"id": "tour-chat", "messages": question, "game_id": gid}
+        await call("POST", "/ai-sdk/chat", 200, headers=user, json=chat)
+        await call("POST", "/ai-sdk/chat", 401, json=chat)
+        await call("POST", "/ai-sdk/chat", 422, headers=user, json={**chat, "id": "a/b"})
+        await call("POST", "/ai-sdk/chat", 404, headers=staff, json=chat)
+        await call("POST", "/ai-sdk/chat", 413, headers=user, json={**chat, "x": "y" * 200_000})
+        await call("GET", "/ai-sdk/chat/tour-chat/stream", 204, headers=user)
+        await call("GET", "/ai-sdk/chat/tour-chat/stream", 404, headers=staff)
+        await call("GET", "/ai-sdk/chat/a.b/stream", 422, headers=user)
+        await call("DELETE", "/ai-sdk/chat/tour-chat/stream", 204, headers=user)
+        await call("DELETE", "/ai-sdk/chat/missing/stream", 404, headers=user)
+
     documented = {(m, p) for m, p, _ in operations(schema)}
-    streaming = {("GET", "/admin/sessions/events")}
+    # Endless Server-Sent Events streams (their own tests read them).
+    streaming = {("GET", "/admin/sessions/events"), ("GET", "/admin/sessions/{session_id}/stream")}
     assert documented - streaming - seen == set(), "the tour missed an operation"

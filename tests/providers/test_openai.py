@@ -11,6 +11,7 @@ import pytest
 
 from chat_server.providers.base import (
     Finish,
+    Passage,
     Provider,
     StreamEvent,
     TextDelta,
@@ -43,6 +44,20 @@ class TestOpenAI(ProviderContract):
         assert roles == ["system", "user", "assistant", "user"]
         system = body["messages"][0]["content"]
         assert all(f"[{p.id}]" in system and p.text in system for p in PASSAGES)
+
+    async def test_errata_and_pages_reach_the_model(
+        self, upstream: Upstream, provider: Provider
+    ) -> None:
+        """An errata passage is marked as overriding the rulebook; a PDF passage names its page."""
+        errata = Passage(
+            "p-err", "doc-2", "Errata", None, "Bids may not go down.", 0, "en", "errata"
+        )
+        paged = Passage("p-pdf", "doc-3", "Rulebook", "Bidding", "Bid upward.", 0, "en", page=7)
+        await collect(provider, make_request([paged, errata]))
+        system = upstream.requests[0].body["messages"][0]["content"]
+        assert "[p-pdf] Rulebook — Bidding (page 7)" in system
+        assert "[p-err] Errata (errata)" in system
+        assert "overrides it" in system
 
     async def test_cached_prompt_tokens_are_reported(
         self, upstream: Upstream, provider: Provider

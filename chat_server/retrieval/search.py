@@ -1,0 +1,84 @@
+"""One question against one game's index: full-text and vector rankings, fused, floored.
+
+The database's full-text search (``storage/fulltext.py``) ranks the question with its
+glossary words added; the question's vector ranks every passage of the language by
+cosine; reciprocal rank fusion merges the two; passages under the relevance floor are
+dropped; corrections are put above the rules they correct. When no passage clears the
+floor, the rules are silent on the question.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..storage.engine import Database
+from ..storage.fulltext import search_passages
+from .embedder import embed
+from .index import GameIndex
+from .ranking import Evidence, content_words, expand, fuse, relevant, with_corrections
+
+__all__ = ["MIN_COSINE", "MIN_WEIGHT", "POOL", "Ranked", "rank"]
+
+POOL = 20  # candidates taken from each ranking before fusion
+MIN_WEIGHT = 0.72  # the floor: summed weight of shared words (1.0: a word of one passage) …
+MIN_COSINE = 0.4  # … or a vector this close (cosine); see docs/providers.md for the figures
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """The passages to send, best first, and whether the rules are silent."""
+
+    rows: list[Mapping[str, Any]]
+    silent: bool
+
+
+def evidence(index: GameIndex, position: int, words: list[str], cosine: float) -> Evidence:
+    """What ties the passage at ``position`` to a question of ``words``."""
+    shared = index.words[position]
+    weight = sum(index.weights.get(w, 0.0) for w in words if w in shared)
+    return Evidence(shared_weight=weight, cosine=cosine)
+
+
+async def rank(
+    db: Database,
+    index: GameIndex,
+    *,
+    game_id: str,
+    language: str | None,
+    question: str,
+    limit: int,
+) -> Ranked:
+    """The passages that answer ``question`` in ``language`` (None: every language)."""
+    expanded = expand(question, index.glossary)
+    found = await search_passages(
+        db, game_id=game_id, language=language, question=expanded, limit=POOL
+    )
+    by_text = [str(r["id"]) for r in found]
+    cosines = np.zeros(len(index.rows), dtype=np.float32)
+    by_vector: list[str] = []
+    if index.rows and index.vectors is not None:
+        cosines = index.vectors @ embed([expanded])[0]
+        order = [
+            i
+            for i in np.argsort(-cosines, kind="stable")
+            if language is None or index.rows[i]["language"] == language
+        ]
+        by_vector = [str(index.rows[i]["id"]) for i in order[:POOL]]
+    fused = [key for key in fuse([by_text, by_vector]) if key in index.position]
+    words = content_words(expanded)
+    clears = (
+        relevant(
+            evidence(index, index.position[key], words, float(cosines[index.position[key]])),
+            min_weight=MIN_WEIGHT,
+            min_cosine=MIN_COSINE,
+        )
+        for key in fused
+    )
+    if not any(clears):  # also when nothing was found at all
+        return Ranked([], silent=True)
+    chosen = with_corrections(fused, index.corrects, limit)
+    return Ranked([index.rows[index.position[key]] for key in chosen], silent=False)

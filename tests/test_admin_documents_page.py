@@ -1,0 +1,128 @@
+"""The admin page's documents view in a real headless Chromium against a real server:
+a staff member picks a game, uploads a PDF, sees its pages and passages, sees a scanned
+PDF refused with its code, and deletes the document."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.browser import Page, find_chromium, open_page
+from tests.pdfs import image_only_pdf, text_pdf
+from tests.server import RunningServer, make_settings, running_server
+from tests.services import missing
+
+PAGES = [["Setup", "Shuffle the tiles."], ["Roads", "A road scores one point per tile."]]
+
+
+@pytest.fixture
+def chromium() -> str:
+    executable = find_chromium()
+    if executable is None:
+        missing("Chromium", "no chromium on PATH (apt-get install -y chromium)")
+        raise AssertionError("unreachable")
+    return executable
+
+
+@pytest.fixture
+def server(chromium: str, tmp_path: Path) -> Iterator[RunningServer]:
+    with running_server(make_settings(tmp_path)) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def page(chromium: str, server: RunningServer) -> AsyncIterator[Page]:
+    async with open_page(chromium) as opened:
+        yield opened
+    assert opened.errors == [], opened.errors
+
+
+def staff_headers(server: RunningServer) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.token('staff-1', 'admin')}"}
+
+
+async def choose_file(page: Page, data: bytes, name: str) -> None:
+    """Put a file in the upload form's file input, as a user picking it would."""
+    encoded = base64.b64encode(data).decode()
+    await page.evaluate(
+        "(() => { const bytes = Uint8Array.from(atob(" + json.dumps(encoded) + "),"
+        " (c) => c.charCodeAt(0));"
+        " const list = new DataTransfer();"
+        " list.items.add(new File([bytes], " + json.dumps(name) + ", {type: 'application/pdf'}));"
+        " document.querySelector('#doc-file').files = list.files; return true; })()"
+    )
+
+
+async def test_staff_upload_a_pdf_see_it_refuse_a_scan_and_delete(
+    server: RunningServer, page: Page, tmp_path: Path
+) -> None:
+    """Upload shows the PDF's pages and passages; a scan is refused; Delete removes it."""
+    async with asyncio.timeout(60):
+        async with httpx.AsyncClient(
+            base_url=server.url, headers=staff_headers(server), timeout=5
+        ) as http:
+            game = (
+                await http.post("/admin/games", json={"name": "Carcassonne", "status": "hidden"})
+            ).json()
+        await page.navigate(f"{server.url}/admin#documents")
+        await page.type_into("#token", server.token("staff-1", "admin"))
+        await page.click("#auth button[type=submit]")
+        # Hidden games are listed for staff, marked as such.
+        label = await page.wait_for(
+            f"document.querySelector('#doc-game option[value={json.dumps(game['id'])}]')"
+            "?.textContent",
+            timeout=10,
+        )
+        assert label == "Carcassonne (hidden)"
+        assert await page.evaluate("document.querySelector('section[data-view=sessions]').hidden")
+        await page.evaluate(
+            f"(() => {{ const s = document.querySelector('#doc-game');"
+            f" s.value = {json.dumps(game['id'])};"
+            " s.dispatchEvent(new Event('change')); return true; })()"
+        )
+        await page.wait_for("document.querySelector('#doc-status').textContent.startsWith('0 ')")
+
+        await choose_file(page, text_pdf(PAGES), "carcassonne.pdf")
+        await page.type_into("#doc-title", "Carcassonne rules")
+        await page.click("#doc-upload button[type=submit]")
+        cells = await page.wait_for(
+            "(() => { const tr = document.querySelector('#documents tr');"
+            " return tr && [...tr.cells].map((td) => td.textContent); })()",
+            timeout=10,
+        )
+        assert cells[:7] == [
+            "Carcassonne rules",
+            "rulebook",
+            "en",
+            "application/pdf",
+            "2",
+            "2",
+            str(len(text_pdf(PAGES))),
+        ]
+        status = await page.evaluate("document.querySelector('#doc-status').textContent")
+        assert status == "Uploaded Carcassonne rules: 2 passage(s) from 2 page(s)."
+        await page.screenshot(tmp_path / "admin-documents.png")
+
+        await choose_file(page, image_only_pdf(), "scan.pdf")
+        await page.click("#doc-upload button[type=submit]")
+        refused = await page.wait_for(
+            "document.querySelector('#doc-status').textContent.startsWith('Upload failed') &&"
+            " document.querySelector('#doc-status').textContent",
+            timeout=10,
+        )
+        assert "422 DOCUMENT_NO_TEXT" in refused
+        assert await page.evaluate("document.querySelectorAll('#documents tr').length") == 1
+
+        await page.click("#documents tr button.delete")
+        await page.wait_for("document.querySelectorAll('#documents tr').length === 0", timeout=10)
+        async with httpx.AsyncClient(
+            base_url=server.url, headers=staff_headers(server), timeout=5
+        ) as http:
+            listed = (await http.get(f"/admin/games/{game['id']}/documents")).json()
+        assert listed == {"documents": []}

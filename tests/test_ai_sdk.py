@@ -1,0 +1,498 @@
+"""The Vercel AI SDK's own transports (the real ``ai`` package, in Node) against a real
+server: ``/ws/ai-sdk`` (WebSocketChatTransport) and ``/ai-sdk/chat`` (DefaultChatTransport).
+
+Each Node run prints what the client saw: every chunk (each checked against the
+package's ``uiMessageChunkSchema``, unknown keys refused), the message text and sources
+as ``readUIMessageStream`` builds them (what ``useChat`` shows), or the error it threw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from chat_server.storage.flags import upsert_flag
+from tests.node import run_node
+from tests.server import RunningServer, make_settings, running_server
+from tests.upstreams import OpenAIUpstream, Script
+from tests.wsclient import ws_client
+
+TOKENS = ["The ", "robber ", "moves ", "on ", "a ", "seven", "."]
+TRANSPORTS = ["ws", "http"]
+
+
+@pytest.fixture
+def upstream() -> Iterator[OpenAIUpstream]:
+    with OpenAIUpstream(Script(tokens=TOKENS, token_delay=0.01)) as up:
+        yield up
+
+
+def settings(tmp_path: Path, upstream: OpenAIUpstream, **extra: Any) -> Any:
+    return make_settings(
+        tmp_path,
+        openai_api_key="sk",
+        openai_base_url=upstream.base_url,
+        ws_resume_grace=10.0,
+        **extra,
+    )
+
+
+@pytest.fixture
+def server(tmp_path: Path, upstream: OpenAIUpstream) -> Iterator[RunningServer]:
+    with running_server(settings(tmp_path, upstream)) as srv:
+        yield srv
+
+
+async def game(server: RunningServer, name: str = "catan") -> str:
+    headers = {"Authorization": f"Bearer {server.token('root', 'admin')}"}
+    async with httpx.AsyncClient(timeout=5) as http:
+        found = await http.get(f"{server.url}/games", params={"search": name}, headers=headers)
+    return str(found.json()["games"][0]["id"])
+
+
+async def client(server: RunningServer, transport: str, **spec: Any) -> dict[str, Any]:
+    spec = {"transport": transport, "action": "send", "base": server.url, **spec}
+    spec.setdefault("token", server.token())
+    result: dict[str, Any] = await run_node("client.mjs", json.dumps(spec))
+    assert result["invalid"] == [], result["invalid"]
+    return result
+
+
+def kinds(result: dict[str, Any]) -> list[str]:
+    return [c["type"] for c in result["chunks"]]
+
+
+async def stored(server: RunningServer, chat_id: str, user: str = "user-1") -> list[Any]:
+    headers = {"Authorization": f"Bearer {server.token(user)}"}
+    async with httpx.AsyncClient(timeout=5) as http:
+        got = await http.get(f"{server.url}/me/sessions/{chat_id}", headers=headers)
+    got.raise_for_status()
+    return list(got.json()["messages"])
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_an_answer_streams_with_the_upstreams_text_and_sources(
+    server: RunningServer, upstream: OpenAIUpstream, transport: str
+) -> None:
+    """A question over the SDK's transport streams the upstream's text, its citations as
+    sources and a finish, and the chat is a stored session under the client's id."""
+    chat_id = f"chat-{transport}-1"
+    result = await client(
+        server, transport, chatId=chat_id, gameId=await game(server), text="Seven?"
+    )
+    assert result["outcome"] == "stream", result
+    assert result["text"] == "".join(TOKENS)
+    order = kinds(result)
+    assert order[:2] == ["start", "text-start"]
+    assert order[-3:] == ["source-document", "data-quota", "finish"] or order[-2:] == [
+        "data-quota",
+        "finish",
+    ]
+    assert result["chunks"][-1]["finishReason"] == "stop"
+    assert result["sources"], "the answer names the rulebook passages it rests on"
+    messages = await stored(server, chat_id)
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[1]["content"] == "".join(TOKENS)
+    assert result["chunks"][0]["messageId"] == messages[1]["id"]
+    asked = upstream.requests[-1].body["messages"][-1]["content"]
+    assert "Seven?" in json.dumps(asked)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_refusals_name_the_contract_code(
+    tmp_path: Path, upstream: OpenAIUpstream, transport: str
+) -> None:
+    """Another user's chat is not_found; a new chat without a game is invalid."""
+    with running_server(settings(tmp_path, upstream)) as server:
+        catan = await game(server)
+        first = await client(server, transport, chatId="mine", gameId=catan, text="Hi")
+        assert first["outcome"] == "stream"
+        theirs = await client(
+            server, transport, chatId="mine", text="Hi", token=server.token("user-2")
+        )
+        assert theirs["outcome"] == "failed"
+        if transport == "ws":
+            assert theirs["error"].startswith("not_found: ")
+        else:
+            assert theirs["status"] == 404
+            assert json.loads(theirs["responseBody"])["error_code"] == "SESSION_NOT_FOUND"
+
+
+async def test_resume_without_a_running_turn_is_no_active_or_204(server: RunningServer) -> None:
+    """Resuming a chat with no running turn: no-active over WebSocket, 204 over HTTP."""
+    for transport in TRANSPORTS:
+        result = await client(server, transport, action="resume", chatId="nothing-runs")
+        assert result["outcome"] == "no-active", result
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_abort_reaches_the_upstream(
+    server: RunningServer, upstream: OpenAIUpstream, transport: str
+) -> None:
+    """Aborting in the client cancels the turn: the upstream request is closed and the
+    answer is stored as cancelled."""
+    upstream.script = Script(tokens=[f"t{i} " for i in range(2000)], token_delay=0.01)
+    chat_id = f"abort-{transport}"
+    result = await client(
+        server, transport, chatId=chat_id, gameId=await game(server), text="Go", abortAfterDeltas=3
+    )
+    if transport == "http":
+        # DefaultChatTransport's abort only drops the request; stop is DELETE .../stream.
+        headers = {"Authorization": f"Bearer {server.token()}"}
+        async with httpx.AsyncClient(timeout=5) as http:
+            stop = await http.delete(f"{server.url}/ai-sdk/chat/{chat_id}/stream", headers=headers)
+        assert stop.status_code == 204
+    assert "text-delta" in kinds(result)
+    assert await asyncio.to_thread(upstream.disconnected.wait, 5)
+    for _ in range(50):
+        messages = await stored(server, chat_id)
+        if messages[-1]["status"] != "streaming":
+            break
+        await asyncio.sleep(0.1)
+    assert messages[-1]["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_dropped_client_resumes_the_answer_from_its_beginning(
+    server: RunningServer, upstream: OpenAIUpstream, transport: str
+) -> None:
+    """A client that drops mid-answer leaves the turn running; resuming replays the
+    answer from start and text-start, then live, to the whole upstream text."""
+    tokens = [f"w{i} " for i in range(150)]
+    upstream.script = Script(tokens=tokens, token_delay=0.01)
+    chat_id = f"drop-{transport}"
+    first = await client(
+        server, transport, chatId=chat_id, gameId=await game(server), text="Go", dropAfterDeltas=2
+    )
+    assert kinds(first)[-1] == "text-delta"
+    resumed = await client(server, transport, action="resume", chatId=chat_id)
+    assert resumed["outcome"] == "stream", resumed
+    assert kinds(resumed)[:2] == ["start", "text-start"]
+    assert resumed["text"] == "".join(tokens)
+    assert resumed["chunks"][-1] == {"type": "finish", "finishReason": "stop"}
+    assert not upstream.disconnected.is_set() or upstream.requests
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_flag_then_the_quota_refuse_before_the_turn(
+    server: RunningServer, upstream: OpenAIUpstream, transport: str
+) -> None:
+    """The chat flag off is feature_disabled (HTTP 403); a used-up quota is quota_exceeded
+    (HTTP 429); nothing reaches the upstream."""
+    catan = await game(server)
+
+    async def set_flag(enabled: bool, limit: int | None) -> None:
+        await upsert_flag(
+            server.services.db,
+            feature_key="chat",
+            scope_type="game",
+            scope_id=catan,
+            role=None,
+            environment="dev",
+            enabled=enabled,
+            metadata={} if limit is None else {"daily_limit": limit},
+        )
+        await server.services.flags.changed()
+
+    server.call(set_flag(False, None))
+    chat_id = f"flags-{transport}"
+    off = await client(server, transport, chatId=chat_id, gameId=catan, text="Hi")
+    server.call(set_flag(True, 1))
+    ok = await client(server, transport, chatId=chat_id, gameId=catan, text="Hi")
+    over = await client(server, transport, chatId=chat_id, gameId=catan, text="Hi again")
+    assert ok["outcome"] == "stream"
+    quota = next(c for c in ok["chunks"] if c["type"] == "data-quota")["data"]
+    assert (quota["daily_limit"], quota["used"], quota["remaining"]) == (1, 1, 0)
+    assert len(upstream.requests) == 1
+    for result, code, status in ((off, "feature_disabled", 403), (over, "quota_exceeded", 429)):
+        assert result["outcome"] == "failed"
+        if transport == "ws":
+            assert result["error"].startswith(f"{code}: "), result
+        else:
+            assert result["status"] == status
+            assert json.loads(result["responseBody"])["error_code"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_regenerate_asks_the_last_stored_question_again(
+    server: RunningServer, upstream: OpenAIUpstream, transport: str
+) -> None:
+    """regenerate-message asks the chat's last stored question as a new turn."""
+    chat_id = f"regen-{transport}"
+    await client(server, transport, chatId=chat_id, gameId=await game(server), text="Robber?")
+    again = await client(server, transport, chatId=chat_id, trigger="regenerate-message")
+    assert again["outcome"] == "stream" and again["text"] == "".join(TOKENS)
+    questions = [m["content"] for m in await stored(server, chat_id) if m["role"] == "user"]
+    assert questions == ["Robber?", "Robber?"]
+
+
+async def test_a_chat_started_in_one_dialect_continues_in_the_other(
+    server: RunningServer,
+) -> None:
+    """The chat id is the session id: a chat begun over WebSocket goes on over HTTP and
+    over /ws/chat's session.resume, with one history."""
+    chat_id = "both-ways"
+    await client(server, "ws", chatId=chat_id, gameId=await game(server), text="One")
+    await client(server, "http", chatId=chat_id, text="Two")
+    async with ws_client(server.ws_url, server.token()) as ws:
+        await ws.send({"type": "session.resume", "session_id": chat_id})
+        history = (await ws.expect("session.ready"))["history"]
+    assert [m["content"] for m in history if m["role"] == "user"] == ["One", "Two"]
+
+
+async def test_tokens_come_from_headers_never_from_the_url(server: RunningServer) -> None:
+    """The handshake's Authorization header signs a socket in; a token in the URL is
+    refused (4401); a frame with another user's token is forbidden (4403)."""
+    base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+    async with ws_client(f"{base}?token={server.token()}", ready=False) as ws:
+        assert await ws.closed() == 4401
+    send = {
+        "type": "send",
+        "requestId": "r1",
+        "id": "hdr-chat",
+        "trigger": "submit-message",
+        "messages": [{"id": "u", "role": "user", "parts": [{"type": "text", "text": "Hi"}]}],
+        "headers": {},
+        "body": {"game_id": await game(server)},
+    }
+    async with ws_client(base, server.token(), ready=False) as ws:
+        await ws.send(send)
+        frames = [await ws.recv()]
+        while frames[-1]["type"] not in ("end", "error"):
+            frames.append(await ws.recv())
+        assert frames[0] == {"type": "start", "requestId": "r1"}
+        assert [f["sequence"] for f in frames if f["type"] == "chunk"] == list(
+            range(len(frames) - 2)
+        )
+        other = {
+            **send,
+            "requestId": "r2",
+            "headers": {"Authorization": f"Bearer {server.token('user-2')}"},
+        }
+        await ws.send(other)
+        refused = await ws.recv()
+        assert refused["requestId"] == "r2" and refused["errorText"].startswith("forbidden: ")
+        assert await ws.closed() == 4403
+    async with ws_client(base, ready=False) as ws:
+        await ws.send({**send, "requestId": "r3"})
+        refused = await ws.recv()
+        assert refused["errorText"].startswith("unauthorized: ")
+
+
+@pytest.fixture
+def pair(
+    tmp_path: Path, postgres_url: str, redis_url: str, upstream: OpenAIUpstream
+) -> Iterator[tuple[RunningServer, RunningServer]]:
+    config = settings(
+        tmp_path, upstream, database_url=postgres_url, redis_url=redis_url, seed_demo=True
+    )
+    with running_server(config) as a, running_server(config) as b:
+        yield a, b
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_dropped_client_resumes_on_another_instance(
+    pair: tuple[RunningServer, RunningServer], upstream: OpenAIUpstream, transport: str
+) -> None:
+    """Two instances on one Postgres and Redis: a client that drops on A resumes on B and
+    gets the whole answer from its beginning; an abort on B stops the turn on A."""
+    a, b = pair
+    tokens = [f"w{i} " for i in range(150)]
+    upstream.script = Script(tokens=tokens, token_delay=0.01)
+    chat_id = f"cross-{transport}"
+    first = await client(
+        a, transport, chatId=chat_id, gameId=await game(a), text="Go", dropAfterDeltas=2
+    )
+    assert kinds(first)[-1] == "text-delta"
+    resumed = await client(b, transport, action="resume", chatId=chat_id)
+    assert resumed["outcome"] == "stream", resumed
+    assert kinds(resumed)[:2] == ["start", "text-start"]
+    assert resumed["text"] == "".join(tokens)
+    assert (await stored(b, chat_id))[-1]["content"] == "".join(tokens)
+    upstream.disconnected.clear()
+    upstream.script = Script(tokens=[f"t{i} " for i in range(3000)], token_delay=0.01)
+    await client(a, transport, chatId=chat_id, text="Again", dropAfterDeltas=2)
+    if transport == "ws":
+        await client(b, transport, action="resume", chatId=chat_id, abortAfterDeltas=3)
+    else:
+        headers = {"Authorization": f"Bearer {b.token()}"}
+        async with httpx.AsyncClient(timeout=5) as http:
+            stop = await http.delete(f"{b.url}/ai-sdk/chat/{chat_id}/stream", headers=headers)
+        assert stop.status_code == 204
+    assert await asyncio.to_thread(upstream.disconnected.wait, 5)
+
+
+async def test_the_sse_stream_has_the_sdk_headers_heartbeats_and_done(
+    tmp_path: Path, upstream: OpenAIUpstream
+) -> None:
+    """POST /ai-sdk/chat answers the UI message stream headers, comment lines while the
+    provider is silent, one data line per chunk and data: [DONE] at the end."""
+    upstream.script = Script(tokens=TOKENS, first_token_delay=1.0)
+    with running_server(settings(tmp_path, upstream, sse_heartbeat=0.2)) as server:
+        body = {
+            "id": "sse-chat",
+            "trigger": "submit-message",
+            "messages": [{"id": "u", "role": "user", "parts": [{"type": "text", "text": "Hi"}]}],
+            "game_id": await game(server),
+        }
+        headers = {"Authorization": f"Bearer {server.token()}"}
+        async with (
+            httpx.AsyncClient(timeout=10) as http,
+            http.stream("POST", f"{server.url}/ai-sdk/chat", json=body, headers=headers) as got,
+        ):
+            lines = [line async for line in got.aiter_lines() if line]
+    assert got.status_code == 200
+    assert got.headers["content-type"].startswith("text/event-stream")
+    assert got.headers["x-vercel-ai-ui-message-stream"] == "v1"
+    assert got.headers["cache-control"] == "no-cache"
+    assert got.headers["x-accel-buffering"] == "no"
+    first_data = next(i for i, line in enumerate(lines) if line.startswith("data:"))
+    assert any(line.startswith(":") for line in lines[first_data + 2 :]), lines[:8]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1] if line.startswith("data: ")]
+    assert [c["type"] for c in chunks][:2] == ["start", "text-start"]
+    assert "".join(c["delta"] for c in chunks if c["type"] == "text-delta") == "".join(TOKENS)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_device_on_ws_chat_sees_the_turn_asked_over_the_sdk(
+    server: RunningServer, transport: str
+) -> None:
+    """The AI SDK dialects are followers of the same sessions: a /ws/chat connection
+    attached to the chat receives the turn asked through the SDK's transport, live."""
+    chat_id = f"fanout-{transport}"
+    catan = await game(server)
+    await client(server, transport, chatId=chat_id, gameId=catan, text="First")
+    async with ws_client(server.ws_url, server.token()) as ws:
+        await ws.send({"type": "session.resume", "session_id": chat_id})
+        await ws.expect("session.ready")
+        asked = asyncio.create_task(client(server, transport, chatId=chat_id, text="Second"))
+        frames = await ws.until("turn.completed")
+        result = await asked
+    deltas = [f for f in frames if f["type"] == "turn.delta"]
+    assert "".join(d["text"] for d in deltas) == result["text"] == "".join(TOKENS)
+    assert frames[-1]["message_id"] == result["chunks"][0]["messageId"]
+
+
+async def test_an_admin_kill_ends_the_turn_and_closes_the_socket(
+    server: RunningServer, upstream: OpenAIUpstream
+) -> None:
+    """DELETE /admin/sessions/{chat} cancels the chat's turn at once and closes the
+    /ws/ai-sdk socket that follows it with 4000, as on /ws/chat."""
+    upstream.script = Script(tokens=[f"t{i} " for i in range(2000)], token_delay=0.01)
+    send = {
+        "type": "send",
+        "requestId": "r1",
+        "id": "killed-chat",
+        "trigger": "submit-message",
+        "messages": [{"id": "u", "role": "user", "parts": [{"type": "text", "text": "Go"}]}],
+        "headers": {"authorization": f"Bearer {server.token()}"},
+        "body": {"game_id": await game(server)},
+    }
+    base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+    async with ws_client(base, ready=False) as ws:
+        await ws.send(send)
+        while (await ws.recv()).get("chunk", {}).get("type") != "text-delta":
+            pass
+        headers = {"Authorization": f"Bearer {server.token('root', 'admin')}"}
+        async with httpx.AsyncClient(timeout=5) as http:
+            killed = await http.delete(f"{server.url}/admin/sessions/killed-chat", headers=headers)
+        assert killed.status_code == 204
+        assert await ws.closed() == 4000
+    assert await asyncio.to_thread(upstream.disconnected.wait, 5)
+
+
+async def test_token_expiry_waits_for_the_streaming_answer(
+    tmp_path: Path, upstream: OpenAIUpstream
+) -> None:
+    """A socket's token runs out while an answer streams: the answer ends (finish, end),
+    then token_expired and close 4401."""
+    upstream.script = Script(tokens=[f"w{i} " for i in range(250)], token_delay=0.01)
+    with running_server(settings(tmp_path, upstream, jwt_leeway=0.0)) as server:
+        token = server.token(ttl=1)
+        send = {
+            "type": "send",
+            "requestId": "r1",
+            "id": "expiring",
+            "trigger": "submit-message",
+            "messages": [{"id": "u", "role": "user", "parts": [{"type": "text", "text": "Go"}]}],
+            "headers": {},
+            "body": {"game_id": await game(server)},
+        }
+        base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+        async with ws_client(base, token, ready=False) as ws:
+            await ws.send(send)
+            frames = [await ws.recv()]
+            while frames[-1]["type"] != "end":
+                frames.append(await ws.recv(timeout=10))
+            chunks = [f["chunk"] for f in frames if f["type"] == "chunk"]
+            assert chunks[-1] == {"type": "finish", "finishReason": "stop"}
+            expired = await ws.recv(timeout=5)
+            assert expired["type"] == "error" and expired["errorText"].startswith("token_expired")
+            assert await ws.closed() == 4401
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_provider_failure_mid_answer_is_an_error_chunk_then_finish(
+    server: RunningServer, upstream: OpenAIUpstream, transport: str
+) -> None:
+    """The upstream drops mid-stream: the client gets the text so far, an error chunk
+    naming provider_unavailable, then finish with error; the partial answer is stored."""
+    upstream.script = Script(tokens=TOKENS, token_delay=0.01, drop_after=3)
+    chat_id = f"dropped-upstream-{transport}"
+    result = await client(server, transport, chatId=chat_id, gameId=await game(server), text="?")
+    order = kinds(result)
+    assert order[:2] == ["start", "text-start"]
+    error = next(c for c in result["chunks"] if c["type"] == "error")
+    assert error["errorText"].startswith("provider_unavailable: ")
+    assert order.index("error") < order.index("text-end")
+    assert result["chunks"][-1] == {"type": "finish", "finishReason": "error"}
+    assert result["text"] == "".join(TOKENS[:3])
+    messages = await stored(server, chat_id)
+    assert (messages[-1]["status"], messages[-1]["content"]) == ("error", "".join(TOKENS[:3]))
+
+
+async def test_malformed_frames_are_refused_and_the_socket_lives(server: RunningServer) -> None:
+    """Malformed frames each get an invalid_frame error (naming no running request); the
+    socket then serves a valid request."""
+    base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+    bad: list[str | bytes] = [
+        "not json",
+        "[]",
+        '{"type": "hello", "requestId": "x"}',
+        '{"type": "send", "requestId": "x"}',
+        '{"type": "send", "requestId": "x", "id": "a/b", "trigger": "submit-message",'
+        ' "messages": [], "headers": {}, "body": {}}',
+        b"\x00\x01",
+    ]
+    async with ws_client(base, server.token(), ready=False) as ws:
+        for frame in bad:
+            await ws.ws.send(frame)
+            refused = await ws.recv()
+            assert refused["type"] == "error", frame
+            assert refused["errorText"].startswith("invalid_frame: "), refused
+        await ws.send(
+            {"type": "resume", "requestId": "ok", "id": "nothing", "headers": {}, "body": {}}
+        )
+        assert await ws.recv() == {"type": "no-active", "requestId": "ok"}
+
+
+async def test_a_flood_of_frames_is_rate_limited_then_closed(
+    tmp_path: Path, upstream: OpenAIUpstream
+) -> None:
+    """Frames beyond WS_MAX_FRAMES_PER_SECOND get rate_limited; sustained abuse closes 1008."""
+    config = settings(tmp_path, upstream, ws_max_frames_per_second=1.0, ws_frame_burst=2)
+    with running_server(config) as server:
+        base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+        async with ws_client(base, server.token(), ready=False) as ws:
+            for i in range(14):
+                await ws.send({"type": "abort", "requestId": f"r{i}"})
+            limited = [await ws.recv() for _ in range(10)]
+            assert all(f["errorText"].startswith("rate_limited: ") for f in limited)
+            assert await ws.closed() == 1008
