@@ -302,6 +302,33 @@ def test_migrate_sqlite_twice(workdir: Path, data_dir: Path, tmp_path: Path) -> 
     assert {"games", "alembic_version"} <= tables
 
 
+def test_migrate_says_which_revisions_it_applied(
+    workdir: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """A database at the first revision: `migrate` names the revisions it went through."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from chat_server.storage.migrate import alembic_config
+
+    db = tmp_path / "old.db"
+    url = f"sqlite:///{db}"
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+    finally:
+        engine.dispose()
+    result = run_cli(workdir, clean_env(data_dir, DATABASE_URL=url), "migrate")
+    assert result.returncode == 0, result.stderr
+    assert re.search(
+        r"^chat-server: applied \d+ migrations? \(revision 0001 to \d{4}\); \d+ tables$",
+        result.stderr.strip(),
+    ), result.stderr
+
+
 async def _pg_tables(url: str) -> set[str]:
     import asyncpg
 
