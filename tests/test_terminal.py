@@ -307,3 +307,22 @@ def test_an_expired_token_is_told_in_words_at_the_prompt(tmp_path: Path) -> None
             assert t.wait() == 1
         finally:
             t.close()
+
+
+def test_a_turn_asked_from_another_connection_is_shown_at_the_prompt(term: Any) -> None:
+    """Two terminals on one session: the idle one shows the other's answer as it streams."""
+    asker = term()
+    session = re.search(r"session (\S+) \(", asker.expect("resume with --session"))
+    assert session
+    asker.expect("> ")
+    follower = term("--session", session.group(1))
+    follower.expect("> ")
+    asker.send(ROBBER)
+    asker.expect("-- stop")
+    follower.expect("(a question asked from another connection to this session)")
+    shown = follower.expect("-- stop")
+    assert "steals one random resource card" in shown
+    follower.expect("> ")
+    for t in (asker, follower):
+        t.send(b"\x04")
+        assert t.wait() == 0
