@@ -96,11 +96,22 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="two product instances, one per core, each at N streams (default 50) vs one",
     )
     p.add_argument(
+        "--fanout",
+        type=int,
+        nargs="?",
+        const=20,
+        default=0,
+        help="N streams on one instance, each also followed from a second one, vs not (#18)",
+    )
+    p.add_argument(
         "--ai-sdk",
         action="store_true",
         help="the product's /ws/ai-sdk against /ws/chat at --streams streams (CPU per token)",
     )
     p.add_argument("--no-accounting", action="store_true", help="skip the per-turn accounting")
+    p.add_argument(
+        "--scenarios", default="one,fifty", help="comma list of one,fifty ('' for neither)"
+    )
     p.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--redis-db", type=int, default=13)
     p.add_argument("--out", default="/tmp/chat-bench-results.json")
@@ -109,6 +120,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.ramp = "50,100,150" if args.quick else "25,50,75,100,125,150,175,200,250"
     args.ramp = [int(s) for s in args.ramp.split(",") if int(s) > 0]
     args.profile = [t for t in args.profile.split(",") if t]
+    args.scenarios = [t for t in args.scenarios.split(",") if t]
     if args.connections is None:
         args.connections = 300 if args.quick else 1000
     if args.redis_db in (0, 9):
