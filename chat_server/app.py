@@ -97,6 +97,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "`/ws/chat` is described in docs/protocol.md.",
         lifespan=lifespan,
         default_response_class=SafeJSONResponse,
+        # /docs and /redoc are http_api.docs_pages: the same pages, no CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)

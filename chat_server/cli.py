@@ -8,43 +8,79 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
+import shutil
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .auth import DEFAULT_ROLE, STAFF_ROLES
 from .config import ConfigError, Settings, load_settings
 from .errors import ChatServerError
 from .logs import configure_logging
 
+if TYPE_CHECKING:
+    from .storage.engine import Database
+
 __all__ = ["main"]
 
 EXIT_CONFIG = 2
+KNOWN_ROLES = (*sorted(STAFF_ROLES), DEFAULT_ROLE)
+DESCRIPTION = (
+    "A streaming chat server: serve (the default), migrate, token, chat. "
+    "Settings come from the environment or a .env file (docs/configuration.md)."
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="chat-server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="chat-server", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command")
-    serve = sub.add_parser("serve", help="run the server (default)")
+    serve = sub.add_parser(
+        "serve", help="run the server (default)", description="Run the server until SIGTERM."
+    )
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    migrate = sub.add_parser("migrate", help="bring the database schema to the latest version")
+    migrate = sub.add_parser(
+        "migrate",
+        help="bring the database schema to the latest version",
+        description="Bring DATABASE_URL's schema to the latest version and say what was done.",
+    )
     migrate.add_argument(
         "--sql", action="store_true", help="print the migrations as SQL instead of running them"
     )
-    token = sub.add_parser("token", help="mint a token with the configured secret (not in prod)")
-    token.add_argument("--user", required=True)
-    token.add_argument("--role", default="basic")
+    token = sub.add_parser(
+        "token",
+        help="mint a token with the configured secret (not in prod)",
+        description="Print a token signed with SUPABASE_JWT_SECRET (or the local secret).",
+    )
+    token.add_argument("--user", required=True, help="the user id (the token's sub)")
+    token.add_argument(
+        "--role",
+        default=DEFAULT_ROLE,
+        help="admin or developer (staff: may open /admin), basic (a player; the default), "
+        "or a custom role that flags can target",
+    )
     token.add_argument(
         "--ttl", type=_positive_int, default=3600, help="lifetime in seconds (default 3600)"
     )
-    chat = sub.add_parser("chat", help="a terminal client that streams answers")
+    chat = sub.add_parser(
+        "chat",
+        help="a terminal client that streams answers",
+        description="Chat about one game from the terminal; answers stream as they arrive.",
+    )
     chat.add_argument("--game", required=True, help="game id (see GET /games)")
     chat.add_argument("--url", default=None, help="server base URL (default: HOST and PORT)")
-    chat.add_argument("--token", default=None, help="a token (default: a dev token)")
+    chat.add_argument(
+        "--token",
+        default=None,
+        help="a token (default: $TOKEN when set, else a dev token minted here)",
+    )
     chat.add_argument("--session", default=None, help="resume this session")
-    chat.add_argument("--user", default="cli-user")
-    chat.add_argument("--provider", default=None)
-    chat.add_argument("--language", default="en")
+    chat.add_argument("--user", default="cli-user", help="the dev token's user id")
+    chat.add_argument("--provider", default=None, help="openai, anthropic, gemini or local")
+    chat.add_argument("--language", default="en", help="the session's language (default en)")
     args = parser.parse_args(argv)
 
     overrides: dict[str, object] = {}
@@ -91,20 +127,63 @@ def _migrate(settings: Settings, *, sql: bool) -> int:
         sys.stdout.write(offline_sql(url))
         return 0
 
-    async def run() -> None:
+    async def run() -> tuple[_Schema, _Schema]:
         db = Database(url, prepared_statement_cache=settings.database_prepared_statement_cache)
         try:
+            before = await _schema(db)
             await upgrade(db)
+            return before, await _schema(db)
         finally:
             await db.dispose()
 
     try:
-        asyncio.run(run())
+        before, after = asyncio.run(run())
     except (ChatServerError, OSError) as exc:
         print(f"chat-server: migrate failed: {_one_line(exc)}", file=sys.stderr)
         return 1
-    print("database schema is up to date", file=sys.stderr)
+    print(f"chat-server: {_migrated(url, before, after)}", file=sys.stderr)
     return 0
+
+
+_Schema = tuple[str | None, int]  # (alembic revision, number of tables)
+
+
+async def _schema(db: Database) -> _Schema:
+    """The schema's revision and how many tables the database holds."""
+    from sqlalchemy import Connection, inspect, text
+
+    def read(conn: Connection) -> _Schema:
+        names = inspect(conn).get_table_names()
+        revision = None
+        if "alembic_version" in names:
+            row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+            revision = row[0] if row else None
+        return revision, len([n for n in names if n != "alembic_version"])
+
+    async with db.read(timeout=60) as conn:
+        return await conn.run_sync(read)
+
+
+def _migrated(url: str, before: _Schema, after: _Schema) -> str:
+    """What ``migrate`` did, in words."""
+    from alembic.script import ScriptDirectory
+
+    from .storage.migrate import alembic_config
+
+    (old, _), (new, tables) = before, after
+    if old == new:
+        return f"the database schema was already up to date (revision {new}); nothing to do"
+    script = ScriptDirectory.from_config(alembic_config(url))
+    applied = len(list(script.iterate_revisions(new, old))) if new else 0
+    if old is None:
+        return (
+            f"created the schema: {tables} tables, {_count(applied, 'migration')} (revision {new})"
+        )
+    return f"applied {_count(applied, 'migration')} (revision {old} to {new}); {tables} tables"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -138,18 +217,39 @@ def _token(settings: Settings, user: str, role: str, ttl: int) -> int:
             file=sys.stderr,
         )
         return 1
+    if role not in KNOWN_ROLES:
+        print(
+            f"chat-server: note: {role!r} is not one of {', '.join(KNOWN_ROLES)}; the token "
+            "carries it as a custom role (flags may target it), which is not staff: "
+            "/admin refuses it",
+            file=sys.stderr,
+        )
     print(mint_token(secret=secret, user_id=user, role=role, ttl=ttl, issuer=settings.jwt_issuer))
     return 0
 
 
 def _serve(settings: Settings) -> int:
     from .app import create_app
-    from .serving import ChatServer, uvicorn_config
+    from .serving import ChatServer, listening_sockets, uvicorn_config
 
+    try:
+        # Bound before the app starts: a port in use is one line, before any migration.
+        sockets = listening_sockets(settings.host, settings.port)
+    except OSError as exc:
+        print(
+            f"chat-server: cannot listen on {settings.host} port {settings.port}: "
+            f"{(exc.strerror or str(exc)).lower()} (another server? set PORT or --port)",
+            file=sys.stderr,
+        )
+        return 1
     problem = asyncio.run(_database_problem(settings))
     if problem:
+        for sock in sockets:
+            sock.close()
         print(f"chat-server: {problem}", file=sys.stderr)
         return 1
+
+    app = create_app(settings)
 
     class Server(ChatServer):
         """Says where it listens and how to get a token once the port is really bound."""
@@ -166,10 +266,31 @@ def _serve(settings: Settings) -> int:
                 gc.freeze()
                 port = self.servers[0].sockets[0].getsockname()[1] if self.servers else 0
                 _banner(settings.host, port or settings.port)
+                services = getattr(app.state, "services", None)
+                if services is not None and not await _any_game(services.db):
+                    print(
+                        "no games yet: add them with POST /admin/games (or "
+                        "/admin/games/import), or restart with SEED_DEMO=true for the demo",
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
-    config = uvicorn_config(create_app(settings), settings)
-    Server(config).run()
+    Server(uvicorn_config(app, settings)).run(sockets=sockets)
     return 0
+
+
+async def _any_game(db: Database) -> bool:
+    """Whether the database holds a game (a fresh Postgres one holds none)."""
+    from sqlalchemy import select
+
+    from .errors import Unavailable
+    from .storage.schema import games
+
+    try:
+        async with db.read() as conn:
+            return (await conn.execute(select(games.c.id).limit(1))).first() is not None
+    except Unavailable:
+        return True  # say nothing rather than something wrong
 
 
 async def _database_problem(settings: Settings) -> str | None:
@@ -197,11 +318,24 @@ def _banner(host: str, port: int) -> None:
         shown = f"[{shown}]"
     print(
         f"chat-server listening on http://{shown}:{port} "
-        f"(docs: /docs, WebSocket: ws://{shown}:{port}/ws/chat)\n"
-        f"get a token with: chat-server token --user me --role basic",
+        f"(API docs: /docs, admin page: /admin, WebSocket: ws://{shown}:{port}/ws/chat)\n"
+        f"get a token with: {command_name()} token --user me --role admin "
+        "(admin opens /admin; --role basic is a player)",
         file=sys.stderr,
         flush=True,
     )
+
+
+def command_name() -> str:
+    """How to call ``chat-server`` from here: its name when it is on PATH, else a path."""
+    script = Path(sys.executable).with_name("chat-server")
+    if not script.exists():
+        return f"{sys.executable} -m chat_server"
+    on_path = shutil.which("chat-server")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "chat-server"
+    relative = os.path.relpath(script)
+    return str(script) if relative.startswith("..") else relative
 
 
 if __name__ == "__main__":

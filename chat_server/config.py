@@ -319,6 +319,11 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment (and ``.env``), raising ``ConfigError``."""
+    env_file = Path(".env")
+    if env_file.exists() and not env_file.is_file():
+        # pydantic-settings skips a .env that is not a file without a word.
+        kind = "a directory" if env_file.is_dir() else "not a regular file"
+        raise ConfigError(f"invalid configuration: .env cannot be read: it is {kind}")
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

@@ -16,7 +16,7 @@ import uvicorn
 from .admission import Admission, ChatConfig, http_protocol
 from .config import Settings
 
-__all__ = ["ChatServer", "uvicorn_config"]
+__all__ = ["ChatServer", "listening_sockets", "uvicorn_config"]
 
 
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -49,6 +49,27 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         fd_reserve=settings.fd_reserve,
     )
     return ChatConfig(app, admission, **values)
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """The sockets to serve on, bound (not yet listening) as uvicorn would bind them, so
+    that ``serve`` can say "port in use" before the app starts. Raises OSError."""
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 class ChatServer(uvicorn.Server):

@@ -1,9 +1,14 @@
 """``chat-server chat``: a terminal client that streams answers as they arrive.
 
 It speaks the public WebSocket protocol (CONTRACT §2) like any other client: it signs
-in with ``--token`` (or a dev token minted with the local secret, never in prod),
-starts or resumes a session, then reads questions line by line. Each answer is
-printed delta by delta; a footer gives the finish reason, tokens and citations.
+in with ``--token``, else ``$TOKEN``, else a dev token minted with the local secret
+(never in prod), starts or resumes a session, then reads questions line by line. Each
+answer is printed delta by delta; a footer gives the finish reason, who answered
+(provider and model), tokens, cost and citations, with what ``turn.completed`` carries.
+
+The connection is watched at the prompt too: when the server closes it (an
+administrator ended the session, the server restarts, the token expired) the client
+says so in words at once and exits 1.
 
 Ctrl-C while an answer streams sends ``cancel`` (the turn ends as ``cancelled`` and
 the prompt comes back); Ctrl-C or Ctrl-D at the prompt leaves with status 0. Stdin is
@@ -31,7 +36,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from .config import Settings
 
-__all__ = ["chat_url", "run_chat"]
+__all__ = ["chat_url", "closed_reason", "footer", "run_chat"]
 
 T = TypeVar("T")
 
@@ -41,12 +46,27 @@ CLOSE_TIMEOUT = 5.0
 REPLY_TIMEOUT = 30.0  # for session.ready and ready; a turn may take longer between deltas
 MAX_FRAME = 16 * 1024 * 1024  # session.ready carries the whole history
 PROMPT = "> "
+# Why the server closed the connection, in words (CONTRACT §2, "Errors and close codes").
+CLOSE_REASONS = {
+    1000: "the server closed the connection",
+    1001: "the server is going away",
+    1006: "the connection was lost",
+    1007: "the server refused text that is not valid UTF-8",
+    1008: "the server closed the connection for too many refused frames or connections",
+    1009: "a frame was larger than the server accepts",
+    1011: "the server closed the connection after an internal error or a missed ping",
+    1012: "the server is restarting; start again in a moment",
+    4000: "an administrator ended this session",
+    4401: "the token was refused or has expired",
+    4403: "a refreshed token named another user",
+    4408: "no token arrived in time",
+}
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 
 def run_chat(settings: Settings, args: argparse.Namespace) -> int:
     """Run the client until the user leaves; the process exit status."""
-    token = args.token or _dev_token(settings, args.user)
+    token = args.token or os.environ.get("TOKEN", "").strip() or _dev_token(settings, args.user)
     if token is None:
         return 1
     url = chat_url(settings, args.url)
@@ -100,6 +120,15 @@ def _reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
+def closed_reason(exc: ConnectionClosed) -> str:
+    """Why the connection closed, in words, with the close code."""
+    if exc.rcvd is None:
+        return f"{CLOSE_REASONS[1006]} (no close frame)"
+    code, reason = exc.rcvd.code, exc.rcvd.reason
+    words = CLOSE_REASONS.get(code, "the server closed the connection")
+    return f"{words} (close code {code}{': ' + reason if reason else ''})"
+
+
 def _fail(message: str) -> None:
     print(f"chat-server chat: {message}", file=sys.stderr, flush=True)
 
@@ -122,6 +151,13 @@ class _Lines:
         self.eof = False
         self.watchable = True
         self.tty = os.isatty(fd)
+
+    def push_back(self, line: str | None) -> None:
+        """Return a line already read (None: the end of input) to be read again."""
+        if line is None:
+            self.eof = True
+        else:
+            self.buffer = line.encode() + b"\n" + self.buffer
 
     async def readline(self) -> str | None:
         while b"\n" not in self.buffer and not self.eof:
@@ -155,12 +191,16 @@ def _wake(ready: asyncio.Future[None]) -> None:
         ready.set_result(None)
 
 
+_FRAME_SHOWN = object()  # _line_or_frame: a frame was shown instead of a line read
+
+
 class _Client:
     def __init__(self, url: str, token: str, args: argparse.Namespace) -> None:
         self.url = url
         self.token = token
         self.args = args
         self.interrupted = asyncio.Event()
+        self.prompted = False
 
     async def run(self) -> int:
         host = urlsplit(self.url).hostname or ""
@@ -181,8 +221,9 @@ class _Client:
             async with ws:
                 return await self._session(ws)
         except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else "no close frame"
-            _fail(f"the server closed the connection ({code})")
+            if self.prompted:  # end the prompt's (or the answer's) line first
+                _out("\n")
+            _fail(closed_reason(exc))
             return 1
 
     async def _session(self, ws: ClientConnection) -> int:
@@ -227,10 +268,14 @@ class _Client:
         try:
             while True:
                 _out(PROMPT)
-                line = await self._unless_interrupted(lines.readline())
+                self.prompted = True
+                line = await self._line_or_frame(ws, lines)
+                if line is _FRAME_SHOWN:
+                    continue
                 if line is None:  # Ctrl-D, or Ctrl-C at the prompt
                     _out("\n")
                     return 0
+                assert isinstance(line, str)
                 if not lines.tty:  # show piped questions as if typed
                     _out(line + "\n")
                 if line.strip():
@@ -239,6 +284,38 @@ class _Client:
         finally:
             with contextlib.suppress(NotImplementedError):
                 loop.remove_signal_handler(signal.SIGINT)
+
+    async def _line_or_frame(self, ws: ClientConnection, lines: _Lines) -> object:
+        """The next typed line (None: Ctrl-D or Ctrl-C), while the connection is watched:
+        a close raises ``ConnectionClosed`` at once; a frame that comes meanwhile (a turn
+        started from another connection on this session) is shown, and ``_FRAME_SHOWN``
+        returned. Cancelling ``readline`` and ``recv`` loses nothing (both are safe)."""
+        read = asyncio.ensure_future(lines.readline())
+        frame = asyncio.ensure_future(ws.recv())
+        stop = asyncio.ensure_future(self.interrupted.wait())
+        try:
+            await asyncio.wait({read, frame, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (read, frame, stop):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        self.interrupted.clear()
+        if frame.done() and not frame.cancelled():
+            data: dict[str, Any] = json.loads(frame.result())  # raises ConnectionClosed
+            if read.done() and not read.cancelled():
+                lines.push_back(read.result())
+            _out("\n")
+            if data.get("type") == "turn.started":
+                _out("(a question asked from another connection to this session)\n")
+                await self._turn(ws, started=True)
+            elif data.get("type") == "error":
+                _out(f"error: {data.get('code')}: {data.get('message')}\n")
+            return _FRAME_SHOWN
+        if read.done() and not read.cancelled():
+            return read.result()
+        return None
 
     async def _unless_interrupted(self, aw: Awaitable[T]) -> T | None:
         """``aw``'s result, or None (``aw`` cancelled) when Ctrl-C comes first."""
@@ -255,9 +332,9 @@ class _Client:
         self.interrupted.clear()
         return work.result() if not work.cancelled() else None
 
-    async def _turn(self, ws: ClientConnection) -> None:
+    async def _turn(self, ws: ClientConnection, *, started: bool = False) -> None:
         """Print one turn's frames until ``turn.completed`` (or an error that ends it)."""
-        started = want_cancel = cancel_sent = False
+        want_cancel = cancel_sent = False
         at_line_start = True
         while True:
             if started and want_cancel and not cancel_sent:
@@ -282,18 +359,27 @@ class _Client:
                 if not started:  # refused before a turn began (quota, flag, ...)
                     return
             elif kind == "turn.completed":
-                _out(("" if at_line_start else "\n") + _footer(frame))
+                _out(("" if at_line_start else "\n") + footer(frame))
                 return
 
 
-def _footer(frame: dict[str, Any]) -> str:
+def footer(frame: dict[str, Any]) -> str:
+    """The line under an answer: finish reason, who answered, tokens, cost, time;
+    then the citations. Fields the server does not send are left out."""
     usage = frame.get("usage") or {}
     timing = frame.get("timing") or {}
-    seconds = (timing.get("total_ms") or 0) / 1000
-    lines = [
-        f"-- {frame.get('finish_reason')} · {usage.get('input_tokens', 0)} tokens in, "
-        f"{usage.get('output_tokens', 0)} out · {seconds:.1f} s"
-    ]
+    parts = [str(frame.get("finish_reason"))]
+    who = " ".join(str(frame[k]) for k in ("provider", "model") if frame.get(k))
+    if who:
+        parts.append(who)
+    tokens = f"{usage.get('input_tokens', 0)} tokens in, {usage.get('output_tokens', 0)} out"
+    if usage.get("estimated"):
+        tokens += " (estimated)"
+    parts.append(tokens)
+    if "cost_usd" in usage:
+        parts.append(_cost(usage["cost_usd"]))
+    parts.append(f"{(timing.get('total_ms') or 0) / 1000:.1f} s")
+    lines = ["-- " + " · ".join(parts)]
     for c in frame.get("citations") or []:
         where = f"{c.get('title')} — {c['heading']}" if c.get("heading") else c.get("title")
         if c.get("page") is not None:
@@ -301,3 +387,12 @@ def _footer(frame: dict[str, Any]) -> str:
         url = f"  {c['url']}" if c.get("url") else ""
         lines.append(f"   [{c.get('passage_id')}] {where}{url}")
     return "\n".join(lines) + "\n"
+
+
+def _cost(value: object) -> str:
+    """``cost_usd`` for a person: null is an unknown price, not free."""
+    if not isinstance(value, int | float):
+        return "cost unknown"
+    if value == 0:
+        return "$0"
+    return f"${value:.4f}" if value >= 0.0001 else "< $0.0001"

@@ -10,6 +10,7 @@ from . import (
     admin_sessions,
     ai_sdk,
     asyncapi,
+    docs_pages,
     documents,
     flags,
     games,
@@ -22,6 +23,7 @@ from .deps import refuse_nul
 api_router = APIRouter(dependencies=[Depends(refuse_nul)])
 for module in (
     health,
+    docs_pages,
     asyncapi,
     ai_sdk,
     games,

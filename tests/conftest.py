@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -44,16 +45,7 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(name))
 
 
-@pytest.fixture
-def redis_url() -> str:
-    """A real Redis, emptied for this test (its own logical database).
-
-    ``TEST_REDIS_DB`` (default 9) picks the logical database, so two test runs on one
-    machine can use one Redis without emptying each other's keys.
-    """
-    reason = services.reachable(services.REDIS_URL, 6379)
-    if reason:
-        services.missing("Redis", reason)
+def _flush_test_redis() -> None:
     import redis
 
     url = services.with_database(services.REDIS_URL, services.REDIS_TEST_DB)
@@ -62,7 +54,38 @@ def redis_url() -> str:
         client.flushdb()
     finally:
         client.close()
-    return url
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A real Redis, emptied for this test (its own logical database) and after it.
+
+    ``TEST_REDIS_DB`` (default 9) picks the logical database, so two test runs on one
+    machine can use one Redis without emptying each other's keys. Nothing is left
+    there when the test ends (a server still running may write a last key, which the
+    next test's flush, or the session's end, removes).
+    """
+    reason = services.reachable(services.REDIS_URL, 6379)
+    if reason:
+        services.missing("Redis", reason)
+    import redis
+
+    _flush_test_redis()
+    try:
+        yield services.with_database(services.REDIS_URL, services.REDIS_TEST_DB)
+    finally:
+        # A test that paused or broke the connection: the session's end flushes.
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+            _flush_test_redis()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Leave the test Redis database empty (servers stopped late may have written to it)."""
+    import redis
+
+    if services.reachable(services.REDIS_URL, 6379) is None:
+        with contextlib.suppress(redis.RedisError, OSError):
+            _flush_test_redis()
 
 
 @pytest.fixture(scope="session")

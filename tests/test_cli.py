@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -166,6 +167,7 @@ def test_help_lists_the_commands(workdir: Path, data_dir: Path) -> None:
     assert result.returncode == 0
     for command in ("serve", "migrate", "token", "chat"):
         assert command in result.stdout
+    assert "``" not in result.stdout  # plain words, no reST markup
     assert not any(data_dir.iterdir())
 
 
@@ -245,6 +247,34 @@ def test_token_carries_the_supabase_issuer(
     assert not (data_dir / "jwt-secret").exists()  # the configured secret, not a local one
 
 
+def test_token_with_an_unknown_role_says_it_is_not_staff(workdir: Path, data_dir: Path) -> None:
+    """`--role superuser` still mints a token, and says the role is custom, not staff."""
+    result = run_cli(workdir, clean_env(data_dir), "token", "--user", "u", "--role", "superuser")
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), options={"verify_signature": False})
+    assert claims["user_role"] == "superuser"
+    assert "'superuser' is not one of admin, developer, basic" in result.stderr
+    assert "/admin refuses it" in result.stderr
+
+
+def test_token_with_a_known_role_is_quiet(workdir: Path, data_dir: Path) -> None:
+    """A known role mints without a word on stderr."""
+    result = run_cli(workdir, clean_env(data_dir), "token", "--user", "u", "--role", "developer")
+    assert result.returncode == 0
+    assert result.stderr == ""
+
+
+def test_a_dotenv_directory_is_reported(workdir: Path, data_dir: Path) -> None:
+    """A `.env` that is a directory stops every command with one line, exit 2."""
+    (workdir / ".env").mkdir()
+    result = run_cli(workdir, clean_env(data_dir), "token", "--user", "u")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "chat-server: invalid configuration: .env cannot be read: it is a directory"
+    ]
+
+
 def test_token_without_a_secret_for_a_jwks_project(workdir: Path, data_dir: Path) -> None:
     """SUPABASE_URL without SUPABASE_JWT_SECRET: no local token, a message naming the secret."""
     env = clean_env(data_dir, SUPABASE_URL="https://abc.supabase.co")
@@ -262,13 +292,41 @@ def test_migrate_sqlite_twice(workdir: Path, data_dir: Path, tmp_path: Path) -> 
     """`migrate` creates the schema in a SQLite file, and a second run is a no-op."""
     db = tmp_path / "x.db"
     env = clean_env(data_dir, DATABASE_URL=f"sqlite:///{db}")
-    for _ in range(2):
-        result = run_cli(workdir, env, "migrate")
-        assert result.returncode == 0, result.stderr
-        assert "up to date" in result.stderr
+    first, second = run_cli(workdir, env, "migrate"), run_cli(workdir, env, "migrate")
+    assert first.returncode == 0, first.stderr
+    assert re.search(r"created the schema: \d+ tables, \d+ migrations? \(revision", first.stderr)
+    assert second.returncode == 0, second.stderr
+    assert "already up to date" in second.stderr and "nothing to do" in second.stderr
     with contextlib.closing(sqlite3.connect(db)) as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert {"games", "alembic_version"} <= tables
+
+
+def test_migrate_says_which_revisions_it_applied(
+    workdir: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """A database at the first revision: `migrate` names the revisions it went through."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from chat_server.storage.migrate import alembic_config
+
+    db = tmp_path / "old.db"
+    url = f"sqlite:///{db}"
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+    finally:
+        engine.dispose()
+    result = run_cli(workdir, clean_env(data_dir, DATABASE_URL=url), "migrate")
+    assert result.returncode == 0, result.stderr
+    assert re.search(
+        r"^chat-server: applied \d+ migrations? \(revision 0001 to \d{4}\); \d+ tables$",
+        result.stderr.strip(),
+    ), result.stderr
 
 
 async def _pg_tables(url: str) -> set[str]:
@@ -287,9 +345,11 @@ async def _pg_tables(url: str) -> set[str]:
 def test_migrate_postgres_twice(workdir: Path, data_dir: Path, postgres_url: str) -> None:
     """`migrate` creates the schema in Postgres, and a second run is a no-op."""
     env = clean_env(data_dir, DATABASE_URL=postgres_url)
-    for _ in range(2):
-        result = run_cli(workdir, env, "migrate")
-        assert result.returncode == 0, result.stderr
+    first, second = run_cli(workdir, env, "migrate"), run_cli(workdir, env, "migrate")
+    assert first.returncode == 0, first.stderr
+    assert "created the schema" in first.stderr
+    assert second.returncode == 0, second.stderr
+    assert "already up to date" in second.stderr
     assert {"games", "alembic_version"} <= asyncio.run(_pg_tables(postgres_url))
 
 
@@ -325,7 +385,7 @@ def test_embedded_default_serves_and_keeps_data(workdir: Path, data_dir: Path) -
     with serving(workdir, env) as server:
         banner = server.stderr()
         assert f"http://localhost:{server.port}" in banner
-        assert "chat-server token" in banner
+        assert "chat-server token --user me --role admin" in banner
         assert http("GET", server.url + "/healthz") == (200, {"status": "ok"})
         assert http("GET", server.url + "/games")[0] == 401
 
@@ -348,6 +408,28 @@ def test_embedded_default_serves_and_keeps_data(workdir: Path, data_dir: Path) -
         names = [g["name"] for g in http("GET", server.url + "/games?limit=100", user)[1]["games"]]
         assert names.count("Persisted Game") == 1
         assert len(names) == len(body["games"]) + 1  # demo games were not seeded twice
+
+
+@pytest.mark.postgres
+def test_postgres_starts_empty_and_says_how_to_get_games(
+    workdir: Path, data_dir: Path, postgres_url: str
+) -> None:
+    """On Postgres no demo is seeded unless asked: the start says so; SEED_DEMO=true seeds."""
+    env = clean_env(data_dir, PORT=str(free_port()), DATABASE_URL=postgres_url)
+    with serving(workdir, env) as server:
+        deadline = time.monotonic() + 10
+        while "no games yet" not in server.stderr() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "SEED_DEMO=true" in server.stderr()
+        token = mint(workdir, env, "u", "basic")
+        assert http("GET", server.url + "/games", token)[1]["games"] == []
+
+    with serving(workdir, {**env, "SEED_DEMO": "true"}) as server:
+        status, body = http("GET", server.url + "/games", token)
+        assert status == 200, body
+        assert {g["name"] for g in body["games"]} == {"Catan", "Tic-Tac-Toe"}
+        time.sleep(0.5)  # the hint would come right after the banner
+        assert "no games yet" not in server.stderr()
 
 
 def test_server_refuses_a_foreign_token(workdir: Path, data_dir: Path) -> None:
@@ -374,11 +456,12 @@ def test_serve_flags_override_the_environment(workdir: Path, data_dir: Path) -> 
 
 
 def test_port_in_use_fails_without_a_banner(workdir: Path, data_dir: Path) -> None:
-    """A port already taken: a non-zero exit and no 'listening on' line."""
+    """A port already taken: one line naming it, exit 1, before any migration."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        env = clean_env(data_dir, PORT=str(taken.getsockname()[1]))
+        port = taken.getsockname()[1]
+        env = clean_env(data_dir, PORT=str(port))
         result = subprocess.run(
             [str(CONSOLE_SCRIPT)],
             env=env,
@@ -388,9 +471,11 @@ def test_port_in_use_fails_without_a_banner(workdir: Path, data_dir: Path) -> No
             timeout=TIMEOUT,
             check=False,
         )
-    assert result.returncode != 0
-    assert "address already in use" in result.stderr
-    assert "listening on" not in result.stderr
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"chat-server: cannot listen on 127.0.0.1 port {port}: address already in use "
+        "(another server? set PORT or --port)"
+    ]
 
 
 def test_prod_without_any_token_key_stops_in_one_line(workdir: Path, data_dir: Path) -> None:

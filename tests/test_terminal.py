@@ -22,6 +22,7 @@ import pytest
 
 from chat_server.auth import mint_token
 from chat_server.services import with_local_secret
+from chat_server.terminal import footer
 from tests.server import RunningServer, free_port, make_settings, running_server
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pty")
@@ -39,9 +40,14 @@ SHIM = (
 class Terminal:
     """A child process on a pseudo-terminal; every read has a deadline."""
 
-    def __init__(self, args: list[str], data_dir: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPABASE_", "DATABASE"))}
+    def __init__(self, args: list[str], data_dir: Path, **extra_env: str) -> None:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SUPABASE_", "DATABASE")) and k != "TOKEN"
+        }
         env.update(CHAT_DATA_DIR=str(data_dir), ENVIRONMENT="dev", LOG_LEVEL="warning")
+        env.update(extra_env)
         master, slave = pty.openpty()
         try:
             self.proc = subprocess.Popen(
@@ -96,7 +102,9 @@ class Terminal:
         os.close(self.master)
 
 
-def terminal(server: RunningServer, data_dir: Path, *extra: str, token: bool = True) -> Terminal:
+def terminal(
+    server: RunningServer, data_dir: Path, *extra: str, token: bool = True, **env: str
+) -> Terminal:
     secret = with_local_secret(server.settings).supabase_jwt_secret
     assert secret
     auth = {"Authorization": f"Bearer {mint_token(secret=secret, user_id='lister', role=None)}"}
@@ -106,7 +114,7 @@ def terminal(server: RunningServer, data_dir: Path, *extra: str, token: bool = T
     args = ["chat", "--game", catan, "--url", server.ws_url, *extra]
     if token:
         args += ["--token", server.token("user-1")]
-    return Terminal(args, data_dir)
+    return Terminal(args, data_dir, **env)
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +145,12 @@ def test_question_streams_answer_and_citation(term: Any) -> None:
     t.expect("rulebook of Catan says")
     early = t.output  # the answer is on screen before the turn has completed
     assert "-- stop" not in early
-    answer = t.expect("-- stop")
+    answer = t.expect("-- stop · local rulebook-lookup · ")  # who answered
     assert "steals one random resource card" in answer
     footer = t.expect("> ")
     assert re.search(r"\[p\d+\] [^\n]* — The robber", footer), footer
+    # The local provider's model has no price: its cost is unknown, never a guess.
+    assert re.search(r"^\d+ tokens in, \d+ out( \(estimated\))? · cost unknown · ", footer), footer
     t.send(b"\x04")  # Ctrl-D at the prompt
     assert t.wait() == 0
 
@@ -213,3 +223,106 @@ def test_refused_connection_is_one_line(tmp_path: Path) -> None:
         ]
     finally:
         t.close()
+
+
+def test_token_from_the_environment(server: RunningServer, tmp_path: Path) -> None:
+    """Without ``--token``, ``$TOKEN`` signs in (its user, not a dev token's)."""
+    t = terminal(server, tmp_path, token=False, TOKEN=server.token("env-user"))
+    try:
+        session = re.search(r"session (\S+) \(", t.expect("resume with --session"))
+        assert session
+        t.expect("> ")
+        admin = {"Authorization": f"Bearer {server.token('staff-1', 'admin')}"}
+        live = httpx.get(f"{server.url}/admin/sessions", headers=admin, timeout=10).json()
+        users = {row["id"]: row["user_id"] for row in live["sessions"]}
+        assert users.get(session.group(1)) == "env-user", live
+        t.send(b"\x04")
+        assert t.wait() == 0
+    finally:
+        t.close()
+
+
+def test_an_admin_kill_is_told_at_once_in_words(server: RunningServer, tmp_path: Path) -> None:
+    """An admin ends the session while the client waits at the prompt: it says so, exit 1."""
+    t = terminal(server, tmp_path)
+    try:
+        session = re.search(r"session (\S+) \(", t.expect("resume with --session"))
+        assert session
+        t.expect("> ")
+        admin = {"Authorization": f"Bearer {server.token('staff-1', 'admin')}"}
+        killed = httpx.delete(
+            f"{server.url}/admin/sessions/{session.group(1)}", headers=admin, timeout=10
+        )
+        assert killed.status_code == 204, killed.text
+        # Nothing is typed: the client notices the close by itself.
+        t.expect("an administrator ended this session (close code 4000")
+        assert t.wait() == 1
+    finally:
+        t.close()
+
+
+def test_a_server_restart_is_told_in_words(tmp_path: Path) -> None:
+    """The server shuts down under an idle client: "the server is restarting", exit 1."""
+    with running_server(make_settings(tmp_path, shutdown_grace=0.0)) as doomed:
+        t = terminal(doomed, tmp_path)
+        try:
+            t.expect("> ")
+            doomed.stop()
+            t.expect("the server is restarting")
+            assert t.wait() == 1
+        finally:
+            t.close()
+
+
+def test_footer_names_who_answered_tokens_and_cost() -> None:
+    """A CONTRACT §2 ``turn.completed`` gives a footer with provider, model, tokens, cost."""
+    frame = {
+        "type": "turn.completed",
+        "finish_reason": "stop",
+        "provider": "anthropic",
+        "model": "claude-sonnet-5-5",
+        "usage": {"input_tokens": 812, "output_tokens": 95, "estimated": True, "cost_usd": 0.0038},
+        "citations": [{"passage_id": "p1", "title": "Catan rules", "heading": "The robber"}],
+        "timing": {"first_token_ms": 420, "total_ms": 2300},
+    }
+    assert footer(frame) == (
+        "-- stop · anthropic claude-sonnet-5-5 · 812 tokens in, 95 out (estimated) · $0.0038"
+        " · 2.3 s\n   [p1] Catan rules — The robber\n"
+    )
+    frame["usage"] = {"input_tokens": 5, "output_tokens": 7, "estimated": False, "cost_usd": None}
+    assert "5 tokens in, 7 out · cost unknown · " in footer(frame)
+    # An older server sends neither who answered nor the cost: they are left out.
+    older = {"finish_reason": "cancelled", "usage": {"input_tokens": 1, "output_tokens": 2}}
+    assert footer(older) == "-- cancelled · 1 tokens in, 2 out · 0.0 s\n"
+
+
+def test_an_expired_token_is_told_in_words_at_the_prompt(tmp_path: Path) -> None:
+    """The token runs out while the client waits at the prompt: it says why, exit 1."""
+    with running_server(make_settings(tmp_path, jwt_leeway=0.0)) as strict:
+        t = terminal(strict, tmp_path, token=False, TOKEN=strict.token("user-1", ttl=2))
+        try:
+            t.expect("> ")
+            t.expect("error: token_expired", timeout=15)
+            t.expect("the token was refused or has expired (close code 4401")
+            assert t.wait() == 1
+        finally:
+            t.close()
+
+
+def test_a_turn_asked_from_another_connection_is_shown_at_the_prompt(term: Any) -> None:
+    """Two terminals on one session: the idle one shows the other's answer as it streams."""
+    asker = term()
+    session = re.search(r"session (\S+) \(", asker.expect("resume with --session"))
+    assert session
+    asker.expect("> ")
+    follower = term("--session", session.group(1))
+    follower.expect("> ")
+    asker.send(ROBBER)
+    asker.expect("-- stop")
+    follower.expect("(a question asked from another connection to this session)")
+    shown = follower.expect("-- stop")
+    assert "steals one random resource card" in shown
+    follower.expect("> ")
+    for t in (asker, follower):
+        t.send(b"\x04")
+        assert t.wait() == 0
