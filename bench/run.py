@@ -125,6 +125,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="the product's /ws/ai-sdk against /ws/chat at --streams streams (CPU per token)",
     )
+    p.add_argument(
+        "--product-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for the product (repeatable), e.g. DATABASE_POOL_SIZE=30",
+    )
     p.add_argument("--no-accounting", action="store_true", help="skip the per-turn accounting")
     p.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--redis-db", type=int, default=13)
@@ -143,6 +150,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     if args.connections is None:
         args.connections = 300 if args.quick else 1000
+    if any("=" not in kv for kv in args.product_env):
+        p.error("--product-env takes KEY=VALUE")
     if args.redis_db in (0, 9):
         p.error("--redis-db 0 and 9 belong to others")
     return args
@@ -172,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         product = Product(
             pg_admin_url=args.pg, redis_host="127.0.0.1", redis_port=6379, redis_db=args.redis_db
         )
+        product.extra_env = dict(kv.split("=", 1) for kv in args.product_env)
     results: dict[str, Any] = {"meta": machine() | {"args": vars(args), "pinned": pin}}
     status = 0
     try:
