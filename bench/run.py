@@ -8,10 +8,12 @@ A loopback OpenAI-compatible upstream (``upstream.py``) and the load client
 the raw-httpx relay (the floor), the openai-SDK relay (``relays.py``), and the product
 (``python -m chat_server serve``) with every feature on (Postgres, Redis, auth, flag,
 quota, grounding). Scenarios: 1 stream; 50 streams x 50 tok/s (200-token answers); a
-ramp of 50 tok/s streams until the inter-token gap p99 passes 50 ms; memory per idle
-authenticated connection after one turn (``--connections``). Prints one table and
-the targets; writes every figure as JSON (``--out``). Ctrl-C stops every child and
-drops the bench database.
+ramp of 50 tok/s streams until the inter-token gap p99 passes 50 ms; lockstep bursts
+(issue 21: 50 clients asking at the same instant, 200- and 4-token answers: first
+token and CPU per turn); memory per idle authenticated connection after one turn
+(``--connections``). ``--only ...,litellm`` adds LiteLLM's proxy as a third
+reference. Prints one table and the targets; writes every figure as JSON
+(``--out``). Ctrl-C stops every child and drops the bench database.
 """
 
 from __future__ import annotations
