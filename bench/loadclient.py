@@ -15,6 +15,11 @@ window's edges.
 Lockstep mode (issue 21's bursts): every client sends ``message`` at the same instant,
 round after round; first-token latency per turn and the server's CPU per turn.
 
+Followers (``follow_urls``): each client's session is also followed by one more
+connection per URL (another instance, or the same), which resumes it and only reads;
+the text they receive counts as delivered too, and ``server_pids`` adds those
+instances' CPU to the server's (CPU per delivered token, issue 18).
+
 Idle mode: C clients connect, start a session and run one short turn (a bounded
 number at a time), then stay idle; the server's VmRSS is read before and after.
 """
@@ -113,6 +118,8 @@ class Agent:
         self.turn: TurnRec | None = None
         self.turns: list[TurnRec] = []
         self.control: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self.session_id: str | None = None
+        self.token: str | None = None
 
     def on_text(self, payload: bytes, now: float) -> None:
         msg = json.loads(payload)
@@ -215,6 +222,7 @@ class Agent:
             await loop.create_connection(lambda: ws, url.hostname, url.port)
             await ws.opened
         self.ws = ws
+        self.token = token
         if self.cfg.get("protocol") == "ai-sdk":
             # No handshake frames: a chat is created by its first request. Ask a
             # one-token question now, as /ws/chat clients send session.start here:
@@ -224,7 +232,37 @@ class Agent:
             return
         await self.expect("ready")
         ws.send_text(json.dumps({"type": "session.start", "game_id": self.cfg["game_id"]}))
+        self.session_id = (await self.expect("session.ready"))["session"]["id"]
+
+    async def follow(self, url: str, token: str | None, session_id: str) -> None:
+        """Open a connection to ``url`` that follows ``session_id`` (reads only)."""
+        parts = urlsplit(url)
+        loop = asyncio.get_running_loop()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        ws = WSClient(parts.netloc, parts.path, headers, self.on_follower_text, deflate=False)
+        self.turn = TurnRec(time.perf_counter(), loop.create_future())
+        self.turns.append(self.turn)
+        async with asyncio.timeout(30.0):
+            await loop.create_connection(lambda: ws, parts.hostname, parts.port)
+            await ws.opened
+        self.ws = ws
+        await self.expect("ready")
+        ws.send_text(json.dumps({"type": "session.resume", "session_id": session_id}))
         await self.expect("session.ready")
+
+    def on_follower_text(self, payload: bytes, now: float) -> None:
+        """A follower records every delta it gets, whichever turn it belongs to."""
+        msg = json.loads(payload)
+        kind = msg.get("type")
+        if kind == "turn.delta" and self.turn is not None:
+            width = len(msg.get("text") or "")
+            self.turn.times.append(now)
+            self.turn.widths.append(width)
+            self.turn.chars += width
+        elif kind in ("ready", "session.ready") and not self.control.full():
+            self.control.put_nowait(msg)
+        elif kind == "error":
+            self.errors[f"follower_{msg.get('code')}"] += 1
 
     async def ask(self, tokens: int, gap_ms: float, first_ms: float) -> TurnRec:
         assert self.ws is not None
@@ -253,17 +291,15 @@ class Sampler:
     """CPU of the server, the upstream and this process at chosen instants."""
 
     def __init__(
-        self, server_pid: int, upstream_pid: int | None, extra_pids: list[int] | None = None
+        self, server_pid: int, upstream_pid: int | None, more: list[int] | None = None
     ) -> None:
         self.server_pid, self.upstream_pid = server_pid, upstream_pid
-        # A system of several processes (LiteLLM's proxy behind the httpx relay): the
-        # server's CPU is theirs together.
-        self.extra_pids = list(extra_pids or [])
+        self.more = more or []  # other instances (followers'), LiteLLM's proxy
 
     def sample(self) -> dict[str, Any]:
         return {
             "t": time.perf_counter(),
-            "server": cpu_seconds(self.server_pid) + sum(map(cpu_seconds, self.extra_pids)),
+            "server": cpu_seconds(self.server_pid) + sum(cpu_seconds(p) for p in self.more),
             "load": cpu_seconds(self.upstream_pid) + time.process_time(),
             "cores": cores_busy(),
         }
@@ -320,9 +356,20 @@ async def stream_mode(cfg: dict[str, Any]) -> dict[str, Any]:
     k, m = int(cfg["clients"]), int(cfg["turns"])
     n, gap, first = int(cfg["tokens"]), float(cfg["gap_ms"]), float(cfg.get("first_ms", 0))
     agents = [Agent(i, cfg, errors) for i in range(k)]
-    sampler = Sampler(int(cfg["server_pid"]), cfg.get("upstream_pid"), cfg.get("extra_pids"))
+    sampler = Sampler(int(cfg["server_pid"]), cfg.get("upstream_pid"), cfg.get("server_pids"))
     await open_all(agents, cfg, errors)
     ready = [a for a in agents if a.ws is not None]
+    followers: list[Agent] = []
+    for url in cfg.get("follow_urls") or []:
+        for agent in ready:
+            follower = Agent(agent.index, cfg, errors)
+            try:
+                assert agent.session_id is not None
+                await follower.follow(url, agent.token, agent.session_id)
+            except (OSError, TimeoutError) as exc:
+                errors[f"follow_{type(exc).__name__}"] += 1
+                continue
+            followers.append(follower)
     dur = (first + n * gap) / 1000
     stagger = bool(cfg.get("stagger", True)) and k > 1
     go = time.perf_counter()
@@ -352,8 +399,12 @@ async def stream_mode(cfg: dict[str, Any]) -> dict[str, Any]:
         samples.append(sampler.sample())
         if len(samples) < 2:
             samples.insert(0, {"t": go, "server": samples[0]["server"], "load": 0.0, "cores": []})
-    await close_all(agents)
+    await close_all(agents + followers)
     t0, t1 = samples[0]["t"], samples[1]["t"]
+    followed = [t for f in followers for t in f.turns]
+    follower_chars = sum(
+        w for t in followed for tt, w in zip(t.times, t.widths, strict=True) if t0 <= tt <= t1
+    )
     turns = [t for a in agents for t in a.turns]
     chars = sum(w for t in turns for tt, w in zip(t.times, t.widths, strict=True) if t0 <= tt <= t1)
     gaps = [(b - a) * 1000 for t in turns for a, b in zip(t.times, t.times[1:], strict=False)]
@@ -374,6 +425,12 @@ async def stream_mode(cfg: dict[str, Any]) -> dict[str, Any]:
         "tokens_per_s": tokens / window,
         "server_cpu_s": server_cpu,
         "server_cpu_per_1k": server_cpu / tokens * 1000 if tokens else None,
+        "followers": len(followers),
+        "follower_tokens_window": follower_chars / TOKEN_CHARS,
+        # every connection's text counts: the asker's and each follower's
+        "server_cpu_per_1k_delivered": (
+            server_cpu / (tokens + follower_chars / TOKEN_CHARS) * 1000 if tokens else None
+        ),
         "server_busy": server_cpu / window,
         "load_busy": (samples[1]["load"] - samples[0]["load"]) / window,
         "others_busy": others(samples[0], samples[1], 0, 1),
@@ -434,7 +491,7 @@ async def lockstep_mode(cfg: dict[str, Any]) -> dict[str, Any]:
     n, gap = int(cfg["tokens"]), float(cfg["gap_ms"])
     period = float(cfg.get("period_ms", 100.0)) / 1000
     agents = [Agent(i, cfg, errors) for i in range(k)]
-    sampler = Sampler(int(cfg["server_pid"]), cfg.get("upstream_pid"), cfg.get("extra_pids"))
+    sampler = Sampler(int(cfg["server_pid"]), cfg.get("upstream_pid"), cfg.get("server_pids"))
     await open_all(agents, cfg, errors)
     ready = [a for a in agents if a.ws is not None]
     skip = 1 if rounds >= 3 else 0

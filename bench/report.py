@@ -176,6 +176,16 @@ def targets(results: dict[str, dict[str, Any]], idle_clients: int) -> str:
         )
     else:
         lines.append("- Two instances on two cores >= 1.8x one: not measured (--scaling)")
+    fan = p.get("fanout")
+    if fan and fan.get("ratio") is not None:
+        key = "server_cpu_per_1k_delivered"
+        lines.append(
+            f"- A second follower on another instance <= 1.3x CPU per delivered token: "
+            f"{fan['ratio']:.2f}x (medians), {_fmt(fan.get('ratio_paired'), '{:.2f}')}x "
+            f"(paired runs) at {fan['streams']} streams ({fan['alone'][key]:.3f} CPU-s per 1k "
+            f"delivered alone, {fan['followed'][key]:.3f} followed; both instances' CPU): "
+            f"{_verdict(fan['ratio'] <= 1.3)}"
+        )
     acc = p.get("accounting")
     if acc and "evalsha_per_turn" in acc:
         flat = acc["rows_per_turn_at_200"] <= acc["rows_per_turn_at_20"] + 0.5

@@ -69,7 +69,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--scenarios",
         default=",".join(SCENARIOS),
         help="comma list of " + ",".join(SCENARIOS) + " (burst: 50 clients asking in "
-        "lockstep, 5 rounds of 200 tokens; burst_short: the same with 4-token answers)",
+        "lockstep, 5 rounds of 200 tokens; burst_short: the same with 4-token answers; "
+        "'' for none, e.g. with --fanout alone)",
     )
     p.add_argument("--litellm-venv", default=str(HERE / ".litellm-venv"))
     p.add_argument("--runs", type=int, default=1, help="median of N runs (1 and 50 streams)")
@@ -121,6 +122,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         const=50,
         default=0,
         help="two product instances, one per core, each at N streams (default 50) vs one",
+    )
+    p.add_argument(
+        "--fanout",
+        type=int,
+        nargs="?",
+        const=20,
+        default=0,
+        help="N streams on one instance, each also followed from a second one, vs not (#18)",
     )
     p.add_argument(
         "--ai-sdk",

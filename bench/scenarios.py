@@ -134,7 +134,9 @@ class Bench:
             "game_id": server["game_id"],
             "secret": server["secret"],
             "server_pid": server["pid"],
-            "extra_pids": server.get("extra_pids", []),
+            # LiteLLM's proxy: its CPU counts with its relay's (``--fanout`` passes
+            # the second instance's here too).
+            "server_pids": server.get("extra_pids", []),
             "upstream_pid": self.upstream_pid,
             "user_prefix": f"bench-{name}-{int(time.time() * 1000) % 10**8}-",
             "deflate": self.args.deflate,
@@ -388,6 +390,53 @@ class Bench:
             "estimates_by_run": paired,
         }
 
+    def fanout(self) -> dict[str, Any]:
+        """Issue 18: CPU per delivered token when each session is followed from a second
+        instance (two followers, one per instance) against nobody following, same run.
+
+        Two instances; ``--fanout`` clients ask on A. "alone": nobody else follows (one
+        delivery per token); "followed": each session is also followed by a connection
+        on B (two deliveries per token, one per instance, B's through the relay). The
+        CPU of both instances over the tokens every connection received.
+        """
+        streams, turns = self.args.fanout, 2 if self.args.quick else 3
+        cfg = {"clients": streams, "turns": turns, "tokens": TOKENS, "gap_ms": GAP_MS}
+        pair = [
+            self.start_server("product", name="product-a", core=SERVER_CORE),
+            self.start_server("product", name="product-b", core=LOAD_CORE),
+        ]
+        alone: list[dict[str, Any]] = []
+        followed: list[dict[str, Any]] = []
+        try:
+            for server in pair:
+                self.warmup(server)
+            more = {"server_pids": [pair[1]["pid"]]}
+            for _ in range(self.args.runs):
+                alone.append(self.load(pair[0], "fanout-alone", **more, **cfg))
+                followed.append(
+                    self.load(
+                        pair[0], "fanout-followed", follow_urls=[pair[1]["ws"]], **more, **cfg
+                    )
+                )
+        finally:
+            for server in pair:
+                self.procs.stop(server["name"])
+        key = "server_cpu_per_1k_delivered"
+        one, two = _median(alone), _median(followed)
+        paired = [
+            y[key] / x[key] if x.get(key) and y.get(key) else None
+            for x, y in zip(alone, followed, strict=True)
+        ]
+        known = [r for r in paired if r is not None]
+        return {
+            "streams": streams,
+            "alone": one,
+            "followed": two,
+            "ratio": two[key] / one[key] if one.get(key) and two.get(key) else None,
+            "ratio_paired": statistics.median(known) if known else None,
+            "ratios_by_run": paired,
+        }
+
     def measure(self, only: list[str], results: dict[str, Any]) -> None:
         """Every scenario for every system; the systems take turns, run after run.
 
@@ -456,6 +505,12 @@ class Bench:
                     " KB/conn",
                     file=sys.stderr,
                 )
+        if self.args.fanout and "product" in only:
+            try:
+                results["product"]["fanout"] = fan = self.fanout()
+                print(f"  product fan-out: {fan['ratio']}x per delivered token", file=sys.stderr)
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+                print(f"  fan-out failed: {exc}", file=sys.stderr)
         if self.args.scaling and "product" in only:
             try:
                 results["product"]["scaling"] = scaling = self.scaling()

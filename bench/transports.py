@@ -14,7 +14,13 @@ the table gives the median CPU (user + system) per event of the client process:
 - ``sdk-httpx2``: ``AsyncOpenAI.post(..., stream=True)`` with the SDK's default
   transport (httpx2 on httpcore2 and AnyIO);
 - ``sdk-aiohttp``: the same call with ``http_client=openai.DefaultAioHttpClient()``,
-  the SDK's aiohttp transport, which the product uses.
+  the SDK's aiohttp transport, which the product uses;
+- ``product-openai``: the product's own reading, ``OpenAIProvider.stream`` inside
+  ``with_timeouts`` as a turn consumes it (that transport, the event-stream reader,
+  the JSON of each event and the text mending), counting text deltas.
+
+``--kinds`` picks some of them (``--kinds product-openai`` to compare two versions of
+the product's reading: run it in each).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ sys.path.insert(0, str(HERE))
 
 from procs import Procs, can_pin, free_port, wait_healthy  # noqa: E402
 
-KINDS = ("httpx", "sdk-httpx2", "sdk-aiohttp")
+KINDS = ("httpx", "sdk-httpx2", "sdk-aiohttp", "product-openai")
 TOKENS, GAP_MS = 200, 20
 
 
@@ -68,6 +74,27 @@ async def _client(kind: str, base_url: str, streams: int, rounds: int) -> dict[s
                 return sum([chunk.count(b"\n\n") async for chunk in response.aiter_raw()])
 
         close = plain.aclose
+    elif kind == "product-openai":
+        from chat_server.providers.base import ChatMessage, ProviderRequest, TextDelta
+        from chat_server.providers.openai import OpenAIProvider
+        from chat_server.providers.timing import with_timeouts
+
+        provider = OpenAIProvider(api_key="bench", model="bench", base_url=base_url)
+
+        async def read(tokens: int, gap_ms: int) -> int:
+            tag = f"[bench tokens={tokens} gap_ms={gap_ms} first_ms=0]"
+            request = ProviderRequest(
+                model="bench",
+                system="",
+                messages=[ChatMessage("user", tag)],
+                passages=[],
+                language="en",
+                game_name="bench",
+            )
+            events = with_timeouts(provider.stream(request), first_token=30, idle=30)
+            return sum([1 async for e in events if isinstance(e, TextDelta)])
+
+        close = provider.aclose
     else:
         extra: dict[str, Any] = {}
         if kind == "sdk-aiohttp":
@@ -106,6 +133,7 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma list of kinds")
     parser.add_argument("--client", nargs=2, metavar=("KIND", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:  # the measured process
@@ -126,9 +154,10 @@ def main() -> int:
         )
         wait_healthy(f"http://127.0.0.1:{port}/healthz", upstream, timeout=30)
         url = f"http://127.0.0.1:{port}/v1"
-        figures: dict[str, list[float]] = {kind: [] for kind in KINDS}
+        kinds = [k for k in args.kinds.split(",") if k in KINDS]
+        figures: dict[str, list[float]] = {kind: [] for kind in kinds}
         for _ in range(args.runs):
-            for kind in KINDS:
+            for kind in kinds:
                 cmd = [sys.executable, __file__, "--client", kind, url]
                 cmd += ["--streams", str(args.streams), "--rounds", str(args.rounds)]
                 budget = 120 + args.rounds * TOKENS * GAP_MS / 1000 * 3
@@ -140,11 +169,11 @@ def main() -> int:
         return 1
     finally:
         procs.stop_all()
-    floor = statistics.median(figures["httpx"])
+    floor = statistics.median(figures.get("httpx") or figures[kinds[0]])
     print(f"\n{args.streams} streams x {TOKENS} events at {1000 / GAP_MS:.0f}/s, runs {args.runs}")
-    print("| transport | CPU per event, us (median) | runs | / httpx |")
+    print(f"| transport | CPU per event, us (median) | runs | / {kinds[0]} |")
     print("| --- | --- | --- | --- |")
-    for kind in KINDS:
+    for kind in kinds:
         value = statistics.median(figures[kind])
         runs = ", ".join(f"{v:.1f}" for v in figures[kind])
         print(f"| {kind} | {value:.1f} | {runs} | {value / floor:.2f}x |")

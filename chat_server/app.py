@@ -19,10 +19,11 @@ from http_api import api_router
 from http_api.body_limit import BodyLimit
 from http_api.documents import UPLOAD_PATHS
 from http_api.errors import install_error_handlers
+from http_api.guards import InputGuard, SafeJSONResponse
 
 from . import __version__
 from .config import Settings, load_settings
-from .logs import RequestContext
+from .logs import RequestContext, quiet_client_garbage
 from .services import build_services, close_services, with_local_secret
 from .transports.ai_sdk_ws import AI_SDK_WS_PATH, ai_sdk_endpoint
 from .ws import chat_endpoint
@@ -78,6 +79,7 @@ _AI_SDK = RequestContext(_ai_sdk)
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI app; clients are made when the lifespan starts, not here."""
     settings = with_local_secret(settings or load_settings())
+    quiet_client_garbage()  # also when uvicorn is run without configure_logging
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,9 +96,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Streaming chat backend: REST side. The WebSocket protocol at "
         "`/ws/chat` is described in docs/protocol.md.",
         lifespan=lifespan,
+        default_response_class=SafeJSONResponse,
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(InputGuard)  # inside the body limit: reads at most that much
     app.add_middleware(
         BodyLimit,
         max_bytes=settings.http_max_body_bytes,

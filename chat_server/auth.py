@@ -27,7 +27,7 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ROLE = "basic"
 STAFF_ROLES = frozenset({"admin", "developer"})
+MAX_SUB_CHARS = 64  # the width of every user id column
 AUDIENCE = "authenticated"
 
 RoleLookup = Callable[[str], Awaitable[str | None]]
@@ -72,6 +73,20 @@ class Principal:
     role: str
     expires_at: float
     claims_role: str | None
+    role_in_token: bool = False  # the role came from the token, not the profiles row
+
+
+def _token_role(claims: dict[str, Any]) -> str | None:
+    """The app role the token carries (``user_role``, else ``app_metadata.role``)."""
+    role = claims.get("user_role")
+    if isinstance(role, str) and role:
+        return role
+    app_metadata = claims.get("app_metadata")
+    if isinstance(app_metadata, dict):
+        role = app_metadata.get("role")
+        if isinstance(role, str) and role:
+            return role
+    return None
 
 
 def is_staff(role: str) -> bool:
@@ -143,6 +158,7 @@ class TokenVerifier:
             issuer=settings.jwt_issuer,
             leeway=settings.jwt_leeway,
             role_lookup=role_lookup,
+            role_cache_ttl=settings.role_cache_ttl,
         )
 
     async def aclose(self) -> None:
@@ -161,12 +177,23 @@ class TokenVerifier:
         claims = await self.verify_claims(token)
         user_id: str = claims["sub"]
         claims_role = claims.get("role")
+        in_token = _token_role(claims)
         return Principal(
             user_id=user_id,
-            role=await self._resolve_role(user_id, claims),
+            role=in_token or await self._profile_role(user_id),
             expires_at=float(claims["exp"]),
             claims_role=claims_role if isinstance(claims_role, str) else None,
+            role_in_token=in_token is not None,
         )
+
+    async def refresh_role(self, principal: Principal) -> Principal:
+        """``principal`` with its ``profiles`` role looked up again (through the cache,
+        ``ROLE_CACHE_TTL``), for an open socket starting or resuming a session. A role
+        the token carries stays: it changes with the next token."""
+        if principal.role_in_token:
+            return principal
+        role = await self._profile_role(principal.user_id)
+        return principal if role == principal.role else replace(principal, role=role)
 
     async def verify_claims(self, token: str) -> dict[str, Any]:
         """Check signature, ``aud``, ``exp``, ``iss`` and ``sub``; return the claims."""
@@ -223,6 +250,8 @@ class TokenVerifier:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise Unauthorized("token has no subject")
+        if len(sub) > MAX_SUB_CHARS:
+            raise Unauthorized(f"token subject is longer than {MAX_SUB_CHARS} characters")
         exp = claims.get("exp")
         if isinstance(exp, bool) or not isinstance(exp, int | float):
             raise Unauthorized("token expiry is not a number")
@@ -316,15 +345,8 @@ class TokenVerifier:
 
     # --- Roles -------------------------------------------------------------------
 
-    async def _resolve_role(self, user_id: str, claims: dict[str, Any]) -> str:
-        role = claims.get("user_role")
-        if isinstance(role, str) and role:
-            return role
-        app_metadata = claims.get("app_metadata")
-        if isinstance(app_metadata, dict):
-            role = app_metadata.get("role")
-            if isinstance(role, str) and role:
-                return role
+    async def _profile_role(self, user_id: str) -> str:
+        """The ``profiles`` role, else the default."""
         if self._role_lookup is not None:
             role = await self._lookup_role(user_id, self._role_lookup)
             if role:

@@ -110,6 +110,14 @@ def _text(item: ET.Element, path: str) -> str | None:
     return text or None
 
 
+def _url(item: ET.Element, path: str) -> str | None:
+    """An http(s) URL, or None (a protocol-relative ``//host/...`` is taken as https)."""
+    text = _text(item, path)
+    if text and text.startswith("//"):
+        text = "https:" + text
+    return text if text and text[:8].lower().startswith(("http://", "https://")) else None
+
+
 def _name(item: ET.Element, bgg_id: int) -> str:
     names = item.findall("name")
     primary = [n for n in names if n.get("type") == "primary"]
@@ -135,8 +143,8 @@ def _game(item: ET.Element) -> BggGame:
         max_players=_int(item, "maxplayers"),
         playing_time=_int(item, "playingtime"),
         rating=_float(item, "statistics/ratings/average"),
-        thumbnail_url=_text(item, "thumbnail"),
-        image_url=_text(item, "image"),
+        thumbnail_url=_url(item, "thumbnail"),
+        image_url=_url(item, "image"),
         year_published=_int(item, "yearpublished", positive=False),  # BC years < 0
         description=description or None,
     )

@@ -61,7 +61,18 @@ class Settings(BaseSettings):
         default=None, description="Seed demo games; default: only on the embedded SQLite."
     )
     redis_timeout: float = Field(default=1.0, gt=0, le=60)
-    redis_max_connections: int = Field(default=500, ge=10, le=100_000)
+    redis_max_connections: int = Field(
+        default=32,
+        ge=2,
+        le=100_000,
+        description="Per instance; instances x this must fit the Redis plan's client limit.",
+    )
+    redis_idle_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Pooled Redis connections unused this long are closed.",
+    )
     redis_cluster: bool = Field(
         default=False, description="REDIS_URL names one node of a Redis Cluster."
     )
@@ -77,6 +88,7 @@ class Settings(BaseSettings):
     supabase_jwks_url: str | None = None
     supabase_service_key: str | None = None
     jwt_leeway: float = Field(default=10.0, ge=0, le=300)
+    role_cache_ttl: float = Field(default=30.0, ge=0, le=3600)
     environment: str = "dev"
 
     # Providers
@@ -133,12 +145,34 @@ class Settings(BaseSettings):
     http_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024**3)
     ws_max_connections_per_user: int = Field(default=10, ge=1, le=100_000)
     ws_resume_grace: float = Field(default=20.0, ge=0, le=3600)
+    ws_max_delta_chars: int = Field(default=8192, ge=1, le=16 * 1024 * 1024)
+    ws_allowed_origins: str = ""
     ws_send_timeout: float = Field(default=30.0, gt=0, le=3600)
     #: a comment line on an idle AI SDK SSE stream this often (load balancers close at 60 s)
     sse_heartbeat: float = Field(default=10.0, gt=0, le=15)
     ws_ping_interval: float = Field(default=20.0, gt=0, le=3600)
     ws_ping_timeout: float = Field(default=20.0, gt=0, le=3600)
     shutdown_grace: float = Field(default=30.0, ge=0, le=3600)
+
+    # Connections before their first request (admission.py)
+    http_header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Close a connection without a whole request head, or idle, this long.",
+    )
+    http_max_pending: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Connections without a first request head or WebSocket auth; past it, 503.",
+    )
+    fd_reserve: int = Field(
+        default=128,
+        ge=0,
+        le=1_000_000,
+        description="File descriptors kept for backing services; new connections refused within.",
+    )
 
     # Process
     host: str = "127.0.0.1"
@@ -258,6 +292,13 @@ class Settings(BaseSettings):
     @property
     def fallback_providers(self) -> list[str]:
         return [n for n in self.provider_fallback.split(",") if n]
+
+    @property
+    def allowed_origins(self) -> frozenset[str] | None:
+        """``WS_ALLOWED_ORIGINS`` as a set (lower case, no trailing slash); None: any."""
+        origins = {o.strip().rstrip("/").lower() for o in self.ws_allowed_origins.split(",")}
+        origins.discard("")
+        return frozenset(origins) or None
 
     @property
     def jwks_url(self) -> str | None:

@@ -27,6 +27,7 @@ class Connections:
         self.total = total
         self.sockets = 0
         self._all: set[Connection] = set()
+        self._websockets: set[Connection] = set()  # authenticated ones that hold a socket
         self.empty = asyncio.Event()
         self.empty.set()
 
@@ -43,19 +44,34 @@ class Connections:
     def add(self, connection: Connection) -> bool:
         assert connection.principal is not None
         self._all.add(connection)
+        if _holds_socket(connection):
+            self._websockets.add(connection)
         self.empty.clear()
         metrics.CONNECTIONS.inc()
         return True
 
     def remove(self, connection: Connection) -> None:
+        self._websockets.discard(connection)
         if connection in self._all:
             self._all.discard(connection)
             metrics.CONNECTIONS.dec()
         if not self._all:
             self.empty.set()
 
+    @property
+    def unauthenticated(self) -> int:
+        """Sockets accepted and not authenticated yet (``admission.py`` caps them)."""
+        return max(0, self.sockets - len(self._websockets))
+
     def __len__(self) -> int:
         return len(self._all)
 
     def all(self) -> list[Connection]:
         return list(self._all)
+
+
+def _holds_socket(connection: object) -> bool:
+    """A ``/ws/chat`` connection (counted by ``open_socket``), not another dialect's."""
+    from .ws import Connection as WebSocketConnection
+
+    return isinstance(connection, WebSocketConnection)

@@ -1,5 +1,10 @@
 """Demo games with short rulebooks, seeded the first time the embedded default starts,
-so a newcomer can chat right away."""
+so a newcomer can chat right away.
+
+Instances started together on one empty database seed once: the check and the seeding
+run under ``storage.migrate.exclusive`` (an advisory lock on Postgres, a file lock on
+SQLite), so the others wait and then find the games there.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from .storage.documents import add_document
 from .storage.engine import Database
 from .storage.flags import upsert_flag
 from .storage.games import create_game
+from .storage.migrate import exclusive
 from .storage.schema import games
 
 __all__ = ["seed_demo_games"]
@@ -98,7 +104,13 @@ DEMO_DAILY_LIMIT = 50
 
 async def seed_demo_games(db: Database, environment: str) -> int:
     """Add the demo games, and a global ``chat`` flag (on, 50 turns a day) so that they
-    can be chatted with, when the games table is empty; returns how many were added."""
+    can be chatted with, when the games table is empty; returns how many were added.
+    Safe to run from any number of instances at once."""
+    async with exclusive(db, "seed"):
+        return await _seed_if_empty(db, environment)
+
+
+async def _seed_if_empty(db: Database, environment: str) -> int:
     async with db.read() as conn:
         count = (await conn.execute(select(func.count()).select_from(games))).scalar_one()
     if count:

@@ -112,6 +112,18 @@ class InvalidInput(ChatServerError):
         super().__init__(message, **kwargs)
 
 
+class BadRequest(ChatServerError):
+    """A request the server cannot make sense of (a malformed header, say): 400."""
+
+    code = "invalid_frame"
+    status_code = 400
+    default_message = "bad request"
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("error_code", "BAD_REQUEST")
+        super().__init__(message, **kwargs)
+
+
 class TooLarge(ChatServerError):
     code = "payload_too_large"
     status_code = 413

@@ -27,6 +27,7 @@ from pydantic import ValidationError as PydanticValidationError
 from .errors import InvalidInput
 from .sessions.protocol import error_event as error_frame
 from .sessions.protocol import error_from
+from .text import clean, cut, unstorable_json
 
 __all__ = [
     "AuthFrame",
@@ -120,6 +121,8 @@ def parse_frame(
     kind = data.get("type")
     if not isinstance(kind, str):
         raise InvalidInput("frame needs a string 'type'")
+    if unstorable_json(raw, data):
+        raise InvalidInput("frame holds a NUL or a lone surrogate")
     try:
         return _adapter.validate_python(data)
     except PydanticValidationError as exc:
@@ -127,7 +130,7 @@ def parse_frame(
         where = ".".join(str(p) for p in err.get("loc", ()) if p != kind) or "frame"
         if err.get("type") == "union_tag_invalid":
             raise InvalidInput(f"unknown frame type {kind[:40]!r}") from None
-        raise InvalidInput(f"{where}: {err.get('msg', 'invalid')}") from None
+        raise InvalidInput(f"{cut(where)}: {err.get('msg', 'invalid')}") from None
 
 
 def _depth(value: Any, level: int = 1) -> int:
@@ -153,7 +156,8 @@ _last: list[Any] = [None, ""]  # the last event encoded, and its text
 
 
 def encode(frame: dict[str, Any]) -> str:
-    """The frame's JSON text. An event that several followers of a session send (the
+    """The frame's JSON text, never holding a lone surrogate (it could not be sent as
+    UTF-8: U+FFFD instead). An event that several followers of a session send (the
     core shares one dict between them) is encoded once: the last one's text is kept.
     Events are never changed once emitted, so the same object means the same text."""
     last = _last
@@ -161,5 +165,7 @@ def encode(frame: dict[str, Any]) -> str:
         text: str = last[1]
         return text
     text = _encoder.encode(frame)
+    if not text.isascii():
+        text = clean(text)
     last[0], last[1] = frame, text
     return text

@@ -10,8 +10,10 @@ it, in this task and in the tasks it creates (a ``contextvars.ContextVar``, copi
 ``asyncio.create_task``); ``add_context`` does the same for the rest of the current task.
 
 Redaction is a safety net, not a licence: ``RedactFilter`` masks what looks like a JWT,
-a ``Bearer`` credential, an ``sk-``/``sk-ant-``/``AIza`` API key or a URL password in the
-message and its arguments, and the formatters mask exception text the same way. Never
+a ``Bearer`` credential, an ``sk-``/``sk-ant-``/``AIza`` API key, a URL password or a
+``token=`` query value in the message and its arguments, percent-encoded or not (a run
+with escapes is decoded before it is looked at), and the formatters mask exception
+text the same way. Never
 log a token, a key or a user's message text on purpose.
 """
 
@@ -23,16 +25,20 @@ import json
 import logging
 import re
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, TextIO
+from urllib.parse import unquote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
+    "CLIENT_GARBAGE",
     "CONTEXT_FIELDS",
+    "ClientGarbageFilter",
     "ContextFilter",
     "JsonFormatter",
     "RedactFilter",
@@ -42,6 +48,7 @@ __all__ = [
     "bind",
     "configure_logging",
     "log_context",
+    "quiet_client_garbage",
     "redact",
 ]
 
@@ -73,10 +80,42 @@ _HANDLER_MARK = "_chat_server_handler"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
-def redact(text: str) -> str:
-    """``text`` with anything that looks like a credential masked."""
+# A run of URL characters with a percent escape in it: decoded (up to three times, for
+# double encoding) before the patterns above look at it.
+_ENCODED = re.compile(r"[A-Za-z0-9_.~+%-]*%[0-9A-Fa-f]{2}[A-Za-z0-9_.~+%-]*")
+# A token in a URL's query, whatever it looks like (tokens in URLs are never accepted,
+# and never logged either).
+_URL_TOKEN = re.compile(
+    r"([?&;](?:access_|id_|refresh_)?(?:token|jwt)=)(?!\[redacted)[^&\s\"'#]+", re.IGNORECASE
+)
+
+
+def _plain(text: str) -> str:
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
+    return text
+
+
+def _decoded(match: re.Match[str]) -> str:
+    run = match.group()
+    decoded = run
+    for _ in range(3):
+        once = unquote(decoded)
+        if once == decoded:
+            break
+        decoded = once
+    masked = _plain(decoded)
+    return masked if masked != decoded else run
+
+
+def redact(text: str) -> str:
+    """``text`` with anything that looks like a credential masked, also when it is
+    percent-encoded (``%2E`` for the dots of a JWT), and any ``token=`` in a URL."""
+    if "%" in text:
+        text = _ENCODED.sub(_decoded, text)
+    text = _plain(text)
+    if "token=" in text.lower() or "jwt=" in text.lower():
+        text = _URL_TOKEN.sub(r"\1[redacted]", text)
     return text
 
 
@@ -158,6 +197,55 @@ class RedactFilter(logging.Filter):
         return True
 
 
+# What uvicorn logs when a client sends bytes that are not the protocol (at ERROR, with
+# a traceback, for invalid UTF-8 in a WebSocket text frame): the client's fault, not ours.
+CLIENT_GARBAGE = frozenset(
+    {
+        "Invalid UTF-8 sequence received from client.",
+        "Invalid HTTP request received.",
+        "Unsupported upgrade request.",
+    }
+)
+
+
+class ClientGarbageFilter(logging.Filter):
+    """uvicorn's lines about client protocol garbage: one WARNING line each, no
+    traceback, at most ``limit`` per ``window`` seconds (the rest counted, and the count
+    told on the next line let through)."""
+
+    def __init__(self, limit: int = 10, window: float = 60.0) -> None:
+        super().__init__()
+        self.limit = limit
+        self.window = window
+        self._window_start = 0.0
+        self._passed = 0
+        self._dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg not in CLIENT_GARBAGE:
+            return True
+        now = time.monotonic()
+        if now - self._window_start >= self.window:
+            self._window_start, self._passed = now, 0
+        if self._passed >= self.limit:
+            self._dropped += 1
+            return False
+        self._passed += 1
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        if self._dropped:
+            record.msg = f"{record.msg} ({self._dropped} more not logged)"
+            self._dropped = 0
+        return True
+
+
+def quiet_client_garbage() -> None:
+    """Install ``ClientGarbageFilter`` on uvicorn's error logger (once)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, ClientGarbageFilter) for f in logger.filters):
+        logger.addFilter(ClientGarbageFilter())
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields = dict(getattr(record, "context", None) or {})
     fields.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
@@ -232,6 +320,7 @@ def configure_logging(
         logger.handlers.clear()
         logger.propagate = True
         logger.setLevel(logging.NOTSET)
+    quiet_client_garbage()
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(
             logging.NOTSET if numeric <= logging.DEBUG else max(numeric, logging.WARNING)

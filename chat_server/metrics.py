@@ -67,3 +67,8 @@ TOKENS_AFTER_CANCEL = Counter(
     "Tokens that arrived from a provider after a cancel was asked (should stay near 0)",
 )
 RESUMES = Counter("chat_resumes_total", "session.resume with a turn_id, by outcome", ["outcome"])
+CONNECTIONS_REFUSED = Counter(
+    "chat_connections_refused_total",
+    "Connections answered 503 as they opened: too many pending, or near the descriptor limit",
+    ["reason"],
+)

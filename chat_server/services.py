@@ -28,7 +28,7 @@ from .errors import Unavailable
 from .flag_cache import FlagCache
 from .providers import Provider, build_providers
 from .quotas import MemoryQuotaCounter, QuotaCounter, RedisQuotaCounter
-from .redis_client import RedisClient, connect_redis, discover_cluster
+from .redis_client import RedisClient, connect_redis, discover_cluster, release_idle
 from .retrieval.embedder import warm_up
 from .sessions.chat import ChatService
 from .sessions.events import EventFeed, MemoryEvents, RedisEvents
@@ -134,12 +134,18 @@ async def build_services(settings: Settings) -> Services:
         if settings.redis_url:
             redis = connect_redis(settings)
             stack.push_async_callback(redis.aclose)
+            idle = asyncio.create_task(release_idle(redis, settings.redis_idle_timeout))
+            stack.push_async_callback(_stop, idle)
             await discover_cluster(redis, settings.redis_timeout * 3)
             backplane = RedisBackplane(
                 redis, prefix=settings.redis_prefix, timeout=settings.redis_timeout
             )
             quotas = RedisQuotaCounter(
-                redis, prefix=settings.redis_prefix, timeout=settings.redis_timeout
+                redis,
+                prefix=settings.redis_prefix,
+                timeout=settings.redis_timeout,
+                # Half the pool: a burst of turns leaves room for everything else.
+                max_in_flight=max(1, settings.redis_max_connections // 2),
             )
         else:
             backplane = MemoryBackplane()
@@ -303,6 +309,12 @@ async def build_services(settings: Settings) -> Services:
     )
     services._stack = stack  # type: ignore[attr-defined]
     return services
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def close_services(services: Services) -> None:

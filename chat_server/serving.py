@@ -13,14 +13,20 @@ from typing import Any
 
 import uvicorn
 
+from .admission import Admission, ChatConfig, http_protocol
 from .config import Settings
 
 __all__ = ["ChatServer", "uvicorn_config"]
 
 
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
-    """The uvicorn settings of ``chat-server serve``: limits, keepalive, no compression."""
+    """The uvicorn settings of ``chat-server serve``: limits, keepalive, no compression,
+    and the guarded protocol classes of ``admission.py`` (head deadline, pending cap,
+    descriptor guard)."""
     values: dict[str, Any] = {
+        "http": http_protocol(),
+        # Idle between two requests: closed after the same time as a slow head.
+        "timeout_keep_alive": settings.http_header_timeout,
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
@@ -37,7 +43,12 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "log_config": None,
     }
     values.update(overrides)
-    return uvicorn.Config(app, **values)
+    admission = Admission(
+        header_timeout=settings.http_header_timeout,
+        max_pending=settings.http_max_pending,
+        fd_reserve=settings.fd_reserve,
+    )
+    return ChatConfig(app, admission, **values)
 
 
 class ChatServer(uvicorn.Server):

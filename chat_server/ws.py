@@ -64,6 +64,13 @@ CLOSE_AUTH_TIMEOUT = 4408
 
 async def chat_endpoint(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
+    allowed = services.settings.allowed_origins
+    origin = websocket.headers.get("origin")
+    # A browser always names its page's origin; a client that names none is no browser
+    # (cross-site hijacking needs one), and is let through.
+    if allowed is not None and origin is not None and origin.rstrip("/").lower() not in allowed:
+        await websocket.close()  # before accept: HTTP 403 at the handshake
+        return
     await websocket.accept()
     if not services.connections.open_socket():
         with contextlib.suppress(Exception):

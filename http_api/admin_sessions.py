@@ -4,6 +4,7 @@ and ending one."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
@@ -12,16 +13,20 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from chat_server.errors import BadRequest, NotFound
 from chat_server.frames import encode
 from chat_server.sessions.follower import Follower
 from chat_server.sessions.outbox import Outbox
 from chat_server.sessions.protocol import Event
+from chat_server.storage import chat as store
+from chat_server.storage.games import get_game
 from chat_server.storage.ids import new_id
 from chat_server.storage.pages import decode_cursor, encode_cursor
 from chat_server.transports.sse import KEEPALIVE_SECONDS, follow, sse_block
 
 from .deps import ServicesDep, Staff
 from .errors import ERROR_RESPONSES
+from .me import MessageOut, SessionOut
 from .models import ErrorBody
 
 router = APIRouter(
@@ -29,6 +34,9 @@ router = APIRouter(
     tags=["admin"],
     responses={**ERROR_RESPONSES, 403: {"model": ErrorBody, "description": "Not staff"}},
 )
+# The ids the feed gives: a counter in process, a Redis Stream id ("ms-seq") on Redis.
+_EVENT_ID = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20})?")
+_SEQ = re.compile(r"[0-9]{1,20}")
 WATCHED = frozenset({"turn.started", "turn.delta", "turn.completed"})
 
 
@@ -77,14 +85,23 @@ async def list_live(
     summary="Live feed (Server-Sent Events): session.started, turn.started, turn.completed, "
     "session.ended; send Last-Event-ID to resume",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "An SSE stream"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "An SSE stream"},
+        400: {"model": ErrorBody, "description": "Malformed Last-Event-ID"},
+    },
 )
 async def events(
     request: Request,
     _staff: Staff,
     services: ServicesDep,
-    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
+    if last_event_id is not None and not _EVENT_ID.fullmatch(last_event_id):
+        raise BadRequest(
+            "Last-Event-ID is not an event id of this feed (digits, or digits-digits)",
+            context={"header": "Last-Event-ID"},
+        )
+
     async def stream() -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
         async for batch in services.monitor.events.subscribe(last_event_id, wait=KEEPALIVE_SECONDS):
@@ -102,10 +119,55 @@ async def events(
     )
 
 
+class WatchedSession(SessionOut):
+    user_id: str
+    game_name: str | None
+
+
+class WatchedSessionDetail(BaseModel):
+    session: WatchedSession
+    messages: list[MessageOut]
+    """The latest messages, oldest first; a running answer with the text so far."""
+
+
+@router.get(
+    "/{session_id}",
+    response_model=WatchedSessionDetail,
+    responses={404: {"model": ErrorBody, "description": "No such session"}},
+    summary="One session of any user, with its latest messages (what the watch view shows)",
+)
+async def watched_session(
+    session_id: Annotated[str, Path(max_length=64)],
+    _staff: Staff,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> WatchedSessionDetail:
+    session = await store.get_session(services.db, session_id)
+    if session is None:
+        raise NotFound("session not found", error_code="SESSION_NOT_FOUND")
+    game = await get_game(services.db, session["game_id"])
+    messages = await store.history(services.db, session_id, limit=limit)
+    turn = services.hub.running(session_id)
+    if turn is not None:
+        for message in messages:
+            if message["id"] == turn.message_id:
+                message["content"] = turn.text
+    out = WatchedSession(**session, game_name=game["name"] if game else None)
+    return WatchedSessionDetail(session=out, messages=[MessageOut(**m) for m in messages])
+
+
 def _last_event(value: str | None) -> tuple[str, int] | None:
-    """``<turn_id>:<seq>`` from a Last-Event-ID header; None when absent or malformed."""
-    turn_id, _, seq = (value or "").rpartition(":")
-    return (turn_id, int(seq)) if turn_id and seq.isdigit() else None
+    """``<turn_id>:<seq>`` from a Last-Event-ID header; None when absent; 400 when
+    malformed (a client that would resume must not silently start over)."""
+    if value is None:
+        return None
+    turn_id, _, seq = value.rpartition(":")
+    if not turn_id or not _SEQ.fullmatch(seq):
+        raise BadRequest(
+            "Last-Event-ID is not an event id of this stream (<turn_id>:<seq>)",
+            context={"header": "Last-Event-ID"},
+        )
+    return turn_id, int(seq)
 
 
 class _Renderer:
@@ -139,6 +201,7 @@ class _Renderer:
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "An SSE stream"},
+        400: {"model": ErrorBody, "description": "Malformed Last-Event-ID"},
         404: {"model": ErrorBody, "description": "No such session"},
     },
 )

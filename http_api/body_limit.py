@@ -102,6 +102,7 @@ class _Limited:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
+                    (b"x-content-type-options", b"nosniff"),
                 ],
             }
         )

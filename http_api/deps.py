@@ -12,10 +12,14 @@ from chat_server.auth import Principal
 from chat_server.errors import Forbidden, InvalidInput, Unauthorized
 from chat_server.logs import add_context
 from chat_server.services import Services
+from chat_server.text import cut
 
 __all__ = ["Caller", "ServicesDep", "Staff", "get_services", "refuse_nul"]
 
 _bearer = HTTPBearer(auto_error=False, description="A Supabase access token (JWT)")
+
+
+_NUL_MSG = "must not contain NUL characters"
 
 
 async def refuse_nul(request: Request) -> None:
@@ -25,7 +29,11 @@ async def refuse_nul(request: Request) -> None:
     a value is invalid input, never a 500; SQLite behaves the same way through this check.
     """
     errors = [
-        {"loc": [where, name], "msg": "must not contain NUL characters", "type": "nul_character"}
+        {
+            "loc": [where, cut(name)],
+            "msg": "must not contain NUL characters",
+            "type": "nul_character",
+        }
         for where, items in (
             ("path", list(request.path_params.items())),
             ("query", request.query_params.multi_items()),
@@ -35,7 +43,7 @@ async def refuse_nul(request: Request) -> None:
     ]
     if errors:
         where = errors[0]["loc"][1].replace("\x00", "\\0")
-        raise InvalidInput(f"{where}: {errors[0]['msg']}", context={"errors": errors})
+        raise InvalidInput(f"{where}: {errors[0]['msg']}", context={"errors": errors[:10]})
 
 
 def get_services(request: Request) -> Services:

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chat_server.errors import ChatServerError
+from chat_server.text import cut
 
 from .models import ErrorBody
 
@@ -18,6 +19,7 @@ __all__ = ["ERROR_RESPONSES", "install_error_handlers"]
 
 log = logging.getLogger(__name__)
 
+_MAX_ERRORS = 10
 _HTTP_CODES = {
     400: "BAD_REQUEST",
     401: "UNAUTHORIZED",
@@ -59,16 +61,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Locations may hold a client's keys: each cut to ECHO_CHARS, and a few errors
+        # at most (a body of 10,000 unknown keys is not echoed back 10,000 times).
         errors = [
             {
-                "loc": [str(p) for p in err.get("loc", ())],
-                "msg": str(err.get("msg", "")).removeprefix("Value error, "),
+                "loc": [cut(str(p)) for p in err.get("loc", ())],
+                "msg": cut(str(err.get("msg", "")).removeprefix("Value error, ")),
                 "type": str(err.get("type", "")),
             }
-            for err in exc.errors()
+            for err in exc.errors()[:_MAX_ERRORS]
         ]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-        where = ".".join(first["loc"][1:] or first["loc"]) or "request"
+        where = cut(".".join(first["loc"][1:] or first["loc"]) or "request")
         msg = str(first["msg"])
         return JSONResponse(
             body(f"{where}: {msg}", "VALIDATION_ERROR", {"errors": errors}), status_code=422
@@ -94,4 +98,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
-        return JSONResponse(body("internal error", "INTERNAL_ERROR"), status_code=500)
+        return JSONResponse(
+            body("internal error", "INTERNAL_ERROR"),
+            status_code=500,
+            headers={"X-Content-Type-Options": "nosniff"},  # outside InputGuard, which adds it
+        )

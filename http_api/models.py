@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
+from chat_server.text import unstorable
+
 __all__ = [
     "DocumentIn",
     "DocumentOut",
@@ -28,7 +30,17 @@ __all__ = [
 GameStatus = Literal["active", "beta", "hidden"]
 Name = Annotated[str, Field(min_length=1, max_length=300)]
 Section = Annotated[str, Field(min_length=1, max_length=100)]
-Url = Annotated[str, Field(max_length=1000)]
+# http(s) only: a javascript: or data: URL would run or show in the admin page and apps.
+Url = Annotated[str, Field(max_length=1000, pattern=r"^(?i:https?)://[^\s]+$")]
+
+
+def web_url(value: str | None) -> str | None:
+    """``value`` if it is an http(s) URL, else None (what was stored before the rule)."""
+    if value and value[:8].lower().startswith(("http://", "https://")):
+        return value
+    return None
+
+
 Count = Annotated[int, Field(ge=0, le=100_000)]
 
 
@@ -53,6 +65,11 @@ class GameOut(BaseModel):
     thumbnail_url: str | None
     image_url: str | None
     last_synced_at: datetime | None
+
+    @field_validator("thumbnail_url", "image_url")
+    @classmethod
+    def _web_only(cls, value: str | None) -> str | None:
+        return web_url(value)
 
 
 class GamesPage(BaseModel):
@@ -80,7 +97,7 @@ class _In(BaseModel):
 
 def _unstorable(value: Any) -> str | None:
     if isinstance(value, str):
-        return "must not contain NUL characters" if "\x00" in value else None
+        return "must not contain NUL characters or lone surrogates" if unstorable(value) else None
     if isinstance(value, float):
         return None if math.isfinite(value) else "numbers must be finite"
     if isinstance(value, dict):

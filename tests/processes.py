@@ -25,7 +25,10 @@ BASE_ENV = {
 
 
 class ServerProcess:
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+    """``nofile``: the process sets its own descriptor limit (``RLIMIT_NOFILE``) before
+    starting, so a test can bring it near its limit without touching the host's."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, *, nofile: int | None = None) -> None:
         self.port = free_port()
         full = {
             k: v
@@ -48,8 +51,17 @@ class ServerProcess:
         full.update({"PORT": str(self.port), "HOST": "127.0.0.1", "CHAT_DATA_DIR": str(cwd)})
         self.log = cwd / f"server-{self.port}.log"
         self._log_file = self.log.open("wb")
+        command = [sys.executable, "-m", "chat_server", "serve"]
+        if nofile is not None:
+            command = [
+                sys.executable,
+                "-c",
+                "import resource, sys; from chat_server.cli import main; "
+                f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); "
+                "sys.exit(main(['serve']))",
+            ]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chat_server", "serve"],
+            command,
             env=full,
             cwd=cwd,
             stdout=self._log_file,
@@ -78,6 +90,10 @@ class ServerProcess:
             time.sleep(0.1)
         raise TimeoutError("server did not start within 30 s")
 
+    def descriptors(self) -> int:
+        """How many file descriptors the process has open now."""
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
@@ -96,8 +112,10 @@ class ServerProcess:
 
 
 @contextmanager
-def server_process(env: dict[str, str], cwd: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(env, cwd)
+def server_process(
+    env: dict[str, str], cwd: Path, *, nofile: int | None = None
+) -> Iterator[ServerProcess]:
+    server = ServerProcess(env, cwd, nofile=nofile)
     try:
         yield server
     finally:

@@ -55,12 +55,14 @@ def free_port() -> int:
 
 
 class RunningServer:
-    def __init__(self, settings: Settings) -> None:
+    """``overrides``: uvicorn settings over those of ``chat-server serve`` (e.g. ``http``)."""
+
+    def __init__(self, settings: Settings, **overrides: Any) -> None:
         self.settings = settings
         self.port = free_port()
         self.app = create_app(settings)
         config = uvicorn_config(
-            self.app, settings, host="127.0.0.1", port=self.port, log_level="warning"
+            self.app, settings, host="127.0.0.1", port=self.port, log_level="warning", **overrides
         )
         self.server = ChatServer(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -114,8 +116,8 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def running_server(settings: Settings) -> Iterator[RunningServer]:
-    server = RunningServer(settings)
+def running_server(settings: Settings, **overrides: Any) -> Iterator[RunningServer]:
+    server = RunningServer(settings, **overrides)
     server.start()
     try:
         yield server

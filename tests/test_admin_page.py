@@ -93,8 +93,9 @@ async def test_admin_sees_a_live_session_streaming_and_kills_it(
                 " return tr && [...tr.cells].map((td) => td.textContent); })()",
                 timeout=5,
             )
-            assert cells[:3] == [session_id, "player-7", catan]
+            assert cells[:3] == [session_id, "player-7", "Catan"]  # the game by its name
             assert cells[6] == "idle"
+            assert cells[8] == "1"  # one connection follows it
 
             await client.send({"type": "message", "text": QUESTION})
             await client.expect("turn.started")
@@ -147,3 +148,51 @@ async def test_basic_user_token_shows_an_error_not_sessions(
             assert status.startswith("Error 403")
             assert await page.evaluate("document.querySelectorAll('#sessions tr').length") == 0
             await page.screenshot(tmp_path / "admin-forbidden.png")
+
+
+async def test_admin_watches_a_session_stream_in_by_game_name(
+    server: RunningServer, page: Page, tmp_path: Path
+) -> None:
+    """Watch on a row opens the watch view: the game by name, the user, provider and
+    model, the question, and the answer growing as the user's client receives it, to
+    its end."""
+    async with asyncio.timeout(60):
+        catan = await game_id(server, "Catan")
+        await connect_page(page, server, server.token("staff-1", "admin"))
+        await page.wait_for("document.querySelector('#status').textContent.startsWith('Conn')")
+        async with ws_client(server.ws_url, server.token("player-7", "basic")) as client:
+            session_id = (await client.start(catan))["session"]["id"]
+            # the feed's session.started re-lists, else the page's own re-list within 5 s
+            await page.wait_for(
+                f"!!document.querySelector({json.dumps(row(session_id))})", timeout=8
+            )
+            await page.click(row(session_id) + " button.watch")
+            await page.wait_for(
+                "document.querySelector('#watch-status').textContent.startsWith('Watching')",
+                timeout=5,
+            )
+            facts = await page.evaluate(
+                "['session', 'user', 'game', 'provider'].map("
+                "(k) => document.querySelector('#watch-' + k).textContent)"
+            )
+            assert facts == [session_id, "player-7", "Catan", "local"]
+            assert await page.evaluate("document.querySelector('#watch-model').textContent")
+            await client.send({"type": "message", "text": QUESTION})
+            await client.expect("turn.started")
+            first = await client.expect("turn.delta")
+            await page.wait_for(
+                "document.querySelector('#watch-question').textContent === "
+                + json.dumps(QUESTION)
+                + " && document.querySelector('#watch-answer').textContent.length > 0",
+                timeout=5,
+            )
+            await page.screenshot(tmp_path / "admin-watch-streaming.png")
+            frames = await client.until("turn.completed")
+            answer = "".join(f["text"] for f in [first, *frames] if f["type"] == "turn.delta")
+            shown = await page.wait_for(
+                "document.querySelector('#watch-state').textContent === '(stop)' && "
+                "document.querySelector('#watch-answer').textContent",
+                timeout=10,
+            )
+            assert shown == answer
+            await page.screenshot(tmp_path / "admin-watch-done.png")

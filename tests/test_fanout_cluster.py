@@ -200,3 +200,56 @@ async def test_admin_sessions_counts_connections_on_every_instance(
             return len(rows) == 1 and rows[0]["connections"] == 3
 
         assert await eventually(counted)
+
+
+@pytest.fixture
+def short_grace(
+    tmp_path: Path, postgres_url: str, shared_redis: RedisTarget, upstream: OpenAIUpstream
+) -> Iterator[tuple[RunningServer, RunningServer]]:
+    settings = cluster_settings(
+        tmp_path,
+        postgres_url,
+        shared_redis,
+        openai_api_key="sk",
+        openai_base_url=upstream.base_url,
+        ws_resume_grace=1.0,
+    )
+    with running_server(settings) as a, running_server(settings) as b:
+        yield a, b
+
+
+async def test_a_user_elsewhere_keeps_the_turn_alive_and_a_watch_elsewhere_does_not(
+    short_grace: tuple[RunningServer, RunningServer], upstream: OpenAIUpstream
+) -> None:
+    """The asker on A leaves mid-turn: with the user's other connection on B the turn
+    runs to its end; with only an admin watching from B it is cancelled when the
+    resume grace (1 s) runs out, and the watch sees that."""
+    a, b = short_grace
+    upstream.script = Script(tokens=[f"h{i} " for i in range(250)], token_delay=0.01)
+    game = await catan(a)
+    token = a.token("alice")
+    async with ws_client(b.ws_url, token) as other:
+        async with ws_client(a.ws_url, token) as asker:
+            session_id = (await asker.start(game))["session"]["id"]
+            await other.send({"type": "session.resume", "session_id": session_id})
+            await other.expect("session.ready")
+            await asker.send({"type": "message", "text": "robber"})
+            await other.expect("turn.started")
+            await other.expect("turn.delta")
+        kept = await other.until("turn.completed", timeout=15)
+    assert kept[-1]["finish_reason"] == "stop"
+
+    upstream.script = Script(tokens=[f"g{i} " for i in range(1000)], token_delay=0.01)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(5, read=20)) as http:
+        path = f"{b.url}/admin/sessions/{session_id}/stream"
+        async with http.stream("GET", path, headers=admin(b)) as response:
+            async with ws_client(a.ws_url, token) as asker:
+                await asker.send({"type": "session.resume", "session_id": session_id})
+                await asker.expect("session.ready")
+                await asyncio.sleep(0.3)  # the watch is attached before the question
+                await asker.send({"type": "message", "text": "robber"})
+                await asker.expect("turn.started")
+                await asker.expect("turn.delta")
+            watched = await read_sse(response, "turn.completed")
+    assert watched[0][1] == "turn.started"
+    assert watched[-1][2]["finish_reason"] == "cancelled"

@@ -26,6 +26,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -63,6 +64,15 @@ class Script:
     cache_read_tokens: int = 0
     cache_creation_tokens: int = 0
     cite_block: int = 0  # Anthropic: the document content block a citation points at
+    # The SSE variants (tests/sse_framing.py): JSON with raw non-ASCII characters
+    # (else escaped, as json.dumps does), and, when ``writes`` is set, the whole stream
+    # made first (plain framing, LF) and handed to it, which returns the bytes of each
+    # write (a chunk of its own), sent ``write_delay`` seconds apart.
+    ensure_ascii: bool = True
+    writes: Callable[[list[bytes]], list[bytes]] | None = None
+    write_delay: float = 0.0
+    # A 200 answer that is not an event stream: this content type and body instead.
+    plain_answer: tuple[str, bytes] | None = None
 
     @property
     def total_output(self) -> int:
@@ -307,11 +317,20 @@ class Upstream:
         if script.fail_status is not None:
             self._send_json(conn, script.fail_status, self.error_body(script.fail_status))
             return True
+        if script.plain_answer is not None:
+            kind, body = script.plain_answer
+            conn.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
+                % (kind.encode(), len(body), body)
+            )
+            return True
         conn.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
         )
         conn.streaming = True
+        if script.writes is not None:
+            return await self._write_all(conn, req, script, script.writes)
         for event in self.head_events(req, script):
             conn.chunk(event)
         if script.first_token_delay:
@@ -337,6 +356,25 @@ class Upstream:
             return self._end(conn, [self.error_event(script)])
         return self._end(conn, self.tail_events(req, script))
 
+    async def _write_all(
+        self,
+        conn: _Conn,
+        req: RecordedRequest,
+        script: Script,
+        writes: Callable[[list[bytes]], list[bytes]],
+    ) -> bool:
+        """The whole stream at once, cut and framed as ``writes`` says."""
+        events = list(self.head_events(req, script))
+        events += [self.token_event(req, script, i, t) for i, t in enumerate(script.tokens)]
+        events += self.tail_events(req, script)
+        for index, data in enumerate(w for w in writes(events) if w):  # empty: the end
+            if index and script.write_delay:
+                await asyncio.sleep(script.write_delay)
+            if conn.lost:
+                return False
+            conn.chunk(data)
+        return self._end(conn, [])
+
     def _end(self, conn: _Conn, events: list[bytes]) -> bool:
         for event in events:
             conn.chunk(event)
@@ -350,12 +388,16 @@ class Upstream:
         return False
 
 
-def _data(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+def _json(payload: dict[str, Any], ensure_ascii: bool = True) -> bytes:
+    return json.dumps(payload, ensure_ascii=ensure_ascii).encode()
 
 
-def _event(name: str, payload: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\n" + _data(payload)
+def _data(payload: dict[str, Any], ensure_ascii: bool = True) -> bytes:
+    return b"data: " + _json(payload, ensure_ascii) + b"\n\n"
+
+
+def _event(name: str, payload: dict[str, Any], ensure_ascii: bool = True) -> bytes:
+    return b"event: " + name.encode() + b"\n" + _data(payload, ensure_ascii)
 
 
 class OpenAIUpstream(Upstream):
@@ -394,7 +436,7 @@ class OpenAIUpstream(Upstream):
 
     def token_event(self, req: RecordedRequest, script: Script, index: int, text: str) -> bytes:
         choice = {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
-        return _data(self._chunk(req, [choice]))
+        return _data(self._chunk(req, [choice]), script.ensure_ascii)
 
     def tail_events(self, req: RecordedRequest, script: Script) -> list[bytes]:
         events = [
@@ -512,7 +554,9 @@ class AnthropicUpstream(Upstream):
     def token_event(self, req: RecordedRequest, script: Script, index: int, text: str) -> bytes:
         delta = {"type": "text_delta", "text": text}
         return _event(
-            "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": delta},
+            script.ensure_ascii,
         )
 
     def tail_events(self, req: RecordedRequest, script: Script) -> list[bytes]:
@@ -563,8 +607,8 @@ class GeminiUpstream(Upstream):
         return {"error": {"code": status, "message": f"status {status}", "status": kind}}
 
     @staticmethod
-    def _sse(payload: dict[str, Any]) -> bytes:
-        return b"data: " + json.dumps(payload).encode() + b"\r\n\r\n"
+    def _sse(payload: dict[str, Any], ensure_ascii: bool = True) -> bytes:
+        return b"data: " + _json(payload, ensure_ascii) + b"\r\n\r\n"
 
     def _usage(self, script: Script, final: bool) -> dict[str, Any]:
         usage: dict[str, Any] = {"promptTokenCount": script.input_tokens}
@@ -583,7 +627,8 @@ class GeminiUpstream(Upstream):
                 "usageMetadata": self._usage(script, final=False),
                 "modelVersion": "loopback",
                 "responseId": "loopback",
-            }
+            },
+            script.ensure_ascii,
         )
 
     def tail_events(self, req: RecordedRequest, script: Script) -> list[bytes]:

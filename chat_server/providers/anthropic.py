@@ -8,7 +8,8 @@ their position, and come back as ``CitationRef``. The system text is
 
 The stream is read from ``messages.with_streaming_response.create(stream=True)``:
 the SDK builds the request, authenticates and turns error statuses into its
-exceptions, and we parse the SSE ``data:`` lines ourselves. That is chosen over
+exceptions, and we read the event stream ourselves from raw bytes (``sse.SSEReader``,
+the WHATWG rules: a raw U+2028 inside a JSON string is text, not a line end). That is chosen over
 ``messages.stream()`` because the helper builds a typed event and re-accumulates the
 whole message snapshot for every token (most of the CPU of a turn), and because
 holding the raw response lets ``finally`` close it the moment the turn is cancelled.
@@ -45,7 +46,8 @@ from .base import (
     UsageReport,
 )
 from .prompt import passage_label, system_instructions
-from .transport import DROPPED, close_response
+from .sse import event_data
+from .transport import DROPPED, body_chunks, check_event_stream, close_response
 
 __all__ = ["AnthropicProvider"]
 
@@ -165,13 +167,12 @@ class AnthropicProvider:
                 stream=True,
             ) as api_response:
                 http = api_response.http_response
-                lines = http.aiter_lines()
                 try:
-                    async for line in lines:
-                        if not line.startswith("data:"):
-                            continue  # blank separators and the "event:" lines
+                    check_event_stream(http.headers, "anthropic")
+                    chunks = body_chunks(http)
+                    async for data in event_data(chunks):
                         try:
-                            event = loads(line[5:])
+                            event = loads(data)
                             kind = event["type"]
                             if kind == "content_block_delta":
                                 delta = event["delta"]
@@ -199,7 +200,7 @@ class AnthropicProvider:
                     if done and http.http_version == "HTTP/1.1":
                         # Read the body's end so the connection goes back to the pool.
                         with anyio.move_on_after(_DRAIN_TIMEOUT):
-                            async for _ in lines:
+                            async for _ in chunks:
                                 pass
                 finally:
                     await close_response(http)

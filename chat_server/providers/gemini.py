@@ -13,6 +13,10 @@ event hook instead. A ``response`` hook hands the streaming response to the
 caller's task), so that ``finally`` can close it the moment the turn is cancelled:
 the SDK's nested generators would otherwise only close it when garbage-collected.
 
+The event stream is re-framed on its way to the SDK (``_Reframed``): read by the
+WHATWG rules (``sse.SSEReader``), written back in the plain framing the SDK's reader
+understands. An answer that is not an event stream is a ``ProviderError`` saying so.
+
 Errors are translated at the border (``raise ... from exc``): 429, 503, 529,
 connect errors, timeouts and a stream cut off before its final chunk are
 ``ProviderUnavailable``; any other status (also sent as an in-stream error object)
@@ -35,7 +39,8 @@ from google.genai import types
 from ..errors import ProviderError, ProviderUnavailable
 from .base import Finish, ProviderRequest, StreamEvent, TextDelta, Usage, UsageReport
 from .prompt import system_prompt
-from .transport import CLOSE_TIMEOUT, DROPPED, close_response
+from .sse import SSEReader, reframe
+from .transport import CLOSE_TIMEOUT, DROPPED, check_event_stream, close_response
 
 __all__ = ["GeminiProvider"]
 
@@ -61,6 +66,31 @@ _FOREIGN = (
 _open_responses: ContextVar[list[httpx2.Response] | None] = ContextVar(
     "gemini_open_responses", default=None
 )
+
+
+class _Reframed(httpx2.AsyncByteStream):
+    """The upstream's event stream read by the WHATWG rules, written back plainly.
+
+    The SDK's own reader takes only ``data: `` lines with the space and no leading
+    BOM, and reads comments and ``event:`` lines as JSON; after ``sse.SSEReader`` it
+    gets every event as ``data: `` lines ended by LF.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        reader = SSEReader()
+        async for chunk in self._inner:
+            events = reader.feed(chunk)
+            if events:
+                yield reframe(events)
+        events = reader.close()  # the body ended whole: an event left without its blank line
+        if events:
+            yield reframe(events)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def _translate(exc: BaseException) -> ProviderError:
@@ -103,11 +133,17 @@ class GeminiProvider:
 
         async def set_timeouts(request: httpx2.Request) -> None:
             request.extensions["timeout"] = timeout
+            # Uncompressed, so that the stream can be re-framed (_Reframed) on its way.
+            request.headers["accept-encoding"] = "identity"
 
         async def track_response(response: httpx2.Response) -> None:
             opened = _open_responses.get()
             if opened is not None:
                 opened.append(response)
+            if response.is_success:
+                check_event_stream(response.headers, "gemini")
+                if response.headers.get("content-encoding", "identity") == "identity":
+                    response.stream = _Reframed(response.stream)
 
         # Our own httpx2 client, not aiohttp (which the SDK picks when it is
         # installed): the hooks above need httpx2. Handing over a whole client rather

@@ -5,9 +5,10 @@ with the key, its timeouts and its error statuses, through its untyped ``post()`
 body is a plain dict built here, because the typed ``chat.completions.create()``
 transforms its parameters on every call (about 2.7 ms for a 14-message prompt). The
 event stream is read from the unread ``httpx2.Response`` that ``post()`` returns: raw
-bytes split into lines by hand and each ``data:`` payload parsed with ``json.loads``,
-because the SDK's typed chunks and httpx2's text and line decoders cost most of the
-CPU of a token.
+bytes read by ``sse.SSEReader`` (the WHATWG rules) and each event's data parsed with
+``json.loads``, because the SDK's typed chunks and httpx2's text and line decoders
+cost most of the CPU of a token. An answer that is not an event stream is a
+``ProviderError`` saying so.
 
 Errors are translated at the border (``raise ... from exc``): 429, 503, 529,
 connect errors, timeouts and a stream cut off before its end are
@@ -33,7 +34,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from ..errors import ProviderError, ProviderUnavailable
 from .base import Finish, ProviderRequest, StreamEvent, TextDelta, Usage, UsageReport
 from .prompt import system_prompt
-from .transport import DROPPED, close_response
+from .sse import SSEReader
+from .transport import DROPPED, body_chunks, check_event_stream, close_response
 
 __all__ = ["OpenAIProvider"]
 
@@ -70,10 +72,9 @@ def _stream_error(error: Any) -> ProviderError:
 
 
 class _Events:
-    """What one response's event stream said so far, fed one line at a time (no I/O).
+    """What one response's event stream said so far, fed one event's data at a time.
 
-    Only ``data:`` lines count, each holding one JSON object (blank separators,
-    comments and ``event:`` names are skipped); ``data: [DONE]`` ends the stream.
+    Each event holds one JSON object; ``[DONE]`` ends the stream.
     """
 
     __slots__ = ("done", "finish", "usage")
@@ -83,16 +84,13 @@ class _Events:
         self.finish: Literal["stop", "length"] | None = None
         self.usage: Usage | None = None
 
-    def line(self, line: bytes) -> str | None:
-        """The text this line adds, if any; raises ``ProviderError`` on a bad event."""
-        if not line.startswith(b"data:"):
-            return None
-        data = line[5:].strip()
-        if data == b"[DONE]":
+    def data(self, data: str) -> str | None:
+        """The text this event adds, if any; raises ``ProviderError`` on a bad event."""
+        if data.startswith("[DONE]"):
             self.done = True
             return None
         try:
-            chunk = _loads(data.decode("utf-8", "replace"))
+            chunk = _loads(data)
             error = chunk.get("error")
             if error:
                 raise _stream_error(error)
@@ -184,29 +182,21 @@ class OpenAIProvider:
                 stream=True,
             )
             try:
-                # The raw body unless it is compressed: one iterator layer less per chunk.
-                identity = http.headers.get("content-encoding", "identity") == "identity"
-                chunks = http.aiter_raw() if identity else http.aiter_bytes()
-                rest = b""  # a line not ended yet
+                check_event_stream(http.headers, "openai")
+                chunks = body_chunks(http)
+                reader = SSEReader()
                 async for chunk in chunks:
-                    if rest:
-                        chunk = rest + chunk
-                    if b"\r" in chunk:  # SSE lines may also end with CRLF or a lone CR
-                        chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-                    lines = chunk.split(b"\n")
-                    rest = lines.pop()
-                    for line in lines:
-                        if line:
-                            text = events.line(line)
-                            if text:
-                                yield TextDelta(text)
-                            elif events.done:
-                                break
+                    for _event, data in reader.feed(chunk):
+                        text = events.data(data)
+                        if text:
+                            yield TextDelta(text)
+                        elif events.done:
+                            break
                     if events.done:
                         break
                 else:
-                    if rest:  # the body ended without a line end
-                        text = events.line(rest)
+                    for _event, data in reader.close():  # the body ended without a blank line
+                        text = events.data(data)
                         if text:
                             yield TextDelta(text)
                 if events.done and http.http_version == "HTTP/1.1":

@@ -1,5 +1,9 @@
 """First-token and idle timeouts around any provider stream, in one place.
 
+The same wrapper is where every provider's text is made valid (``text.Mender``): a
+surrogate pair split across two deltas is joined, a lone surrogate or a NUL becomes
+U+FFFD, before the turn sends or stores any of it.
+
 A provider that sends nothing for ``first_token`` seconds after the request, or goes
 quiet for ``idle`` seconds between events, is ``ProviderUnavailable``. Leaving the
 wrapper (timeout, cancel, or the consumer's ``aclose``) closes the inner stream, which
@@ -17,7 +21,8 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from ..errors import ProviderUnavailable
-from .base import StreamEvent, TextDelta
+from ..text import Mender, clean
+from .base import CitationRef, Finish, StreamEvent, TextDelta
 
 __all__ = ["with_timeouts"]
 
@@ -69,13 +74,27 @@ async def with_timeouts(
     assert task is not None
     watchdog = _Watchdog(loop, task, loop.time() + first_token)
     seen_text = False
+    mender = Mender()
+    mend = mender.text
     try:
         async for event in events:
             if seen_text:
                 watchdog.deadline = loop.time() + idle
-            elif isinstance(event, TextDelta):
-                seen_text = True
-                watchdog.move(loop.time() + idle)
+            if isinstance(event, TextDelta):
+                if not seen_text:
+                    seen_text = True
+                    watchdog.move(loop.time() + idle)
+                text = mend(event.text)
+                if text is not event.text:
+                    if not text:
+                        continue  # a high surrogate held back until its pair comes
+                    event = TextDelta(text)
+            elif isinstance(event, Finish):
+                tail = mender.flush()
+                if tail:
+                    yield TextDelta(tail)
+            elif isinstance(event, CitationRef) and event.quote:
+                event = CitationRef(event.passage_id, clean(event.quote))
             yield event
     except asyncio.CancelledError as exc:
         if watchdog.fired and task.uncancel() == 0:

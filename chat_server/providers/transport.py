@@ -10,18 +10,25 @@ A connection dropped mid-stream, or an answer that is not HTTP, surfaces as a ra
 httpx2, anyio or aiohttp error, not an SDK one (``DROPPED``), and an upstream response
 must be closed at once, even inside a cancelled scope (``close_response``), so that a
 cancelled turn stops paying for tokens.
+
+An answer to a stream request that is not an event stream (a JSON body from a proxy,
+an HTML error page with status 200) is a ``ProviderError`` saying what came
+(``check_event_stream``), not a stream that looks cut off.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ssl
+from collections.abc import AsyncIterator
 
 import aiohttp
 import anyio
 import httpx2
 
-__all__ = ["CLOSE_TIMEOUT", "DROPPED", "close_response"]
+from ..errors import ProviderError
+
+__all__ = ["CLOSE_TIMEOUT", "DROPPED", "body_chunks", "check_event_stream", "close_response"]
 
 CLOSE_TIMEOUT = 2.0  # seconds a shielded close of the upstream response may take
 
@@ -44,3 +51,20 @@ async def close_response(response: httpx2.Response) -> None:
         # Closing a broken connection may fail; it is gone either way.
         with contextlib.suppress(httpx2.HTTPError, aiohttp.ClientError, OSError):
             await response.aclose()
+
+
+def check_event_stream(headers: httpx2.Headers, provider: str) -> None:
+    """Raise ``ProviderError`` unless the response is ``text/event-stream``."""
+    kind = headers.get("content-type", "")
+    if kind.split(";", 1)[0].strip().lower() != "text/event-stream":
+        shown = kind.split(";", 1)[0].strip()[:80] or "no content type"
+        raise ProviderError(
+            f"{provider} answered {shown}, not an event stream",
+            context={"content_type": shown},
+        )
+
+
+def body_chunks(http: httpx2.Response) -> AsyncIterator[bytes]:
+    """The body's bytes: raw unless compressed (one iterator layer less per chunk)."""
+    identity = http.headers.get("content-encoding", "identity") == "identity"
+    return http.aiter_raw() if identity else http.aiter_bytes()

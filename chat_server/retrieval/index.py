@@ -46,6 +46,7 @@ class GameIndex:
     weights: dict[str, float]  # a word's IDF over the game's passages, 1.0 for the rarest
     corrects: dict[str, list[str]]  # a rule passage's id → the errata ids correcting it
     glossary: Needles
+    known: frozenset[str]  # content words of the passages and of the glossary's player words
     position: dict[str, int] = field(default_factory=dict)
     checked_at: float = 0.0
 
@@ -118,6 +119,9 @@ async def build_index(
         weights=weights,
         corrects=corrections(rows, vectors) if vectors is not None else {},
         glossary=needles(glossary),
+        known=frozenset(weights).union(
+            w for words in glossary.values() for phrase in words for w in content_words(phrase)
+        ),
     )
 
 

@@ -6,7 +6,10 @@ lists. ``expand`` first adds the game's own words for the player's (the glossary
 admin keeps in the game's ``details``). ``with_corrections`` puts each errata passage
 right above the rule it corrects whenever that rule is sent. ``relevant`` is the
 floor: a passage counts only if it shares a meaningful word with the question, or its
-vector is close; when nothing counts, the rules are silent.
+vector is close; when nothing counts, the rules are silent. ``known_part`` is the
+second test of silence: the question without the words the game never uses (in its
+passages or its glossary); when that remainder no longer means what the question
+means, the question is about something the rules do not cover.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ __all__ = [
     "content_words",
     "expand",
     "fuse",
+    "known_part",
     "needles",
     "parse_glossary",
     "stem",
@@ -62,6 +66,16 @@ def content_words(text: str) -> list[str]:
         if word not in STOPWORDS and not word.isdigit() and len(word) > 1:
             seen.setdefault(stem(word)[:5], None)
     return list(seen)
+
+
+def known_part(question: str, known: frozenset[str]) -> str | None:
+    """``question`` without the meaningful words that are not in ``known`` (the content
+    words of the game's passages and of its glossary's player words), or None when it
+    has none; stop words and numbers stay, so the remainder reads as the question would
+    without those words."""
+    words = _WORD.findall(question.lower())
+    kept = [w for w in words if not (cw := content_words(w)) or cw[0] in known]
+    return " ".join(kept) if len(kept) < len(words) else None
 
 
 def parse_glossary(raw: object) -> dict[str, tuple[str, ...]]:

@@ -4,7 +4,9 @@ The database's full-text search (``storage/fulltext.py``) ranks the question wit
 glossary words added; the question's vector ranks every passage of the language by
 cosine; reciprocal rank fusion merges the two; passages under the relevance floor are
 dropped; corrections are put above the rules they correct. When no passage clears the
-floor, the rules are silent on the question.
+floor, or when the question's meaning rests on words the game never uses (for a game
+with a glossary: the question's vector and that of its remainder without those words
+have a cosine under ``MIN_KNOWN``), the rules are silent on the question.
 """
 
 from __future__ import annotations
@@ -19,13 +21,22 @@ from ..storage.engine import Database
 from ..storage.fulltext import search_passages
 from .embedder import embed
 from .index import GameIndex
-from .ranking import Evidence, content_words, expand, fuse, relevant, with_corrections
+from .ranking import (
+    Evidence,
+    content_words,
+    expand,
+    fuse,
+    known_part,
+    relevant,
+    with_corrections,
+)
 
-__all__ = ["MIN_COSINE", "MIN_WEIGHT", "POOL", "Ranked", "rank"]
+__all__ = ["MIN_COSINE", "MIN_KNOWN", "MIN_WEIGHT", "POOL", "Ranked", "rank"]
 
 POOL = 20  # candidates taken from each ranking before fusion
 MIN_WEIGHT = 0.72  # the floor: summed weight of shared words (1.0: a word of one passage) …
 MIN_COSINE = 0.4  # … or a vector this close (cosine); see docs/providers.md for the figures
+MIN_KNOWN = 0.73  # the question's cosine with itself less the words the game never uses
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +65,16 @@ async def rank(
 ) -> Ranked:
     """The passages that answer ``question`` in ``language`` (None: every language)."""
     expanded = expand(question, index.glossary)
+    question_vector = np.zeros(0, dtype=np.float32)
+    if index.rows and index.vectors is not None:
+        # Only a game with a glossary knows its players' words: without one, a player's
+        # own word is unknown for want of a glossary, not because the rules are silent.
+        known = known_part(question, index.known) if index.glossary else None
+        texts = [expanded] if known is None else [expanded, question, known]
+        vectors = embed(texts)
+        if known is not None and float(vectors[1] @ vectors[2]) < MIN_KNOWN:
+            return Ranked([], silent=True)  # the question rests on what the game never names
+        question_vector = vectors[0]
     found = await search_passages(
         db, game_id=game_id, language=language, question=expanded, limit=POOL
     )
@@ -61,7 +82,7 @@ async def rank(
     cosines = np.zeros(len(index.rows), dtype=np.float32)
     by_vector: list[str] = []
     if index.rows and index.vectors is not None:
-        cosines = index.vectors @ embed([expanded])[0]
+        cosines = index.vectors @ question_vector
         order = [
             i
             for i in np.argsort(-cosines, kind="stable")

@@ -186,11 +186,11 @@ class ChatService:
         """Re-attach: the attachment, the ``session.ready`` event (``running`` is None:
         the hub fills it in) and this instance's running turn of the session, if any.
         """
-        session = await chat_store.get_session(self.db, frame.session_id)
+        # One read for both (a resume storm costs the database one round trip less each).
+        session, history = await chat_store.session_with_history(self.db, frame.session_id)
         if session is None or session["user_id"] != who.user_id:
             raise NotFound("session not found", error_code="SESSION_NOT_FOUND")
         game = await self._visible_game(who, session["game_id"])
-        history = await chat_store.history(self.db, session["id"])
         live = self.manager.running_in_session(session["id"])
         attached = Attached(
             session["id"],
@@ -283,6 +283,7 @@ class ChatService:
                 started_at=time.monotonic(),
                 quota_at=now,
                 passages=found.passages,
+                max_delta=self.settings.ws_max_delta_chars,
             )
             request = self._request(attached, frame.text, found.passages, rules_silent=found.silent)
             # The provider request and the question's write go out together; the turn

@@ -116,6 +116,7 @@ class SessionHub:
             ready["running"] = mirror.running
             follower.put(ready)
             mirror.join(follower, after)
+            self.relay.hold(mirror)
             if wanted:
                 metrics.RESUMES.labels("remote").inc()
             return attached
@@ -192,6 +193,7 @@ class SessionHub:
                 mirror.join(follower, last_seq)
             else:
                 mirror.join(follower, 0, from_start=True)
+            self.relay.hold(mirror)
 
     def unwatch(self, session_id: str, follower: Follower) -> None:
         self._leave(session_id, follower)
@@ -271,8 +273,11 @@ class SessionHub:
         if live is not None:
             self.manager.leave(live.turn.id, follower)
         mirror = self.relay.mirror_in(session_id)
-        if mirror is not None and mirror.leave(follower):
-            self.relay.drop(mirror)
+        if mirror is not None:
+            if mirror.leave(follower):
+                self.relay.drop(mirror)
+            else:
+                self.relay.hold(mirror)
         self.followers.remove(session_id, follower)
 
     def _snapshotter(self, session_id: str) -> Callable[[], dict[str, Any]]:

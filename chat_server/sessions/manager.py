@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import metrics
-from ..errors import ChatServerError, ProviderError
+from ..errors import ChatServerError, ProviderError, Unavailable
 from ..logs import add_context
 from ..prices import PriceTable, load_prices
 from ..providers.base import (
@@ -187,6 +187,18 @@ class TurnManager:
             return
         live.cursors = [c for c in live.cursors if c.follower is not follower]
         self._grace_if_unheld(live)
+
+    def recheck(self, turn_id: str) -> None:
+        """A follower of the turn changed whether it holds it: end or start the grace."""
+        live = self._live.get(turn_id)
+        if live is None:
+            return
+        if any(cursor.follower.holds for cursor in live.cursors):
+            if live.grace is not None:
+                live.grace.cancel()
+                live.grace = None
+        else:
+            self._grace_if_unheld(live)
 
     def _grace_if_unheld(self, live: LiveTurn) -> None:
         if live.grace is not None or live.turn.done or not live.stored.done():
@@ -402,8 +414,14 @@ class TurnManager:
         task.add_done_callback(self._background.discard)
 
     async def _persist_later(self, turn: Turn) -> None:
-        """Retry storing a finished turn with backoff for up to ``PERSIST_RETRY_FOR``."""
+        """Retry storing a finished turn with backoff for up to ``PERSIST_RETRY_FOR``.
+
+        A failure that is not the database being away (``Unavailable``), twice in a
+        row, does not go away by storing the same record again: the turn is then stored
+        as an ``internal_error`` without its text, so that it never stays ``streaming``.
+        """
         delay, deadline = 0.25, time.monotonic() + PERSIST_RETRY_FOR
+        refused = 0  # failures in a row that were not an outage
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)
             try:
@@ -411,8 +429,17 @@ class TurnManager:
                 log.info("turn %s: stored after a retry", turn.id)
                 return
             except Exception as exc:
+                refused = 0 if isinstance(exc, Unavailable) else refused + 1
+                if refused >= 2 and turn.drop_text():
+                    log.error(
+                        "turn %s: the answer cannot be stored (%s); storing it as an error",
+                        turn.id,
+                        type(exc).__name__,
+                    )
+                    delay = 0.0
+                    continue
                 log.warning("turn %s: storing still fails (%s)", turn.id, type(exc).__name__)
-                delay = min(delay * 2, 5.0)
+                delay = min(max(delay, 0.25) * 2, 5.0)
         log.error("turn %s: gave up storing the answer; the orphan sweep will close it", turn.id)
 
     def _notify(self, event: str, turn: Turn) -> None:

@@ -24,7 +24,17 @@ __all__ = ["Mirror"]
 
 
 class Mirror:
-    __slots__ = ("attached", "cursors", "done", "greet", "started", "task", "turn")
+    __slots__ = (
+        "attached",
+        "cursors",
+        "done",
+        "greet",
+        "held",
+        "started",
+        "stream",
+        "task",
+        "turn",
+    )
 
     def __init__(self, turn_id: str, session_id: str) -> None:
         self.turn = Turn(
@@ -43,6 +53,13 @@ class Mirror:
         self.attached = asyncio.Event()  # the owner answered
         self.done = False
         self.task: asyncio.Task[None] | None = None
+        self.stream = ""  # the relay stream it reads, once asked for
+        self.held: bool | None = None  # whether the owner was told it keeps the turn alive
+
+    @property
+    def holds(self) -> bool:
+        """A follower here keeps the turn alive (a user's connection, not a watch)."""
+        return any(cursor.follower.holds for cursor in self.cursors)
 
     @property
     def session_id(self) -> str:

@@ -6,10 +6,13 @@ owner says so once on the backplane (``started``: one PUBLISH per turn, off the 
 path). An instance with followers of that session (a *replica*) asks for the turn
 (``follow``); the owner then attaches a relay follower to it, as if a client were
 local: the turn's usual rules number the deltas, and the relay writes what its
-cursor takes to a per-replica Redis Stream (``{prefix}:relay:{turn_id}:{nonce}``,
-capped, expiring), a batch per write: everything that queued while the last write
-was in flight, at most one write per ``flush_interval``. The replica reads that
-stream into a ``Mirror`` (``mirror.py``) that its own followers follow.
+cursor takes to a per-replica Redis Stream
+(``{prefix}:relay:{<replica tag>}:{turn_id}:{nonce}``, capped, expiring), a batch per
+write: everything that queued while the last write was in flight, at most one write
+per ``flush_interval`` (0.1 s: a follower elsewhere sees the text up to that much later
+than one on the owner). The replica reads that stream into a ``Mirror`` (``mirror.py``)
+that its own followers follow; all of a replica's relay streams are read with one
+``XREAD``, on one pooled connection (``stream_mux.py``).
 
 So a session with its followers on one instance costs one PUBLISH per turn and
 nothing per token; a replica costs one XADD per flush, whatever its number of
@@ -33,7 +36,8 @@ from typing import Any
 from ..backplane import Backplane
 from ..errors import ChatServerError
 from ..redis_client import REDIS_ERRORS, RedisClient
-from .follower import Follower
+from ..stream_mux import StreamMux
+from .follower import Follower, FollowerKind
 from .manager import TurnManager
 from .mirror import Mirror
 from .outbox import Outbox
@@ -61,7 +65,7 @@ class TurnRelay:
         prefix: str = "chat",
         answer_timeout: float = 2.0,
         silence: float = 60.0,
-        flush_interval: float = 0.02,
+        flush_interval: float = 0.1,
         stream_ttl: int = 120,
     ) -> None:
         self._redis = redis
@@ -78,6 +82,7 @@ class TurnRelay:
         self.mirrors: dict[str, Mirror] = {}  # turn id -> the mirror here
         self._by_session: dict[str, Mirror] = {}  # session id -> its newest mirror here
         self.on_started: OnStarted | None = None
+        self._mux = StreamMux(redis, prefix=prefix) if redis is not None else None
         backplane.subscribe(CHANNEL, self._on_message)
 
     @property
@@ -115,10 +120,19 @@ class TurnRelay:
                 self._manager.leave(request["turn_id"], owned[0])
                 owned[1].cancel()
             return
+        if op == "hold":
+            owned = self._owned.get(stream)
+            if owned is not None:
+                owned[0].kind = "relay" if request.get("holds", True) else "watch"
+                self._manager.recheck(request["turn_id"])
+            return
         live = self._manager.get(request["turn_id"])
         if live is None or live.turn.done or live.started is None or self._redis is None:
             return
-        follower = Follower(stream, "relay", Outbox(max_frames=1024))
+        # A relay keeps the turn alive while a user's connection follows it over there
+        # (a watch alone does not): "hold" changes it as they come and go.
+        kind: FollowerKind = "relay" if request.get("holds", True) else "watch"
+        follower = Follower(stream, kind, Outbox(max_frames=1024))
         turn = live.turn
         follower.put(
             {
@@ -142,6 +156,7 @@ class TurnRelay:
         assert self._redis is not None
         redis = self._redis
         loop = asyncio.get_running_loop()
+        expires_at = 0.0  # the stream's TTL is renewed at most every third of it
         while True:
             frame = await sink.get()
             if frame is None:
@@ -150,20 +165,27 @@ class TurnRelay:
             batch = [frame]
             while (more := sink.pop()) is not None:
                 batch.append(more)
-            await self._add(redis, stream, batch)
+            renew = began >= expires_at
+            if renew:
+                expires_at = began + self._stream_ttl / 3
+            await self._add(redis, stream, batch, renew=renew)
             if batch[-1].get("type") == "turn.completed":
                 return
             rest = self._flush_interval - (loop.time() - began)
             if rest > 0:
                 await asyncio.sleep(rest)
 
-    async def _add(self, redis: RedisClient, stream: str, batch: list[dict[str, Any]]) -> None:
+    async def _add(
+        self, redis: RedisClient, stream: str, batch: list[dict[str, Any]], *, renew: bool
+    ) -> None:
+        entry: dict[Any, Any] = {"f": json.dumps(batch, default=str)}
         try:
             async with asyncio.timeout(3.0):
+                if not renew:
+                    await redis.xadd(stream, entry, maxlen=10_000, approximate=True)
+                    return
                 pipe = redis.pipeline(transaction=False)
-                pipe.xadd(
-                    stream, {"f": json.dumps(batch, default=str)}, maxlen=10_000, approximate=True
-                )
+                pipe.xadd(stream, entry, maxlen=10_000, approximate=True)
                 pipe.expire(stream, self._stream_ttl)
                 await pipe.execute()
         except REDIS_ERRORS:
@@ -204,25 +226,25 @@ class TurnRelay:
             self._forget(mirror)
 
     async def _read(self, mirror: Mirror) -> None:
-        assert self._redis is not None
+        assert self._mux is not None
         turn_id = mirror.turn.id
-        stream = f"{self._prefix}:relay:{turn_id}:{secrets.token_hex(8)}"
-        request = {"op": "follow", "turn_id": turn_id, "after_seq": 0, "stream": stream}
-        await self._publish(request)
-        cursor = "0-0"
+        stream = mirror.stream = self._mux.key(f"{turn_id}:{secrets.token_hex(8)}")
+        mirror.held = mirror.holds
+        request = {
+            "op": "follow",
+            "turn_id": turn_id,
+            "after_seq": 0,
+            "stream": stream,
+            "holds": mirror.held,
+        }
+        subscription = self._mux.subscribe(stream)
         heard = time.monotonic()
         try:
+            await self._publish(request)
             while True:
                 attached = mirror.attached.is_set()
                 wait = self._answer_timeout if not attached else min(self._silence, 15.0)
-                result: Any
-                try:
-                    async with asyncio.timeout(wait + 1.0):
-                        result = await self._redis.xread(
-                            {stream: cursor}, count=100, block=int(wait * 1000)
-                        )
-                except REDIS_ERRORS:
-                    result = []
+                result = await subscription.read(wait)
                 if not result:
                     if not attached:
                         return  # nobody runs it: over, or its owner died
@@ -232,8 +254,7 @@ class TurnRelay:
                     continue
                 heard = time.monotonic()
                 for _key, entries in result:
-                    for entry_id, fields in entries:
-                        cursor = entry_id
+                    for _entry_id, fields in entries:
                         raw = fields.get(b"f") or fields.get("f")
                         for event in json.loads(raw):
                             mirror.apply(event)
@@ -243,6 +264,19 @@ class TurnRelay:
             with contextlib.suppress(Exception):
                 await self._publish({**request, "op": "detach"})
             raise
+        finally:
+            subscription.close()
+
+    def hold(self, mirror: Mirror) -> None:
+        """Tell the owner whether followers here keep the mirrored turn alive, when
+        that changed (a user's connection came or left; watches do not count)."""
+        holds = mirror.holds
+        if mirror.held is None or mirror.held == holds or mirror.done:
+            return  # not asked for yet (the request says it), or nothing changed
+        mirror.held = holds
+        message: dict[str, Any] = {"op": "hold", "turn_id": mirror.turn.id, "holds": holds}
+        message["stream"] = mirror.stream
+        self._spawn(self._publish(message))
 
     async def cancel(self, turn_id: str) -> None:
         """Cancel a turn that runs on another instance (its owner closes the upstream)."""
@@ -274,3 +308,5 @@ class TurnRelay:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._mux is not None:
+            await self._mux.aclose()

@@ -3,7 +3,8 @@
 The turn's text grows as the provider streams. A follower *pulls* deltas with
 ``take_delta()`` when it is ready to send: whatever arrived since the last pull goes
 out as one delta with the next ``seq`` (so a slow client gets fewer, bigger deltas and
-nothing is dropped). ``resume(after_seq)`` rewinds delivery to what a reconnecting
+nothing is dropped), at most ``max_delta`` characters a delta: a longer run of text
+goes out over several pulls. ``resume(after_seq)`` rewinds delivery to what a reconnecting
 client has, so the next pull carries exactly the text it missed: concatenating every
 delta a client saw gives the full answer, with no gap in ``seq`` and no duplicate.
 
@@ -72,6 +73,7 @@ class Turn:
     finished_at: float | None = None
     cancel_requested: bool = False
     quota_at: datetime | None = None
+    max_delta: int = 8192  # characters of one delta at most (WS_MAX_DELTA_CHARS)
 
     # -- streaming -------------------------------------------------------------
     def add_text(self, text: str, now: float) -> None:
@@ -102,7 +104,7 @@ class Turn:
         return self.length > self.offsets[-1]
 
     def take_delta(self) -> dict[str, Any] | None:
-        """The next delta frame (all text not yet delivered), or None."""
+        """The next delta frame (text not yet delivered, ``max_delta`` at most), or None."""
         start = self.offsets[-1]
         if self.length <= start:
             return None
@@ -112,8 +114,11 @@ class Turn:
         if len(text) != self.length - start:
             text = self.text[start:]
         pending.clear()
+        if len(text) > self.max_delta:  # the rest waits for the next pull
+            pending.append(text[self.max_delta :])
+            text = text[: self.max_delta]
         self.seq += 1
-        self.offsets.append(self.length)
+        self.offsets.append(start + len(text))
         frame = {"type": "turn.delta", "turn_id": self.id, "seq": self.seq, "text": text}
         self.last_delta = frame
         return frame
@@ -180,6 +185,19 @@ class Turn:
             self.finish_reason = reason
             self.error_code = error_code
             self.finished_at = now
+
+    def drop_text(self) -> bool:
+        """Make the record an ``internal_error`` without text or citations (the answer
+        could not be stored as it was); False when it already is one."""
+        if self.error_code == "internal_error" and not self.length and not self.cited:
+            return False
+        self.parts.clear()
+        self.pending_parts.clear()
+        self.length = 0
+        self.cited.clear()
+        self.passages = []
+        self.finish_reason, self.error_code = "error", "internal_error"
+        return True
 
     @property
     def status(self) -> str:

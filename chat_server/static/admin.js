@@ -19,6 +19,12 @@ window.admin = {
   get token() { return token; },
   /** Register a view: show() runs when its tab opens (and the token is set). */
   view(name, handlers) { views[name] = handlers; if (currentView() === name) openView(name); },
+  /** Open the watch view on one session (the "Watch" button of a row). */
+  watch(sessionId) {
+    sessionStorage.setItem("chat-admin-watch", sessionId);
+    if (location.hash === "#watch") openView("watch"); else location.hash = "watch";
+  },
+  kill: (sessionId) => kill(sessionId),
 };
 
 function currentView() {
@@ -62,17 +68,22 @@ async function refresh() {
   const rows = sessions.map((s) => {
     const tr = document.createElement("tr");
     tr.dataset.session = s.id;
-    const cells = [s.id, s.user_id, s.game_id, s.instance, s.provider, String(s.turns),
-      s.streaming ? "streaming (" + s.tokens + " tokens)" : "idle",
-      new Date(s.last_activity_at).toLocaleTimeString()];
+    const cells = [s.id, s.user_id, s.game_name || s.game_id, s.instance, s.provider,
+      String(s.turns), s.streaming ? "streaming (" + s.tokens + " tokens)" : "idle",
+      new Date(s.last_activity_at).toLocaleTimeString(), String(s.connections ?? 1)];
     cells.forEach((text, i) => {
       const td = document.createElement("td");
       td.textContent = text;
-      if (i < 4) td.className = "mono";
+      if (i < 4 && i !== 2) td.className = "mono";
       if (i === 6 && s.streaming) td.className = "streaming";
       tr.appendChild(td);
     });
     const td = document.createElement("td");
+    const watch = document.createElement("button");
+    watch.className = "watch";
+    watch.textContent = "Watch";
+    watch.addEventListener("click", () => window.admin.watch(s.id));
+    td.appendChild(watch);
     const button = document.createElement("button");
     button.className = "kill";
     button.textContent = "Kill";

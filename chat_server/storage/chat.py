@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import and_, bindparam, select, update
 
+from ..text import clean
 from .engine import Database
 from .ids import as_utc, new_id, utcnow
 from .pages import decode_cursor, encode_cursor
@@ -32,6 +34,7 @@ __all__ = [
     "get_session",
     "history",
     "list_sessions",
+    "session_with_history",
     "streaming_instances",
 ]
 
@@ -131,6 +134,55 @@ async def history(db: Database, session_id: str, limit: int = 200) -> list[dict[
     async with db.read() as conn:
         rows = (await conn.execute(query)).all()
     return [message_dict(r) for r in reversed(rows)]
+
+
+# A session and its latest messages in one statement (the session's columns repeated
+# on each message's row; one row of NULL messages when it has none): ``session.resume``
+# reads both, and one statement is one round trip and one pooled connection.
+_SESSION_COLUMNS = [c.label(f"s_{c.name}") for c in chat_sessions.c]
+_MESSAGE_COLUMNS = [c.label(f"m_{c.name}") for c in chat_messages.c]
+_LATEST_IDS = (
+    select(chat_messages.c.id)
+    .where(chat_messages.c.session_id == bindparam("session"))
+    .order_by(chat_messages.c.id.desc())
+    .limit(bindparam("limit"))
+)
+_SESSION_WITH_HISTORY = (
+    select(*_SESSION_COLUMNS, *_MESSAGE_COLUMNS)
+    .select_from(
+        chat_sessions.outerjoin(
+            chat_messages,
+            and_(
+                chat_messages.c.session_id == chat_sessions.c.id,
+                chat_messages.c.id.in_(_LATEST_IDS),
+            ),
+        )
+    )
+    .where(chat_sessions.c.id == bindparam("session"))
+    .order_by(chat_messages.c.id)
+)
+
+
+def _prefixed(row: Any, prefix: str) -> Any:
+    return SimpleNamespace(
+        _mapping={k[len(prefix) :]: v for k, v in row._mapping.items() if k.startswith(prefix)}
+    )
+
+
+async def session_with_history(
+    db: Database, session_id: str, limit: int = 200
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """``get_session`` and ``history`` in one read: the session (None if there is no
+    such session) and its latest ``limit`` messages, oldest first."""
+    async with db.read() as conn:
+        rows = (
+            await conn.execute(_SESSION_WITH_HISTORY, {"session": session_id, "limit": limit})
+        ).all()
+    if not rows:
+        return None, []
+    session = session_dict(_prefixed(rows[0], "s_"))
+    messages = [message_dict(_prefixed(r, "m_")) for r in rows if r._mapping["m_id"] is not None]
+    return session, messages
 
 
 # The per-turn statements, made once (their parameters come at execution): building
@@ -271,8 +323,15 @@ class TurnRecord:
 
 
 async def finish_turn(db: Database, record: TurnRecord) -> None:
-    """Store the assistant's final text and status and the usage row, at once."""
+    """Store the assistant's final text and status and the usage row, at once.
+
+    The text and citations are ``clean``-ed on the way (no NUL, no lone surrogate):
+    nothing a provider sent can make this write fail.
+    """
     now = utcnow()
+    citations = [
+        {k: clean(v) if isinstance(v, str) else v for k, v in c.items()} for c in record.citations
+    ]
     usage = {
         "turn_id": record.turn_id,
         "session_id": record.session_id,
@@ -294,16 +353,16 @@ async def finish_turn(db: Database, record: TurnRecord) -> None:
     }
     answer = {
         "message": record.message_id,
-        "content": record.content,
+        "content": clean(record.content),
         "status": record.status,
         "finish_reason": record.finish_reason,
-        "citations": record.citations,
+        "citations": citations,
         "updated_at": now,
     }
     # The usage row is an upsert: should the sweep of dead instances have closed this
     # turn already, what the turn really did replaces its guess (one row per turn).
     if db.is_postgres:
-        params = answer | usage | {"citations": json.dumps(record.citations)}  # JSON as text
+        params = answer | usage | {"citations": json.dumps(citations)}  # JSON as text
         async with db.driver() as driver:
             await driver.execute(_PG_FINISH_TURN, *(params[n] for n in _PG_FINISH_PARAMS))
         return

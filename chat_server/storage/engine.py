@@ -185,7 +185,14 @@ class Database:
                     # has the server cancel the statement (shielded, at most 2 s), so
                     # that a write reported as failed is not committed later, then the
                     # connection leaves the pool.
-                    await greenlet_spawn(raw.close if idle else raw.invalidate)
+                    if not idle and conn.is_closed():
+                        # Lost, not just interrupted: the pool's other connections of
+                        # its age are as stale (the database went away). Invalidate them
+                        # all, as SQLAlchemy's own execution path does on a disconnect,
+                        # so that each does not fail one more request.
+                        await greenlet_spawn(self.engine.pool._invalidate, raw)
+                    else:
+                        await greenlet_spawn(raw.close if idle else raw.invalidate)
 
     async def ping(self, timeout: float = 2.0) -> None:
         """Raise ``Unavailable`` unless a trivial query answers within ``timeout``."""

@@ -3,6 +3,8 @@
 Postgres: the upgrade runs in one transaction that first takes a transaction-level
 advisory lock, so a second instance waits, then finds the schema at head and does
 nothing. SQLite: an exclusive file lock beside the database file does the same.
+``exclusive()`` is that lock for any other start-up work (the demo seeding): one
+instance at a time does it, the others wait and then find it done.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import asyncio
 import fcntl
 import io
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,12 @@ from sqlalchemy.engine import make_url
 
 from .engine import Database, sync_url
 
-__all__ = ["alembic_config", "offline_sql", "upgrade"]
+__all__ = ["alembic_config", "exclusive", "offline_sql", "upgrade"]
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 LOCK_KEY = 0x63686174  # "chat"
+LOCK_KEYS = {"migrate": LOCK_KEY, "seed": LOCK_KEY + 1}
+LOCK_POLL = 0.05
 MIGRATE_TIMEOUT = 600.0  # waiting for another instance's migration included
 
 
@@ -50,25 +54,50 @@ async def upgrade(db: Database) -> None:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
             await conn.run_sync(_run_upgrade, cfg)
         return
-    database = make_url(db.url).database or ":memory:"
-    lock_path = None if database == ":memory:" else Path(database + ".migrate.lock")
-    with _file_lock_cm(lock_path) as acquire:
-        await asyncio.to_thread(acquire)
+    async with _sqlite_lock(db, "migrate"), db.write(timeout=MIGRATE_TIMEOUT) as conn:
+        await conn.run_sync(_run_upgrade, cfg)
+
+
+@asynccontextmanager
+async def exclusive(db: Database, name: str) -> AsyncIterator[None]:
+    """Held by one process at a time among all those on this database (``name`` is a
+    key of ``LOCK_KEYS``). On Postgres a transaction holds an advisory lock while the
+    block does its work on other pooled connections (so the pool needs two); works
+    behind a transaction pooler too, the lock's transaction keeping its server
+    connection. On SQLite, a file lock beside the database file."""
+    if db.is_postgres:
         async with db.write(timeout=MIGRATE_TIMEOUT) as conn:
-            await conn.run_sync(_run_upgrade, cfg)
-
-
-@contextmanager
-def _file_lock_cm(path: Path | None) -> Iterator[Any]:
-    if path is None:
-        yield lambda: None
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEYS[name]})
+            yield
         return
+    async with _sqlite_lock(db, name):
+        yield
+
+
+@asynccontextmanager
+async def _sqlite_lock(db: Database, name: str) -> AsyncIterator[None]:
+    """An exclusive ``flock`` on ``<database>.<name>.lock``, polled without blocking
+    (so waiting for it can be cancelled and has a deadline)."""
+    database = make_url(db.url).database or ":memory:"
+    if database == ":memory:":
+        yield
+        return
+    path = Path(f"{database}.{name}.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        yield lambda: fcntl.flock(fd, fcntl.LOCK_EX)
+        async with asyncio.timeout(MIGRATE_TIMEOUT):
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(LOCK_POLL)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
 

@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic import ValidationError as PydanticValidationError
 
 from ..errors import InvalidInput
+from ..text import unstorable, unstorable_json
 
 __all__ = [
     "AbortFrame",
@@ -134,8 +135,10 @@ def question(messages: list[UIMessage]) -> str:
         if message.role == "user":
             text = message.text
             if text:
-                if "\x00" in text:
-                    raise InvalidInput("messages: text must not contain NUL characters")
+                if unstorable(text):
+                    raise InvalidInput(
+                        "messages: text must not contain NUL characters or lone surrogates"
+                    )
                 return text
             break
     raise InvalidInput("messages: the last user message has no text part")
@@ -153,6 +156,8 @@ def parse_client_frame(raw: str) -> SendFrame | ResumeFrame | AbortFrame:
         raise InvalidInput("frame must be a JSON object")
     if _depth(data) > MAX_DEPTH:
         raise InvalidInput("frame is nested too deeply")
+    if unstorable_json(raw, data):
+        raise InvalidInput("frame holds a NUL or a lone surrogate")
     try:
         frame: SendFrame | ResumeFrame | AbortFrame = _frames.validate_python(data)
     except PydanticValidationError as exc:

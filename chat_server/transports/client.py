@@ -213,7 +213,13 @@ class ClientConnection(Follower):
 
     # -- the session ---------------------------------------------------------------------
     async def attach(self, command: Start | Resume) -> None:
-        """Attach to a new or existing session (leaving the one before)."""
+        """Attach to a new or existing session (leaving the one before).
+
+        The role is resolved again first: a changed ``profiles`` row (within
+        ``ROLE_CACHE_TTL``) applies to an open connection from its next session on.
+        """
+        assert self.principal is not None
+        self.principal = await self.services.verifier.refresh_role(self.principal)
         self.detach()
         attached = await self.services.hub.attach(self.who, command, self)
         self.attached = attached
@@ -310,7 +316,13 @@ class ClientConnection(Follower):
         send, encode = self._send, self._encode
         try:
             while (event := self.outbox.pop()) is not None:
-                text = encode(event)
+                try:
+                    text = encode(event)
+                except (ValueError, TypeError):  # a bug: that event is lost, not the socket
+                    log.exception(
+                        "connection %s: a %s event could not be encoded", self.id, event.get("type")
+                    )
+                    continue
                 if text is None:
                     continue
                 self._send_started = started = loop.time()

@@ -184,6 +184,10 @@ async def test_real_responses_match_the_schema(
         await call("GET", "/admin/usage", 422, headers=staff, params={"group_by": "x"})
         await call("GET", "/admin/sessions", 200, headers=staff)
         await call("DELETE", "/admin/sessions/missing", 404, headers=staff)
+        await call("GET", f"/admin/sessions/{sid}", 200, headers=staff)
+        await call("GET", "/admin/sessions/missing", 404, headers=staff)
+        await call("GET", f"/admin/sessions/{sid}", 403, headers=user)
+        await call("GET", "/admin/sessions/missing/stream", 404, headers=staff)
 
         question = [{"id": "q", "role": "user", "parts": [{"type": "text", "text": "Win?"}]}]
         chat = {"id": "tour-chat", "messages": question, "game_id": gid}

@@ -7,6 +7,7 @@ from chat_server.retrieval.ranking import (
     content_words,
     expand,
     fuse,
+    known_part,
     needles,
     parse_glossary,
     relevant,
@@ -73,3 +74,12 @@ async def test_local_provider_says_the_rules_are_silent() -> None:
     provider = LocalProvider(token_delay=0)
     text = "".join([e.text async for e in provider.stream(request) if isinstance(e, TextDelta)])
     assert "rules are silent" in text and "no rulebook" not in text
+
+
+def test_known_part_drops_the_words_the_game_never_uses() -> None:
+    """Unknown content words go, stop words and known words stay; all known: None."""
+    known = frozenset(content_words("Dragons are not in this rulebook; a mine and an attack are"))
+    known = known - {"drago"}
+    assert known_part("Can dragons attack my mine?", known) == "can attack my mine"
+    assert known_part("can I attack a mine", known) is None
+    assert known_part("are there any expansions", frozenset()) == "are there any"

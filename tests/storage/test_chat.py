@@ -22,6 +22,7 @@ from chat_server.storage.chat import (
     get_session,
     history,
     list_sessions,
+    session_with_history,
 )
 from chat_server.storage.games import create_game
 from chat_server.storage.ids import new_id
@@ -263,6 +264,32 @@ async def test_history_is_oldest_first_and_limited_to_the_latest(
     assert [m["content"] for m in everything] == expected
     assert [m["role"] for m in everything] == ["user", "assistant"] * 4
     assert [m["content"] for m in latest] == expected[-3:]
+
+
+async def test_session_with_history_reads_both_in_one_statement(
+    db: Database, game: dict[str, Any]
+) -> None:
+    """The resume read gives the session and the same messages as ``history`` (latest
+    ``limit``, oldest first); a session without messages, an empty list; none, None."""
+    async with asyncio.timeout(WAIT):
+        session = await new_session(db, game["id"])
+        empty = await new_session(db, game["id"])
+        for i in range(3):
+            turn_id, assistant_id = await start_turn(db, session["id"], f"question {i}")
+            await finish_turn(db, record(session, turn_id, assistant_id, content=f"answer {i}"))
+        found, messages = await session_with_history(db, session["id"], limit=4)
+        expected = await history(db, session["id"], limit=4)
+        alone, nothing = await session_with_history(db, empty["id"])
+        missing = await session_with_history(db, "no-such-session")
+        stored, stored_empty = (
+            await get_session(db, session["id"]),
+            await get_session(db, empty["id"]),
+        )
+    assert found == stored
+    assert messages == expected
+    assert [m["content"] for m in messages] == ["question 1", "answer 1", "question 2", "answer 2"]
+    assert alone == stored_empty and nothing == []
+    assert missing == (None, [])
 
 
 async def test_fail_stale_turns_closes_only_old_streaming_answers(
