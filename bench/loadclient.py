@@ -12,6 +12,9 @@ client is streaming. Per turn it records the first-token latency (from sending
 and the gaps between deltas; server and load CPU are read from ``/proc`` at the
 window's edges.
 
+Lockstep mode (issue 21's bursts): every client sends ``message`` at the same instant,
+round after round; first-token latency per turn and the server's CPU per turn.
+
 Followers (``follow_urls``): each client's session is also followed by one more
 connection per URL (another instance, or the same), which resumes it and only reads;
 the text they receive counts as delivered too, and ``server_pids`` adds those
@@ -291,7 +294,7 @@ class Sampler:
         self, server_pid: int, upstream_pid: int | None, more: list[int] | None = None
     ) -> None:
         self.server_pid, self.upstream_pid = server_pid, upstream_pid
-        self.more = more or []  # other instances of the server (followers' instances)
+        self.more = more or []  # other instances (followers'), LiteLLM's proxy
 
     def sample(self) -> dict[str, Any]:
         return {
@@ -474,6 +477,82 @@ def stall_events(turns: list[TurnRec], go: float, limit_ms: float = 50.0) -> lis
     return events[:50]
 
 
+async def lockstep_mode(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Bursts: every client sends ``message`` at the same instant, round after round.
+
+    A round starts when the previous one has ended (every answer complete) and at
+    least ``period_ms`` after the previous round's start (a connection may send 20
+    frames a second). The first token's latency counts every round; the CPU window
+    leaves out the first round (a new user's first turn pays for its quota key and
+    caches once), so CPU per turn is what a turn costs at a steady burst rate.
+    """
+    errors: Counter[str] = Counter()
+    k, rounds = int(cfg["clients"]), int(cfg["rounds"])
+    n, gap = int(cfg["tokens"]), float(cfg["gap_ms"])
+    period = float(cfg.get("period_ms", 100.0)) / 1000
+    agents = [Agent(i, cfg, errors) for i in range(k)]
+    sampler = Sampler(int(cfg["server_pid"]), cfg.get("upstream_pid"), cfg.get("server_pids"))
+    await open_all(agents, cfg, errors)
+    ready = [a for a in agents if a.ws is not None]
+    skip = 1 if rounds >= 3 else 0
+    samples: list[dict[str, Any]] = []
+    round_ms: list[float] = []
+    go = time.perf_counter()
+    # ``seconds`` (the profiler's runs): keep going, round after round, that long.
+    until = go + float(cfg.get("seconds", 0))
+    index = 0
+    while index < rounds or time.perf_counter() < until:
+        if index == skip:
+            samples.append(sampler.sample())
+        start = time.perf_counter()
+        await asyncio.gather(*(a.ask(n, gap, 0.0) for a in ready))
+        round_ms.append((time.perf_counter() - start) * 1000)
+        index += 1
+        await asyncio.sleep(max(0.0, start + period - time.perf_counter()))
+    samples.append(sampler.sample())
+    await close_all(agents)
+    s0, s1 = samples[0], samples[-1]
+    window = max(1e-9, s1["t"] - s0["t"])
+    turns = [t for a in agents for t in a.turns]
+    counted = [t for a in ready for t in a.turns[skip:]]
+    firsts = [(t.first - t.sent) * 1000 for t in turns if t.first is not None]
+    server_cpu = s1["server"] - s0["server"]
+    gaps = [(b - a) * 1000 for t in turns for a, b in zip(t.times, t.times[1:], strict=False)]
+    return {
+        "clients": k,
+        "connected": len(ready),
+        "rounds": index,
+        "tokens": n,
+        "turns": len(turns),
+        "turns_ok": sum(1 for t in turns if t.reason == "stop"),
+        "turns_window": len(counted),
+        "window_s": window,
+        "turns_per_s": len(counted) / window,
+        "tokens_total": sum(t.chars for t in turns) / TOKEN_CHARS,
+        "server_cpu_s": server_cpu,
+        "server_cpu_ms_per_turn": server_cpu / len(counted) * 1000 if counted else None,
+        "server_busy": server_cpu / window,
+        "load_busy": (s1["load"] - s0["load"]) / window,
+        "others_busy": others(s0, s1, 0, 1),
+        "first_ms_p50": quantile(firsts, 0.50),
+        "first_ms_p99": quantile(firsts, 0.99),
+        "first_ms_max": max(firsts) if firsts else None,
+        "first_ms_n": len(firsts),
+        "first_ms_each": [round(v, 2) for v in firsts[:300]],
+        "started_ms_p50": quantile(
+            [(t.started - t.sent) * 1000 for t in turns if t.started is not None], 0.5
+        ),
+        "started_ms_p99": quantile(
+            [(t.started - t.sent) * 1000 for t in turns if t.started is not None], 0.99
+        ),
+        "gap_ms_p99": quantile(gaps, 0.99),
+        "round_ms": [round(v, 1) for v in round_ms],
+        "go": go,
+        "server_first_ms_p50": quantile([t.server_first for t in turns if t.server_first], 0.5),
+        "errors": dict(errors),
+    }
+
+
 async def idle_mode(cfg: dict[str, Any]) -> dict[str, Any]:
     errors: Counter[str] = Counter()
     pid = int(cfg["server_pid"])
@@ -519,6 +598,8 @@ async def main_async(cfg: dict[str, Any]) -> dict[str, Any]:
     async with asyncio.timeout(float(cfg.get("timeout_s", 600))):
         if cfg.get("mode") == "idle":
             return await idle_mode(cfg)
+        if cfg.get("mode") == "lockstep":
+            return await lockstep_mode(cfg)
         return await stream_mode(cfg)
 
 

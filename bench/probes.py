@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from profile_top import summarize
-from scenarios import GAP_MS, LOAD_CORE, PY, TOKENS, Bench
+from scenarios import GAP_MS, LOAD_CORE, PY, SHORT_TOKENS, TOKENS, Bench
 
-__all__ = ["gcprobe", "memprobe", "profile", "spanprobe"]
+__all__ = ["gcprobe", "memprobe", "profile", "spanprobe", "spanprobe_burst"]
 
 
 def memprobe(bench: Bench) -> dict[str, Any]:
@@ -53,7 +53,17 @@ def memprobe(bench: Bench) -> dict[str, Any]:
 
 def spanprobe(bench: Bench) -> dict[str, Any]:
     """The product's turn spans at one stream: where the time to the first token goes."""
-    out = Path(bench.args.profile_dir) / "spans.txt"
+    return _spans(bench, "spans", clients=1, turns=30, tokens=20, gap_ms=GAP_MS, stagger=False)
+
+
+def spanprobe_burst(bench: Bench) -> dict[str, Any]:
+    """The product's turn spans under lockstep bursts of 4-token answers (issue 21)."""
+    cfg = {"mode": "lockstep", "clients": bench.args.streams, "rounds": 10}
+    return _spans(bench, "spans-burst", **cfg, tokens=SHORT_TOKENS, gap_ms=GAP_MS)
+
+
+def _spans(bench: Bench, name: str, **load: Any) -> dict[str, Any]:
+    out = Path(bench.args.profile_dir) / f"{name}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
     server = bench.start_server("product", probe={"SPANS_OUT": str(out)})
@@ -61,9 +71,7 @@ def spanprobe(bench: Bench) -> dict[str, Any]:
         bench.warmup(server)
         os.kill(server["pid"], signal.SIGUSR1)  # forget the warm-up's spans
         time.sleep(0.5)
-        result = bench.load(
-            server, "spans", clients=1, turns=30, tokens=20, gap_ms=GAP_MS, stagger=False
-        )
+        result = bench.load(server, name, **load)
         _dump(server, out)
     finally:
         bench.procs.stop("product")
@@ -73,6 +81,7 @@ def spanprobe(bench: Bench) -> dict[str, Any]:
         "path": str(out),
         "spans": text,
         "first_ms_p50": result.get("first_ms_p50"),
+        "first_ms_p99": result.get("first_ms_p99"),
         "started_ms_p50": result.get("started_ms_p50"),
     }
 
@@ -152,20 +161,32 @@ def _gc_run(bench: Bench, *, freeze: bool) -> dict[str, Any]:
     return report
 
 
-def profile(bench: Bench, server: dict[str, Any], *, per_turn: bool = False) -> None:
+def profile(
+    bench: Bench, server: dict[str, Any], *, per_turn: bool = False, burst: str = ""
+) -> None:
     """py-spy on a server under the 50-stream load (a run of its own).
 
     ``per_turn``: 8 clients asking back to back for 2-token answers (40 ms apart: a
     connection may send 20 frames a second) instead, so that nearly every sample is a
     turn's own work (before its first token and after its last), which the 50-stream
     profile drowns in per-token work.
+
+    ``burst`` (``short`` or ``long``): issue 21's lockstep bursts instead, 50 clients
+    asking at the same instant round after round, answers of 4 or 200 tokens.
     """
 
     spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
     seconds = bench.args.profile_seconds
     clients, tokens, gap_ms = (8, 2, 40.0) if per_turn else (bench.args.streams, TOKENS, GAP_MS)
     turns = math.ceil((seconds + 10) / (tokens * gap_ms / 1000)) + 1
-    out = Path(bench.args.profile_dir) / (server["target"] + ("-turn" if per_turn else ""))
+    load: dict[str, Any] = {"clients": clients, "turns": turns, "tokens": tokens, "gap_ms": gap_ms}
+    suffix = "-turn" if per_turn else ""
+    if burst:
+        tokens = SHORT_TOKENS if burst == "short" else TOKENS
+        load = {"mode": "lockstep", "clients": bench.args.streams, "rounds": 1}
+        load |= {"seconds": seconds + 5, "tokens": tokens, "gap_ms": GAP_MS}
+        suffix = f"-burst-{burst}"
+    out = Path(bench.args.profile_dir) / (server["target"] + suffix)
     out.mkdir(parents=True, exist_ok=True)
     common = ["--pid", str(server["pid"]), "--duration", str(seconds), "--rate", "250"]
     common += ["--gil", "--full-filenames"]  # only what holds the GIL: the CPU work
@@ -178,7 +199,7 @@ def profile(bench: Bench, server: dict[str, Any], *, per_turn: bool = False) -> 
         [spy, "record", "--format", "raw", "-o", str(out / "profile.txt"), *common],
         core=LOAD_CORE,
     )
-    done = bench.load(server, "profile", clients=clients, turns=turns, tokens=tokens, gap_ms=gap_ms)
+    done = bench.load(server, "profile", **load)
     print(f"  profile load: {done['turns']} turns, errors {done.get('errors')}", file=sys.stderr)
     for proc in (svg, raw):
         proc.wait(timeout=seconds + 60)

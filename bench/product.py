@@ -58,6 +58,7 @@ class Product:
         self.secret = secrets.token_urlsafe(48)
         self.game_id: str | None = None
         self.created = False
+        self.extra_env: dict[str, str] = {}
 
     # -- database ------------------------------------------------------------------
     def create_database(self) -> None:
@@ -146,6 +147,7 @@ class Product:
             SHUTDOWN_GRACE="2",
             ENVIRONMENT="bench",
         )
+        env.update(self.extra_env)  # run.py --product-env: a setting tried under the bench
         return env
 
     def admin_setup(self, base_url: str) -> str:

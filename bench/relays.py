@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 import uuid
@@ -40,11 +41,16 @@ def _dumps(frame: dict[str, Any]) -> str:
     return json.dumps(frame, separators=(",", ":"))
 
 
+def _api_key() -> str:
+    """The upstream's key: ``BENCH_API_KEY`` (LiteLLM's master key) or any."""
+    return os.environ.get("BENCH_API_KEY", "bench")
+
+
 def sdk_tokens(base_url: str) -> tuple[Tokens, Callable[[], Awaitable[None]]]:
     """Tokens through the openai SDK's typed streaming chunks."""
     import openai
 
-    client = openai.AsyncOpenAI(api_key="bench", base_url=base_url, max_retries=0)
+    client = openai.AsyncOpenAI(api_key=_api_key(), base_url=base_url, max_retries=0)
 
     async def tokens(text: str) -> AsyncIterator[str]:
         stream = await client.chat.completions.create(
@@ -71,7 +77,7 @@ def httpx_tokens(base_url: str) -> tuple[Tokens, Callable[[], Awaitable[None]]]:
         limits=httpx.Limits(max_connections=10_000, max_keepalive_connections=10_000),
     )
     url = base_url.rstrip("/") + "/chat/completions"
-    headers = {"authorization": "Bearer bench"}
+    headers = {"authorization": f"Bearer {_api_key()}"}
     loads = json.loads
 
     async def tokens(text: str) -> AsyncIterator[str]:

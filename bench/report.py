@@ -5,8 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-TARGETS = ("product", "sdk", "httpx")
-TITLES = {"product": "product", "sdk": "SDK relay", "httpx": "httpx relay"}
+TARGETS = ("product", "sdk", "httpx", "litellm")
+TITLES = {
+    "product": "product",
+    "sdk": "SDK relay",
+    "httpx": "httpx relay",
+    "litellm": "LiteLLM (httpx relay + proxy)",
+}
+SHORT_TOKENS = 4  # scenarios.SHORT_TOKENS (this module imports nothing of the bench)
 # Issue 7's own measurements (not re-measured here): LiteLLM's CPU per 1,000 tokens
 # against the raw-httpx relay's on the same machine, to express "<= 0.15x LiteLLM".
 LITELLM_OVER_FLOOR = 0.69 / 0.11
@@ -46,6 +52,18 @@ ROWS: list[tuple[str, Getter, str]] = [
     ("50 streams: inter-token gap p99, ms", _get("fifty", "gap_ms_p99"), "{:.1f}"),
     ("50 streams: server CPU-s per 1k tokens", _get("fifty", "server_cpu_per_1k"), "{:.3f}"),
     ("50 streams: server core busy", _get("fifty", "server_busy"), "{:.0%}"),
+    ("burst 50 x 200 tok: first token p50, ms", _get("burst", "first_ms_p50"), "{:.1f}"),
+    ("burst 50 x 200 tok: first token p99, ms", _get("burst", "first_ms_p99"), "{:.1f}"),
+    ("burst 50 x 200 tok: message to turn.started p50", _get("burst", "started_ms_p50"), "{:.1f}"),
+    ("burst 50 x 4 tok: first token p50, ms", _get("burst_short", "first_ms_p50"), "{:.1f}"),
+    ("burst 50 x 4 tok: first token p99, ms", _get("burst_short", "first_ms_p99"), "{:.1f}"),
+    (
+        "burst 50 x 4 tok: server CPU per turn, ms",
+        _get("burst_short", "server_cpu_ms_per_turn"),
+        "{:.2f}",
+    ),
+    ("burst 50 x 4 tok: turns/s", _get("burst_short", "turns_per_s"), "{:.0f}"),
+    ("burst 50 x 4 tok: server core busy", _get("burst_short", "server_busy"), "{:.0%}"),
     ("streams/core kept up, gap p99 <= 50 ms (ramp)", _streams, "{:.0f}"),
     ("streams/core, CPU-bound estimate", _cpu_bound, "{:.0f}"),
     ("RSS per idle connection after a turn, KB", _get("idle", "rss_per_conn_kb"), "{:.1f}"),
@@ -70,7 +88,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     """Markdown: one row per figure; a column per system; product / each reference."""
     present = [t for t in TARGETS if t in results]
     head = ["figure", *(TITLES[t] for t in present)]
-    refs = [t for t in ("sdk", "httpx") if t in present and "product" in present]
+    refs = [t for t in ("sdk", "httpx", "litellm") if t in present and "product" in present]
     head += [f"product / {TITLES[r]}" for r in refs]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for label, get, spec in ROWS:
@@ -186,3 +204,56 @@ def targets(results: dict[str, dict[str, Any]], idle_clients: int) -> str:
             f"besides its tokens ({acc['cpu_ms_per_token']:.3f} ms per token)"
         )
     return "\n".join(lines)
+
+
+def _own_ms(result: dict[str, Any]) -> float | None:
+    """A short turn's CPU less its tokens (at the 50-stream scenario's CPU per token)."""
+    per_turn = _get("burst_short", "server_cpu_ms_per_turn")(result)
+    per_token = _get("fifty", "server_cpu_per_1k")(result)  # CPU-s per 1k = ms per token
+    if per_turn is None or per_token is None:
+        return None
+    return per_turn - SHORT_TOKENS * per_token
+
+
+def burst_targets(results: dict[str, dict[str, Any]]) -> str:
+    """Issue 21's targets 1 and 2, against the httpx relay measured in the same run."""
+    p, f = results.get("product"), results.get("httpx")
+    if not p or not f:
+        return "(targets need both the product and the httpx relay)"
+    lines = []
+    for key, limit, label in (("first_ms_p50", 5.0, "p50"), ("first_ms_p99", 25.0, "p99")):
+        a, b = _get("burst", key)(p), _get("burst", key)(f)
+        if a is not None and b is not None:
+            lines.append(
+                f"- Lockstep bursts (50 x 200 tokens), first token {label}: {a:.1f} - {b:.1f} = "
+                f"{a - b:+.1f} ms (target <= +{limit:g} ms): {_verdict(a - b <= limit)}"
+            )
+    a = _get("burst_short", "server_cpu_ms_per_turn")(p)
+    b = _get("burst_short", "server_cpu_ms_per_turn")(f)
+    if a is not None and b:
+        lines.append(
+            f"- A turn's CPU, 4-token answers asked in lockstep: {a:.2f} vs {b:.2f} ms = "
+            f"{a / b:.2f}x (target <= 1.3x): {_verdict(a / b <= 1.3)}"
+        )
+        own_p, own_f = _own_ms(p), _own_ms(f)
+        if own_p is not None and own_f:
+            lines.append(
+                f"  a turn's own CPU (less {SHORT_TOKENS} tokens at the 50-stream CPU per "
+                f"token): {own_p:.2f} vs {own_f:.2f} ms = {own_p / own_f:.2f}x"
+            )
+    for ref in ("sdk", "litellm"):
+        r = results.get(ref)
+        c = _get("burst_short", "server_cpu_ms_per_turn")(r) if r else None
+        if a is not None and c:
+            lines.append(
+                f"- The same against the {TITLES[ref]}: {a:.2f} vs {c:.2f} ms = {a / c:.2f}x"
+            )
+    for scen in ("burst", "burst_short"):
+        busy = [
+            f"{TITLES[t]} {r[scen]['others_busy']:.0%}"
+            for t, r in results.items()
+            if t in TITLES and r.get(scen)
+        ]
+        if busy:
+            lines.append(f"- others' CPU on the bench cores during {scen}: {', '.join(busy)}")
+    return "\n".join(lines) or "(no burst scenario run)"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -27,6 +29,8 @@ PY = sys.executable
 SERVER_CORE, LOAD_CORE = 0, 1
 GAP_MS, TOKENS = 20.0, 200  # 50 tok/s, 200-token answers
 GAP_LIMIT_MS = 50.0
+SHORT_TOKENS = 4  # issue 21's short answers
+SCENARIOS = ("one", "fifty", "burst", "burst_short")
 KEEP_UP = 0.95  # a ramp step must deliver this share of the tokens the upstream sends
 
 
@@ -58,6 +62,7 @@ class Bench:
         """Start one system (``name`` tells two instances of it apart) and set it up."""
         name = name or target
         port = free_port()
+        extra_pids: list[int] = []
         if target == "product":
             assert self.product is not None
             env = self.product.env(
@@ -69,9 +74,13 @@ class Bench:
                 env |= probe
             proc = self.procs.start(name, cmd, core=core, env=env, cwd=self.data_dir)
         else:
-            cmd = [PY, str(HERE / "relays.py"), target, "--port", str(port)]
-            cmd += ["--upstream", self.upstream_url]
-            proc = self.procs.start(name, cmd, core=core)
+            upstream, relay_env = self.upstream_url, None
+            if target == "litellm":  # the httpx relay in front of LiteLLM's proxy
+                extra_pids, upstream, key = self.start_litellm(f"{name}-proxy", core)
+                relay_env = os.environ | {"BENCH_API_KEY": key}
+            cmd = [PY, str(HERE / "relays.py"), "sdk" if target == "sdk" else "httpx"]
+            cmd += ["--port", str(port), "--upstream", upstream]
+            proc = self.procs.start(name, cmd, core=core, env=relay_env)
         base = f"http://127.0.0.1:{port}"
         try:
             wait_healthy(f"{base}/healthz", proc)
@@ -86,10 +95,37 @@ class Bench:
             "target": target,
             "name": name,
             "pid": proc.pid,
+            "extra_pids": extra_pids,
             "ws": f"ws://127.0.0.1:{port}/ws/chat",
             "game_id": game_id,
             "secret": secret,
         }
+
+    def stop_server(self, name: str) -> None:
+        self.procs.stop(name)
+        self.procs.stop(f"{name}-proxy")  # LiteLLM's proxy, if this system has one
+
+    def start_litellm(self, name: str, core: int) -> tuple[list[int], str, str]:
+        """LiteLLM's proxy on ``core`` in front of the upstream: pid, base URL, key."""
+        import litellm_ref
+
+        python = litellm_ref.ensure_venv(self.args.litellm_venv)
+        port = free_port()
+        config = litellm_ref.write_config(self.data_dir / "litellm.yaml", self.upstream_url)
+        key = "sk-bench-" + secrets.token_hex(24)
+        proc = self.procs.start(
+            name,
+            litellm_ref.command(python, config, port),
+            core=core,
+            env=litellm_ref.env(key),
+            cwd=self.data_dir,
+        )
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}/health/liveliness", proc, timeout=180)
+        except RuntimeError:
+            print(self.procs.log_tail(name), file=sys.stderr)
+            raise
+        return [proc.pid], f"http://127.0.0.1:{port}/v1", key
 
     def load(self, server: dict[str, Any], name: str, **cfg: Any) -> dict[str, Any]:
         """Run the load client once (bounded) and return its result."""
@@ -98,13 +134,17 @@ class Bench:
             "game_id": server["game_id"],
             "secret": server["secret"],
             "server_pid": server["pid"],
+            # LiteLLM's proxy: its CPU counts with its relay's (``--fanout`` passes
+            # the second instance's here too).
+            "server_pids": server.get("extra_pids", []),
             "upstream_pid": self.upstream_pid,
             "user_prefix": f"bench-{name}-{int(time.time() * 1000) % 10**8}-",
             "deflate": self.args.deflate,
             **cfg,
         }
         dur = (cfg.get("first_ms", 0) + cfg.get("tokens", 0) * cfg.get("gap_ms", 0)) / 1000
-        budget = 120 + cfg["clients"] / 20 + 3 * dur * (cfg.get("turns", 1) + 1)
+        rounds = cfg.get("turns", 1) + cfg.get("rounds", 0)
+        budget = 120 + cfg["clients"] / 20 + 3 * dur * (rounds + 1) + cfg.get("seconds", 0)
         cfg["timeout_s"] = budget
         out = self.procs.run(
             f"load-{name}",
@@ -139,6 +179,32 @@ class Bench:
         turns = 2 if self.args.quick else 3
         return self.load(
             server, "fifty", clients=self.args.streams, turns=turns, tokens=TOKENS, gap_ms=GAP_MS
+        )
+
+    def burst(self, server: dict[str, Any]) -> dict[str, Any]:
+        """Lockstep bursts (issue 21): every client asks at the same instant, 5 rounds of
+        200-token answers at 50 tok/s: the first token's p50 and p99 under a burst."""
+        return self.load(
+            server,
+            "burst",
+            mode="lockstep",
+            clients=self.args.streams,
+            rounds=5,
+            tokens=TOKENS,
+            gap_ms=GAP_MS,
+        )
+
+    def burst_short(self, server: dict[str, Any]) -> dict[str, Any]:
+        """The same bursts with 4-token answers, many rounds: the turn dominates the CPU
+        (issue 21's target 1: CPU per turn against the relay's)."""
+        return self.load(
+            server,
+            "burst-short",
+            mode="lockstep",
+            clients=self.args.streams,
+            rounds=20 if self.args.quick else 40,
+            tokens=SHORT_TOKENS,
+            gap_ms=GAP_MS,
         )
 
     def ai_sdk(self, server: dict[str, Any]) -> dict[str, Any]:
@@ -215,7 +281,7 @@ class Bench:
                 turn_concurrency=50,
             )
         finally:
-            self.procs.stop(target)
+            self.stop_server(target)
 
     def accounting(self, server: dict[str, Any]) -> dict[str, Any]:
         """Redis commands, Postgres transactions and rows, server CPU: per turn, per token.
@@ -385,19 +451,22 @@ class Bench:
             for target in only:
                 servers[target] = self.start_server(target)
                 self.warmup(servers[target])
-            for scenario, runner in (("one", self.one), ("fifty", self.fifty)):
-                if scenario not in self.args.scenarios:
-                    continue
+            runners = {
+                "one": self.one,
+                "fifty": self.fifty,
+                "burst": self.burst,
+                "burst_short": self.burst_short,
+            }
+            for scenario in self.args.scenarios:
+                runner = runners[scenario]
                 runs: dict[str, list[dict[str, Any]]] = {t: [] for t in only}
                 for _ in range(self.args.runs):
                     for target in only:
                         runs[target].append(runner(servers[target]))
                 for target in only:
-                    results[target][scenario] = _median(runs[target])
-                    print(
-                        f"  {TITLES[target]} {scenario}: {_brief(results[target][scenario])}",
-                        file=sys.stderr,
-                    )
+                    results[target][scenario] = r = _median(runs[target])
+                    brief = _brief_burst(r) if scenario.startswith("burst") else _brief(r)
+                    print(f"  {TITLES[target]} {scenario}: {brief}", file=sys.stderr)
             if self.args.ai_sdk and "product" in servers:
                 results["product"]["ai_sdk"] = r = self.ai_sdk(servers["product"])
                 ratio = r["cpu_per_token_ratio"]
@@ -414,13 +483,16 @@ class Bench:
                     probes.profile(self, servers[target])
             if self.args.profile_turn and "product" in servers:
                 probes.profile(self, servers["product"], per_turn=True)
+            for burst in self.args.profile_burst:
+                if "product" in servers:
+                    probes.profile(self, servers["product"], burst=burst)
             if self.args.ramp:
                 for target in only:
                     print(f"== ramp {TITLES[target]}", file=sys.stderr)
                     results[target]["ramp"] = self.ramp(servers[target])
         finally:
             for target in only:
-                self.procs.stop(target)
+                self.stop_server(target)
         if self.args.connections:
             for target in only:
                 try:
@@ -449,6 +521,7 @@ class Bench:
             (self.args.gcprobe, probes.gcprobe),
             (self.args.memprobe, probes.memprobe),
             (self.args.spanprobe, probes.spanprobe),
+            (self.args.spanprobe_burst, probes.spanprobe_burst),
         ):
             if wanted and "product" in only:
                 try:
@@ -485,6 +558,20 @@ def _brief_scaling(s: dict[str, Any]) -> str:
         f"together {s['a']['server_cpu_per_1k']:.3f} + {s['b']['server_cpu_per_1k']:.3f}; "
         f"tok/s {s['tokens_per_s_alone']:.0f} -> {s['tokens_per_s_together']:.0f}; "
         f"estimate {f(s['estimate'])}x (medians), {f(s['estimate_paired'])}x (paired runs)"
+    )
+
+
+def _brief_burst(r: dict[str, Any]) -> str:
+    def f(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    return (
+        f"{r['connected']} clients x {r['rounds']} rounds of {r['tokens']} tokens, first p50/p99 "
+        f"{f(r['first_ms_p50'], '.1f')}/{f(r['first_ms_p99'], '.1f')} ms, started p50 "
+        f"{f(r['started_ms_p50'], '.1f')} ms, CPU {f(r['server_cpu_ms_per_turn'], '.2f')} ms/turn, "
+        f"{f(r['turns_per_s'], '.0f')} turns/s, server busy {r['server_busy']:.0%}, load busy "
+        f"{r['load_busy']:.0%}, others {r['others_busy']:.0%}, ok {r['turns_ok']}/{r['turns']}, "
+        f"errors {r['errors'] or 0}"
     )
 
 
