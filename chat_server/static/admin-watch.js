@@ -41,44 +41,13 @@
     }
   }
 
-  async function follow(id, signal) {
-    let lastId = null;
-    while (!signal.aborted) {
-      let reader = null;
-      try {
-        const h = window.admin.headers();
-        if (lastId) h["Last-Event-ID"] = lastId;
-        const response = await fetch("/admin/sessions/" + encodeURIComponent(id) + "/stream",
-          { headers: h, signal });
-        if (!response.ok) { say("Watch error " + response.status); return; }
-        say("Watching session " + id + ".");
-        reader = response.body.getReader();
-        const decoder = new TextDecoder();
-        let buffer = "";
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          buffer += decoder.decode(value, { stream: true });
-          let cut;
-          while ((cut = buffer.indexOf("\n\n")) >= 0) {
-            const block = buffer.slice(0, cut);
-            buffer = buffer.slice(cut + 2);
-            let eventId = null, kind = "message", data = "";
-            for (const line of block.split("\n")) {
-              if (line.startsWith("id: ")) eventId = line.slice(4);
-              else if (line.startsWith("event: ")) kind = line.slice(7);
-              else if (line.startsWith("data: ")) data += line.slice(6);
-            }
-            if (eventId) lastId = eventId;
-            if (data && !signal.aborted) onEvent(kind, JSON.parse(data));
-          }
-        }
-      } catch (err) {
-        if (signal.aborted) return;
-      }
-      if (reader) reader.cancel().catch(() => {});
-      await new Promise((r) => setTimeout(r, 1000));
-    }
+  function follow(id, signal) {
+    return window.admin.stream("/admin/sessions/" + encodeURIComponent(id) + "/stream", {
+      signal,
+      onOpen: () => say("Watching session " + id + "."),
+      onError: (code) => say("Watch error " + code),
+      onEvent,
+    });
   }
 
   async function show() {

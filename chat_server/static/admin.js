@@ -114,19 +114,21 @@ function logEvent(kind, data) {
   $("log").prepend(line);
 }
 
-async function follow() {
-  // Each loop checks its own signal: a newer feed (the form sent again) ends this one.
-  if (feed) feed.abort();
-  feed = new AbortController();
-  const signal = feed.signal;
+/**
+ * Follow a Server-Sent Events URL until `signal` aborts: reconnects after a second,
+ * resuming with Last-Event-ID; `onOpen()` on each connect, `onEvent(kind, data)` per
+ * event (awaited, in order), `onError(status)` on a refused answer (then it stops).
+ */
+async function stream(url, { signal, onOpen, onEvent, onError }) {
   let lastId = null;
   while (!signal.aborted) {
     let reader = null;
     try {
       const h = headers();
       if (lastId) h["Last-Event-ID"] = lastId;
-      const response = await fetch("/admin/sessions/events", { headers: h, signal });
-      if (!response.ok) { status("Event feed error " + response.status); return; }
+      const response = await fetch(url, { headers: h, signal });
+      if (!response.ok) { onError(response.status); return; }
+      if (onOpen) onOpen();
       reader = response.body.getReader();
       const decoder = new TextDecoder();
       let buffer = "";
@@ -145,7 +147,7 @@ async function follow() {
             else if (line.startsWith("data: ")) data += line.slice(6);
           }
           if (id) lastId = id;
-          if (data) { logEvent(kind, JSON.parse(data)); await refresh(); }
+          if (data && !signal.aborted) await onEvent(kind, JSON.parse(data));
         }
       }
     } catch (err) {
@@ -154,6 +156,18 @@ async function follow() {
     if (reader) reader.cancel().catch(() => {});
     await new Promise((r) => setTimeout(r, 1000));
   }
+}
+window.admin.stream = stream;
+
+async function follow() {
+  // Each feed has its own signal: a newer feed (the form sent again) ends this one.
+  if (feed) feed.abort();
+  feed = new AbortController();
+  await stream("/admin/sessions/events", {
+    signal: feed.signal,
+    onError: (code) => status("Event feed error " + code),
+    onEvent: async (kind, data) => { logEvent(kind, data); await refresh(); },
+  });
 }
 
 $("auth").addEventListener("submit", async (event) => {
