@@ -221,6 +221,24 @@ def _document_out(
     }
 
 
+async def _take_content(conn: AsyncConnection, db: Database, *, game_id: str, doc_id: str) -> Any:
+    """Inside a write: remove a document's passages and stored file, keeping its row;
+    answers its ``created_at`` and the Storage key of the file. ``NotFound`` if the game
+    has no such document."""
+    found = (
+        await conn.execute(
+            select(game_documents.c.created_at, document_files.c.storage_key)
+            .select_from(game_documents.outerjoin(document_files))
+            .where(game_documents.c.id == doc_id, game_documents.c.game_id == game_id)
+        )
+    ).first()
+    if found is None:
+        raise NotFound("document not found", error_code="DOCUMENT_NOT_FOUND")
+    await _forget_passages(conn, db, doc_id)
+    await conn.execute(document_files.delete().where(document_files.c.document_id == doc_id))
+    return found
+
+
 async def replace_document(
     db: Database, *, game_id: str, doc_id: str, body: DocumentBody
 ) -> tuple[dict[str, Any], str | None]:
@@ -230,17 +248,7 @@ async def replace_document(
     now = utcnow()
     rows = _passage_rows(doc_id, game_id, body)
     async with db.write(timeout=BULK_TIMEOUT) as conn:
-        found = (
-            await conn.execute(
-                select(game_documents.c.created_at, document_files.c.storage_key)
-                .select_from(game_documents.outerjoin(document_files))
-                .where(game_documents.c.id == doc_id, game_documents.c.game_id == game_id)
-            )
-        ).first()
-        if found is None:
-            raise NotFound("document not found", error_code="DOCUMENT_NOT_FOUND")
-        await _forget_passages(conn, db, doc_id)
-        await conn.execute(document_files.delete().where(document_files.c.document_id == doc_id))
+        found = await _take_content(conn, db, game_id=game_id, doc_id=doc_id)
         await conn.execute(
             game_documents.update()
             .where(game_documents.c.id == doc_id)
@@ -262,17 +270,7 @@ async def delete_document(db: Database, *, game_id: str, doc_id: str) -> str | N
     """Delete a document, its passages and file in one transaction; answers the Storage
     key of its file (to remove once committed). ``NotFound`` if there is no such document."""
     async with db.write(timeout=BULK_TIMEOUT) as conn:
-        found = (
-            await conn.execute(
-                select(game_documents.c.id, document_files.c.storage_key)
-                .select_from(game_documents.outerjoin(document_files))
-                .where(game_documents.c.id == doc_id, game_documents.c.game_id == game_id)
-            )
-        ).first()
-        if found is None:
-            raise NotFound("document not found", error_code="DOCUMENT_NOT_FOUND")
-        await _forget_passages(conn, db, doc_id)
-        await conn.execute(document_files.delete().where(document_files.c.document_id == doc_id))
+        found = await _take_content(conn, db, game_id=game_id, doc_id=doc_id)
         await conn.execute(game_documents.delete().where(game_documents.c.id == doc_id))
     key: str | None = found.storage_key
     return key
