@@ -130,9 +130,8 @@ def _migrate(settings: Settings, *, sql: bool) -> int:
     async def run() -> tuple[_Schema, _Schema]:
         db = Database(url, prepared_statement_cache=settings.database_prepared_statement_cache)
         try:
-            before = await _schema(db)
-            await upgrade(db)
-            return before, await _schema(db)
+            old = await upgrade(db)  # read under the migration lock
+            return (old, 0), await _schema(db)
         finally:
             await db.dispose()
 

@@ -41,21 +41,29 @@ def alembic_config(url: str, stdout: Any = None) -> Config:
     return cfg
 
 
-def _run_upgrade(sync_conn: Any, cfg: Config) -> None:
+def _run_upgrade(sync_conn: Any, cfg: Config) -> str | None:
+    """Upgrade to head (under the caller's lock); the revision the schema was at."""
+    from alembic.runtime.migration import MigrationContext
+
+    before: str | None = MigrationContext.configure(sync_conn).get_current_revision()
     cfg.attributes["connection"] = sync_conn
     command.upgrade(cfg, "head")
+    return before
 
 
-async def upgrade(db: Database) -> None:
-    """Bring the schema to head; a no-op when it is there already."""
+async def upgrade(db: Database) -> str | None:
+    """Bring the schema to head; a no-op when it is there already. Answers the revision
+    the schema was at, read under the lock (None: no schema), so that of several
+    instances migrating at once exactly one reports the work it did."""
     cfg = alembic_config(db.url)
     if db.is_postgres:
         async with db.write(timeout=MIGRATE_TIMEOUT) as conn:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
-            await conn.run_sync(_run_upgrade, cfg)
-        return
+            before: str | None = await conn.run_sync(_run_upgrade, cfg)
+        return before
     async with _sqlite_lock(db, "migrate"), db.write(timeout=MIGRATE_TIMEOUT) as conn:
-        await conn.run_sync(_run_upgrade, cfg)
+        before = await conn.run_sync(_run_upgrade, cfg)
+    return before
 
 
 @asynccontextmanager

@@ -138,14 +138,17 @@ async def test_upgrade_creates_the_declared_schema(db: Database) -> None:
 async def test_concurrent_migrate_processes_do_not_collide(
     database_url: str, tmp_path: Path
 ) -> None:
-    """Three instances running `chat-server migrate` at once all succeed, schema at head."""
+    """Three instances running `chat-server migrate` at once all succeed, schema at head;
+    one says it created the schema, the two that waited for it that nothing was to do."""
     async with asyncio.timeout(3 * WAIT):
         results = await asyncio.gather(
             *(run_cli("migrate", database_url=database_url, cwd=tmp_path) for _ in range(3))
         )
         for code, _out, err in results:
             assert code == 0, err
-            assert "up to date" in err
+        said = sorted("created the schema" in err for _code, _out, err in results)
+        assert said == [False, False, True], [err for _code, _out, err in results]
+        assert sum("already up to date" in err for _code, _out, err in results) == 2
         assert ours(await read_schema(database_url)) == expected_schema()
         assert await versions(database_url) == [head_revision()]
 
