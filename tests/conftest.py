@@ -15,6 +15,18 @@ from tests.redis_cluster import RedisClusterNodes, RedisTarget, redis_cluster
 pytest.register_assert_rewrite("tests.providers")
 
 
+@pytest.fixture
+def chromium() -> str:
+    """The system Chromium's path, for the page tests (skipped without it, failing in CI)."""
+    from tests.browser import find_chromium
+
+    executable = find_chromium()
+    if executable is None:
+        services.missing("Chromium", "no chromium on PATH (apt-get install -y chromium)")
+        raise AssertionError("unreachable")
+    return executable
+
+
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> str:
     reason = services.reachable(services.POSTGRES_URL, 5432)

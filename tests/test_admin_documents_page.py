@@ -13,21 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.browser import Page, find_chromium, open_page
+from tests.browser import Page, open_page
 from tests.pdfs import image_only_pdf, text_pdf
 from tests.server import RunningServer, make_settings, running_server
-from tests.services import missing
 
 PAGES = [["Setup", "Shuffle the tiles."], ["Roads", "A road scores one point per tile."]]
-
-
-@pytest.fixture
-def chromium() -> str:
-    executable = find_chromium()
-    if executable is None:
-        missing("Chromium", "no chromium on PATH (apt-get install -y chromium)")
-        raise AssertionError("unreachable")
-    return executable
 
 
 @pytest.fixture

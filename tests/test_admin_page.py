@@ -15,9 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.browser import Page, find_chromium, open_page
+from tests.browser import Page, open_page
 from tests.server import RunningServer, make_settings, running_server
-from tests.services import missing
 from tests.wsclient import ws_client
 
 CLOSE_KILLED = 4000
@@ -30,15 +29,6 @@ def server(chromium: str, tmp_path: Path) -> Iterator[RunningServer]:
     # Slow local tokens, so a turn streams long enough to be seen and killed mid-way.
     with running_server(make_settings(tmp_path, local_token_delay=0.05)) as srv:
         yield srv
-
-
-@pytest.fixture
-def chromium() -> str:
-    executable = find_chromium()
-    if executable is None:
-        missing("Chromium", "no chromium on PATH (apt-get install -y chromium)")
-        raise AssertionError("unreachable")
-    return executable
 
 
 @pytest.fixture

@@ -15,10 +15,8 @@ import pytest
 from tests.browser import Page, open_page
 from tests.png import count_near, rgb_pixels
 from tests.server import RunningServer, make_settings, running_server
-from tests.test_admin_page import chromium, game_id
+from tests.test_admin_page import game_id
 from tests.wsclient import ws_client
-
-__all__ = ["chromium"]  # the fixture, used by name
 
 LOCAL = "#7e57c2"  # the local provider's colour (admin-usage.js)
 OPENAI = "#10a37f"

@@ -15,21 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import find_chromium, open_page
+from tests.browser import open_page
 from tests.node import NODE_DIR, node_script
 from tests.server import make_settings, running_server
-from tests.services import missing
 from tests.test_ai_sdk import TOKENS, game
 from tests.upstreams import OpenAIUpstream, Script
-
-
-@pytest.fixture
-def chromium() -> str:
-    executable = find_chromium()
-    if executable is None:
-        missing("Chromium", "no chromium on PATH (apt-get install -y chromium)")
-        raise AssertionError("unreachable")
-    return executable
 
 
 async def bundle(out: Path) -> None:

@@ -10,18 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import CDPError, Page, find_chromium, open_page
+from tests.browser import CDPError, Page, open_page
 from tests.server import RunningServer, make_settings, running_server
-from tests.services import missing
-
-
-@pytest.fixture
-def chromium() -> str:
-    executable = find_chromium()
-    if executable is None:
-        missing("Chromium", "no chromium on PATH (apt-get install -y chromium)")
-        raise AssertionError("unreachable")
-    return executable
 
 
 @pytest.fixture

@@ -11,18 +11,8 @@ import httpx
 import pytest
 from playwright.async_api import Request
 
-from tests.browser import Page, find_chromium, open_page
+from tests.browser import Page, open_page
 from tests.server import RunningServer, make_settings, running_server
-from tests.services import missing
-
-
-@pytest.fixture
-def chromium() -> str:
-    executable = find_chromium()
-    if executable is None:
-        missing("Chromium", "no chromium on PATH (apt-get install -y chromium)")
-        raise AssertionError("unreachable")
-    return executable
 
 
 @pytest.fixture
