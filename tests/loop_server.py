@@ -30,9 +30,10 @@ class LoopServer:
     def __init__(self, name: str) -> None:
         self.port = 0
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=name)
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     def __enter__(self) -> Self:
         self._thread.start()
@@ -50,7 +51,14 @@ class LoopServer:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
-            self._loop.close()
+            if not self._thread.is_alive():
+                self._loop.close()
+
+    def _run(self) -> None:
+        self._loop.run_forever()
+        # A connection accepted in the instant of closing has a task that had not run;
+        # finish it too, so no socket outlives the loop.
+        self._loop.run_until_complete(self._close())
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the server's loop and wait for its result."""
@@ -72,9 +80,14 @@ class LoopServer:
         """Stop listening and cancel every connection's handler (idempotent)."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
+        # Loop: a handler may start while the others are being cancelled.
+        while self._handlers:
+            for task in list(self._handlers):
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -83,7 +96,11 @@ class LoopServer:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
+        self._writers.add(writer)
         try:
             await self.handle(reader, writer)
         finally:
             self._handlers.discard(task)
+            self._writers.discard(writer)
+            if not writer.transport.is_closing():
+                writer.transport.abort()

@@ -63,13 +63,16 @@ class TcpProxy(LoopServer):
         except (OSError, TimeoutError, asyncio.CancelledError):
             pass
         finally:
-            for end in (writer, upstream):
-                if end is not None:
-                    if end.transport is not None and task.cancelling():
-                        end.transport.abort()  # a reset, as when a service dies
-                    end.close()
-                    with contextlib.suppress(Exception):
-                        await end.wait_closed()
+            # Close both ends before waiting on either: a second cancel while waiting
+            # must not leave the other end open.
+            ends = [end for end in (writer, upstream) if end is not None]
+            for end in ends:
+                if task.cancelling():
+                    end.transport.abort()  # a reset, as when a service dies
+                end.close()
+            for end in ends:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await end.wait_closed()
 
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         while data := await source.read(CHUNK):

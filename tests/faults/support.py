@@ -90,6 +90,13 @@ class RawWebSocket:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        try:
+            self._handshake(port, token)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _handshake(self, port: int, token: str | None) -> None:
         self.sock.settimeout(TIMEOUT)
         self.sock.connect(("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
