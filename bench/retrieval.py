@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from chat_server.retrieval.embedder import embed, load_model
-from chat_server.retrieval.index import GameIndex, build_index
+from chat_server.retrieval.index import GameIndex, Indexes, build_index
 from chat_server.retrieval.ranking import expand, fuse, with_corrections
 from chat_server.retrieval.search import POOL, rank
 from chat_server.storage import Database
-from chat_server.storage.documents import INDEXES, retrieve
+from chat_server.storage.documents import retrieve
 from chat_server.storage.fulltext import search_passages
 from chat_server.storage.games import create_game, update_game
 from chat_server.storage.migrate import upgrade
@@ -139,7 +139,7 @@ def hundred_pages() -> list[dict[str, Any]]:
     return rows
 
 
-async def costs(db: Database, game: str) -> None:
+async def costs(db: Database, game: str, indexes: Indexes) -> None:
     load_model()
     qs = [q["q"] for q in questions()]
     embed(qs[:1])
@@ -161,7 +161,15 @@ async def costs(db: Database, game: str) -> None:
                 if fn is None:
                     await search_passages(db, game_id=game, language="en", question=q, limit=6)
                 else:
-                    await fn(db, game_id=game, language="en", question=q, limit=6, languages={"en"})
+                    await fn(
+                        db,
+                        game_id=game,
+                        language="en",
+                        question=q,
+                        limit=6,
+                        indexes=indexes,
+                        languages={"en"},
+                    )
                 times.append(time.perf_counter() - start)
         times.sort()
         p50, p95 = times[len(times) // 2], times[int(len(times) * 0.95)]
@@ -182,6 +190,7 @@ async def main() -> None:
     args = parser.parse_args()
     url = args.database_url or f"sqlite:///{tempfile.mkdtemp()}/bench.db"
     db = Database(url, pool_size=4)
+    indexes = Indexes()
     try:
         await upgrade(db)
         plain = await create_game(db, {"name": "Hollowdeep"})
@@ -193,17 +202,17 @@ async def main() -> None:
         print("strategy | sent at most | recall | passages sent | errata first | silent known")
         for name, ranker in STRATEGIES.items():
             game = with_glossary if "glossary" in name else plain
-            index = await INDEXES.get(db, game["id"])
+            index = await indexes.get(db, game["id"])
             for k in (4, 6):
                 if name.startswith("whole") and k == 6:
                     continue
                 shown = "all" if name.startswith("whole") else str(k)
                 figures = await measure(db, index, game["id"], ranker, k)
                 print(f"{name} | {shown} | {figures}")
-        index = await INDEXES.get(db, plain["id"])
+        index = await indexes.get(db, plain["id"])
         chars = sum(len(str(r["text"])) for r in index.rows)
         print(f"the whole set in a prompt: about {chars // 4} tokens ({len(index.rows)} passages)")
-        await costs(db, with_glossary["id"])
+        await costs(db, with_glossary["id"], indexes)
     finally:
         await db.dispose()
 

@@ -30,6 +30,7 @@ from .providers import Provider, build_providers
 from .quotas import MemoryQuotaCounter, QuotaCounter, RedisQuotaCounter
 from .redis_client import RedisClient, connect_redis, discover_cluster, release_idle
 from .retrieval.embedder import warm_up
+from .retrieval.index import Indexes
 from .sessions.chat import ChatService
 from .sessions.events import EventFeed, MemoryEvents, RedisEvents
 from .sessions.hub import SessionHub
@@ -207,6 +208,7 @@ async def build_services(settings: Settings) -> Services:
             providers=providers,
             manager=manager,
             instance_id=instance_id,
+            indexes=Indexes(),  # this app's indexes of its games' passages
         )
         connections = Connections(settings.ws_max_connections)
         slots: UserSlots
@@ -279,7 +281,7 @@ async def build_services(settings: Settings) -> Services:
         stack.push_async_callback(files.aclose)
 
         async def documents_changed(_channel: str, game_id: str) -> None:
-            chat.rulebook_added(game_id)  # forget the game's languages: read them again
+            chat.rulebook_added(game_id)  # its languages and its passages' index: read again
 
         backplane.subscribe(DOCUMENTS_CHANNEL, documents_changed)
         await backplane.start()  # after every subscriber registered

@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from chat_server.storage import Database
+from chat_server.storage.migrate import upgrade
 from tests import services
 from tests.redis_cluster import RedisClusterNodes, RedisTarget, redis_cluster
 
 pytest.register_assert_rewrite("tests.providers")
+
+DATABASE_WAIT = 30.0  # migrating or disposing of a test's database
 
 
 @pytest.fixture
@@ -55,6 +59,19 @@ def database_url(request: pytest.FixtureRequest) -> str:
     """Each storage test runs on SQLite and on Postgres."""
     name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A database at the latest schema (SQLite, then Postgres), disposed after the test."""
+    database = Database(database_url, pool_size=4)
+    try:
+        async with asyncio.timeout(DATABASE_WAIT):
+            await upgrade(database)
+        yield database
+    finally:
+        async with asyncio.timeout(DATABASE_WAIT):
+            await database.dispose()
 
 
 def _flush_test_redis() -> None:

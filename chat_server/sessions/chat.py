@@ -34,9 +34,10 @@ from ..flag_cache import FlagCache
 from ..flags import Decision
 from ..providers.base import ChatMessage, Provider, ProviderRequest
 from ..quotas import Quota, QuotaCounter, Reservation, next_midnight
+from ..retrieval.index import Indexes
 from ..rulebooks import Passage
 from ..storage import chat as chat_store
-from ..storage.documents import INDEXES, Retrieval, game_languages, retrieve
+from ..storage.documents import Retrieval, game_languages, retrieve
 from ..storage.engine import Database
 from ..storage.games import get_game
 from ..storage.ids import new_id, utcnow
@@ -99,6 +100,7 @@ class ChatService:
         providers: dict[str, Provider],
         manager: TurnManager,
         instance_id: str,
+        indexes: Indexes,
         denials: DenialLog | None = None,
     ) -> None:
         self.settings = settings
@@ -109,6 +111,7 @@ class ChatService:
         self.manager = manager
         self.instance_id = instance_id
         self.denials = denials
+        self.indexes = indexes  # the games' passages as searched, per app
         self.draining = False
         # Shared while some connection holds them: one game object per game, one
         # history per session attached on this instance.
@@ -320,7 +323,7 @@ class ChatService:
         """A document of ``game_id`` was stored, replaced or deleted: ground its next turns
         on what is stored now (its languages and its retrieval index are read again)."""
         self._languages.pop(game_id, None)
-        INDEXES.forget(game_id)
+        self.indexes.forget(game_id)
 
     async def _retrieve(self, attached: Attached, question: str) -> Retrieval:
         game_id, now = attached.game.id, time.monotonic()
@@ -336,6 +339,7 @@ class ChatService:
             language=attached.language,
             question=question,
             limit=self.settings.grounding_passages,
+            indexes=self.indexes,
             languages=languages,
         )
 

@@ -33,7 +33,6 @@ __all__ = [
     "serving_language",
 ]
 
-INDEXES = Indexes()  # this process's in-memory indexes of the games asked about
 BULK_TIMEOUT = 120.0  # a big rulebook: thousands of passages to insert and index
 
 
@@ -334,8 +333,8 @@ async def retrieve(
     language: str,
     question: str,
     limit: int,
+    indexes: Indexes,
     languages: Collection[str] | None = None,
-    indexes: Indexes | None = None,
 ) -> Retrieval:
     """The game's passages that answer ``question`` in ``language``, best first.
 
@@ -343,16 +342,16 @@ async def retrieve(
     else every language of the game, by full-text search and by meaning, fused
     (``chat_server.retrieval``); errata come right above the rules they correct. When
     no passage clears the relevance floor, no passage is sent and ``silent`` says the
-    rules do not answer the question. ``languages``: the game's (``game_languages``),
-    when the caller knows them; read here otherwise. ``indexes``: the in-memory
-    indexes to use (the process's own by default).
+    rules do not answer the question. ``indexes``: the app's in-memory indexes of its
+    games' passages (one per app, made by ``build_services``). ``languages``: the
+    game's (``game_languages``), when the caller knows them; read here otherwise.
     """
     if languages is None:
         languages = await game_languages(db, game_id)
     if not languages:
         return Retrieval([], matched=False, has_documents=False)
     lang = serving_language(language, languages)
-    index = await (indexes or INDEXES).get(db, game_id)
+    index = await indexes.get(db, game_id)
     ranked = await rank(db, index, game_id=game_id, language=lang, question=question, limit=limit)
     passages = [
         Passage(

@@ -1,33 +1,19 @@
-"""Retrieval fixtures: a migrated database (SQLite and Postgres) holding the Hollowdeep
-rulebook, errata and FAQ, with its glossary."""
+"""Retrieval fixtures: the Hollowdeep rulebook, errata and FAQ, with its glossary, in the
+migrated database (``db``, from tests/conftest.py: SQLite and Postgres)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from chat_server.storage import Database
 from chat_server.storage.games import create_game, update_game
-from chat_server.storage.migrate import upgrade
 
 from .evaluation import glossary, load
 
 WAIT = 120.0  # loading and asking the whole evaluation set
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url, pool_size=4)
-    try:
-        async with asyncio.timeout(WAIT):
-            await upgrade(database)
-        yield database
-    finally:
-        async with asyncio.timeout(WAIT):
-            await database.dispose()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chat_server.retrieval.index import Indexes
 from chat_server.storage import Database
 from chat_server.storage.documents import add_document, retrieve
 
@@ -76,8 +77,11 @@ class Figures:
 async def evaluate(db: Database, game_id: str, limit: int, name: str = "questions.json") -> Figures:
     """Every question of the set ``name`` through ``retrieve``, as a turn asks it."""
     figures = Figures()
+    indexes = Indexes()  # an app's, made for this evaluation
     for q in questions(name):
-        found = await retrieve(db, game_id=game_id, language="en", question=q["q"], limit=limit)
+        found = await retrieve(
+            db, game_id=game_id, language="en", question=q["q"], limit=limit, indexes=indexes
+        )
         heads = [p.heading for p in found.passages]
         if q["answer"] is None:
             figures.unanswerable += 1

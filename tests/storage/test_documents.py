@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from chat_server.retrieval.index import Indexes
 from chat_server.storage import Database
 from chat_server.storage.documents import Retrieval, add_document, retrieve, serving_language
 from chat_server.storage.games import create_game
@@ -87,7 +88,9 @@ HOSTILE = [
 
 
 async def ask(db: Database, game_id: str, question: str, language: str = "en") -> Retrieval:
-    return await retrieve(db, game_id=game_id, language=language, question=question, limit=3)
+    return await retrieve(
+        db, game_id=game_id, language=language, question=question, limit=3, indexes=Indexes()
+    )
 
 
 def headings(found: Retrieval) -> list[str | None]:
@@ -350,7 +353,12 @@ async def test_errata_then_faq_outrank_the_rulebook_at_equal_relevance(
                 kind=kind,
             )
         found = await retrieve(
-            db, game_id=game["id"], language="en", question="castle points", limit=4
+            db,
+            game_id=game["id"],
+            language="en",
+            question="castle points",
+            limit=4,
+            indexes=Indexes(),
         )
     assert found.matched
     assert [p.kind for p in found.passages][:2] == ["errata", "faq"]
@@ -371,10 +379,17 @@ async def test_deleted_and_replaced_documents_stop_matching(
         replaced, old_key = await replace_document(
             db, game_id=game["id"], doc_id=doc["id"], body=body
         )
-        robber = await retrieve(db, game_id=game["id"], language="en", question="robber", limit=4)
-        bridge = await retrieve(db, game_id=game["id"], language="en", question="bridges", limit=4)
+        indexes = Indexes()
+        robber = await retrieve(
+            db, game_id=game["id"], language="en", question="robber", limit=4, indexes=indexes
+        )
+        bridge = await retrieve(
+            db, game_id=game["id"], language="en", question="bridges", limit=4, indexes=indexes
+        )
         await delete_document(db, game_id=game["id"], doc_id=doc["id"])
-        gone = await retrieve(db, game_id=game["id"], language="en", question="bridges", limit=4)
+        gone = await retrieve(
+            db, game_id=game["id"], language="en", question="bridges", limit=4, indexes=indexes
+        )
     assert (replaced["passages"], old_key) == (1, None)
     assert not robber.matched
     assert bridge.matched and bridge.passages[0].text == "Bridges cost one plank."
