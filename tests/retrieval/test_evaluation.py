@@ -38,6 +38,22 @@ async def test_answering_passage_reaches_the_model(
     assert figures.wrongly_silent <= 2
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 24's target, not met: 'is there a time limit on how long a turn can "
+    "take' is made of the game's own words and passes the floor; no signal measured "
+    "separates it without silencing answerable questions (docs/providers.md)",
+)
+async def test_every_question_the_rules_do_not_answer_is_known_silent(
+    db: Database, with_glossary: dict[str, Any]
+) -> None:
+    """The issue's target: for every question the rules do not answer, nothing clears the
+    floor (expected to fail until it holds; strict, so meeting it fails this marker)."""
+    async with asyncio.timeout(WAIT):
+        figures = await evaluate(db, with_glossary["id"], LIMIT)
+    assert figures.silent == figures.unanswerable == 8
+
+
 async def test_without_a_glossary_figures_are_reported(
     db: Database, hollowdeep: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
