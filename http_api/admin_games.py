@@ -14,7 +14,7 @@ from chat_server.storage.ids import utcnow
 
 from .deps import ServicesDep, Staff
 from .errors import ERROR_RESPONSES
-from .models import ErrorBody, GameCreate, GameOut, GamePatch, ImportIn
+from .models import ErrorBody, GameCreate, GameOut, GamePatch, GlossaryOut, ImportIn
 
 router = APIRouter(
     prefix="/admin/games",
@@ -57,16 +57,37 @@ async def patch_game(
 async def _merged_details(db: Database, game_id: str, patch: dict[str, Any] | None) -> Any:
     """The game's details with the patched keys set (a null value removes its key); the
     rest (BoardGameGeek's data) is kept."""
-    game = await store.get_game(db, game_id)
-    if game is None:
+    details = await store.game_details(db, game_id)
+    if details is None:
         raise NotFound("game not found", error_code="GAME_NOT_FOUND")
-    details = dict(game.get("details") or {})
     for key, value in (patch or {}).items():
         if value is None:
             details.pop(key, None)
         else:
             details[key] = value
     return details
+
+
+@router.get(
+    "/{game_id}/glossary",
+    response_model=GlossaryOut,
+    summary="A game's glossary",
+    responses={404: {"model": ErrorBody}},
+)
+async def get_glossary(game_id: str, _staff: Staff, services: ServicesDep) -> GlossaryOut:
+    """What staff edit with ``PATCH /admin/games/{id}`` (``details.glossary``): read back
+    as stored, ``{}`` when the game has none."""
+    details = await store.game_details(services.db, game_id)
+    if details is None:
+        raise NotFound("game not found", error_code="GAME_NOT_FOUND")
+    stored = details.get("glossary")
+    return GlossaryOut(
+        glossary={
+            term: [w for w in words if isinstance(w, str)]
+            for term, words in (stored.items() if isinstance(stored, dict) else ())
+            if isinstance(term, str) and isinstance(words, list)
+        }
+    )
 
 
 def _from_bgg(game: BggGame) -> dict[str, Any]:

@@ -137,6 +137,12 @@ class DetailsPatch(_In):
     glossary: Glossary | None = None
 
 
+class GlossaryOut(BaseModel):
+    """A game's glossary as stored: each of the rulebook's terms with the players' words."""
+
+    glossary: dict[str, list[str]]
+
+
 class GamePatch(_In):
     name: Name | None = None
     status: GameStatus | None = None

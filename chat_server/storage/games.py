@@ -95,6 +95,18 @@ async def get_game(db: Database, game_id: str) -> dict[str, Any] | None:
     return game_dict(row) if row else None
 
 
+async def game_details(db: Database, game_id: str) -> dict[str, Any] | None:
+    """The game's ``details`` (staff's glossary among them; not part of the public game),
+    or None when there is no such game."""
+    async with db.read() as conn:
+        value = (
+            await conn.execute(select(games.c.details).where(games.c.id == game_id))
+        ).scalar_one_or_none()
+    if value is None:
+        return None
+    return dict(value) if isinstance(value, dict) else {}
+
+
 async def get_game_by_bgg_id(db: Database, bgg_id: int) -> dict[str, Any] | None:
     async with db.read() as conn:
         row = (await conn.execute(select(games).where(games.c.bgg_id == bgg_id))).first()

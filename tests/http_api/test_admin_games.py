@@ -113,6 +113,26 @@ def test_patch_changes_name_status_and_section(staff: httpx.Client) -> None:
     assert staff.get(f"/games/{gid}").json() == cleared
 
 
+def test_glossary_is_patched_and_read_back(server: RunningServer, staff: httpx.Client) -> None:
+    """PATCH details.glossary stores it, GET …/glossary reads it back (staff only), a
+    second PATCH without it keeps it, null removes it; the public game never shows it."""
+    gid = create_game(staff, name="Hollowdeep")["id"]
+    assert staff.get(f"/admin/games/{gid}/glossary").json() == {"glossary": {}}
+    glossary = {"Delver": ["worker", "meeple"], "Shaft": ["mine"]}
+    patched = staff.patch(f"/admin/games/{gid}", json={"details": {"glossary": glossary}})
+    assert patched.status_code == 200 and "details" not in patched.json()
+    assert staff.get(f"/admin/games/{gid}/glossary").json() == {"glossary": glossary}
+    staff.patch(f"/admin/games/{gid}", json={"name": "Hollowdeep 2"}).raise_for_status()
+    staff.patch(f"/admin/games/{gid}", json={"details": {}}).raise_for_status()
+    assert staff.get(f"/admin/games/{gid}/glossary").json() == {"glossary": glossary}
+    assert "details" not in staff.get(f"/games/{gid}").json()
+    with client(server) as user:
+        expect_error(user.get(f"/admin/games/{gid}/glossary"), 403, "FORBIDDEN")
+    staff.patch(f"/admin/games/{gid}", json={"details": {"glossary": None}}).raise_for_status()
+    assert staff.get(f"/admin/games/{gid}/glossary").json() == {"glossary": {}}
+    expect_error(staff.get("/admin/games/nope/glossary"), 404, "GAME_NOT_FOUND")
+
+
 def test_patch_unknown_game_is_404(staff: httpx.Client) -> None:
     """PATCH of a game that does not exist answers 404 GAME_NOT_FOUND."""
     expect_error(staff.patch("/admin/games/nope", json={"name": "x"}), 404, "GAME_NOT_FOUND")

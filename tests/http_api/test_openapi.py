@@ -145,6 +145,11 @@ async def test_real_responses_match_the_schema(
         await call("PATCH", f"/admin/games/{new_id}", 200, headers=staff, json={"status": "beta"})
         await call("PATCH", "/admin/games/missing", 404, headers=staff, json={"name": "x"})
         await call("PATCH", f"/admin/games/{new_id}", 422, headers=staff, json={"status": "x"})
+        glossary = {"details": {"glossary": {"Delver": ["worker"]}}}
+        await call("PATCH", f"/admin/games/{new_id}", 200, headers=staff, json=glossary)
+        await call("GET", f"/admin/games/{new_id}/glossary", 200, headers=staff)
+        await call("GET", "/admin/games/missing/glossary", 404, headers=staff)
+        await call("GET", f"/admin/games/{new_id}/glossary", 403, headers=user)
         await call("POST", "/admin/games/import", 201, headers=staff, json={"bgg_id": 822})
         await call("POST", "/admin/games/import", 200, headers=staff, json={"bgg_id": 822})
         await call("POST", "/admin/games/import", 404, headers=staff, json={"bgg_id": 777})
