@@ -1,6 +1,6 @@
 """The admin page's documents view in a real headless Chromium against a real server:
 a staff member picks a game, uploads a PDF, sees its pages and passages, sees a scanned
-PDF refused with its code, and deletes the document."""
+PDF refused with its code, and deletes the document; and edits the game's glossary."""
 
 from __future__ import annotations
 
@@ -116,3 +116,74 @@ async def test_staff_upload_a_pdf_see_it_refuse_a_scan_and_delete(
         ) as http:
             listed = (await http.get(f"/admin/games/{game['id']}/documents")).json()
         assert listed == {"documents": []}
+
+
+async def sign_in_and_pick(page: Page, server: RunningServer, game_id: str) -> None:
+    """Open the documents view as staff and pick the game, as a user would."""
+    await page.navigate(f"{server.url}/admin#documents")
+    await page.type_into("#token", server.token("staff-1", "admin"))
+    await page.click("#auth button[type=submit]")
+    await page.wait_for(
+        f"document.querySelector('#doc-game option[value={json.dumps(game_id)}]')", timeout=10
+    )
+    await page.evaluate(
+        f"(() => {{ const s = document.querySelector('#doc-game');"
+        f" s.value = {json.dumps(game_id)};"
+        " s.dispatchEvent(new Event('change')); return true; })()"
+    )
+
+
+async def replace_glossary_text(page: Page, text: str) -> str:
+    """Select the glossary's text, type ``text`` over it, save; the status shown after."""
+    await page.evaluate("(() => { document.querySelector('#glossary').select(); return 1; })()")
+    await page.type_into("#glossary", text or " ")  # a space over it all: a blank box
+    await page.evaluate(
+        "(() => { document.querySelector('#glossary-status').textContent = ''; return 1; })()"
+    )
+    await page.click("#glossary-form button[type=submit]")
+    status: str = await page.wait_for(
+        "document.querySelector('#glossary-status').textContent", timeout=10
+    )
+    return status
+
+
+async def test_staff_see_and_edit_a_games_glossary(server: RunningServer, page: Page) -> None:
+    """The glossary an admin stored shows one term a line; an added line is saved and
+    read back by the API; a line without its words is refused with its number and
+    nothing changes; emptying the box removes the glossary."""
+    glossary = {"Delver": ["worker", "meeple"]}
+    async with asyncio.timeout(60):
+        async with httpx.AsyncClient(
+            base_url=server.url, headers=staff_headers(server), timeout=5
+        ) as http:
+            game = (await http.post("/admin/games", json={"name": "Hollowdeep"})).json()
+            patch = {"details": {"glossary": glossary}}
+            (await http.patch(f"/admin/games/{game['id']}", json=patch)).raise_for_status()
+            stored = f"/admin/games/{game['id']}/glossary"
+
+            await sign_in_and_pick(page, server, game["id"])
+            shown = await page.wait_for(
+                "document.querySelector('#glossary-status').textContent === '1 term(s).'"
+                " && document.querySelector('#glossary').value",
+                timeout=10,
+            )
+            assert shown == "Delver: worker, meeple"
+
+            saved = await replace_glossary_text(
+                page, "Delver: worker, meeple\nShaft: mine,  pit\n\n"
+            )
+            assert saved == "Saved the glossary: 2 term(s)."
+            both = {"Delver": ["worker", "meeple"], "Shaft": ["mine", "pit"]}
+            assert (await http.get(stored)).json() == {"glossary": both}
+            assert await page.evaluate("document.querySelector('#glossary').value") == (
+                "Delver: worker, meeple\nShaft: mine, pit"
+            )
+
+            refused = await replace_glossary_text(page, "Delver: worker\nShaft mine")
+            assert refused == 'Not saved: line 2: write "Term: word, word"'
+            assert (await http.get(stored)).json() == {"glossary": both}
+
+            removed = await replace_glossary_text(page, "")
+            assert removed == "Removed the glossary."
+            assert (await http.get(stored)).json() == {"glossary": {}}
+            assert await page.evaluate("document.querySelector('#glossary').value") == ""

@@ -1,13 +1,15 @@
 "use strict";
 // The documents view: pick a game, list its documents, upload (PDF, Markdown, text)
-// and delete. Everything goes through the REST API with the pasted staff token.
+// and delete, and edit its glossary (one "Term: word, word" a line). Everything goes
+// through the REST API with the pasted staff token.
 (() => {
   const { $ } = window.admin;
   const say = (text) => { $("doc-status").textContent = text; };
   let games = [];  // what the select was filled with (id, name, status)
 
   async function api(path, options = {}) {
-    const response = await fetch(path, { ...options, headers: window.admin.headers() });
+    const response = await fetch(path,
+      { ...options, headers: { ...window.admin.headers(), ...options.headers } });
     const body = response.status === 204 ? {} : await response.json().catch(() => ({}));
     if (!response.ok) {
       const code = body.error_code ? " " + body.error_code : "";
@@ -98,17 +100,85 @@
     }
   }
 
+  const sayGlossary = (text) => { $("glossary-status").textContent = text; };
+  const glossaryPath = (gameId) => "/admin/games/" + encodeURIComponent(gameId);
+
+  // The glossary as the textarea shows it, and back; a line the page cannot read is
+  // refused here with its number, before anything is sent.
+  function glossaryText(glossary) {
+    return Object.entries(glossary).map(([term, words]) => term + ": " + words.join(", "))
+      .join("\n");
+  }
+
+  function parseGlossary(text) {
+    const glossary = {};
+    text.split("\n").forEach((line, i) => {
+      if (!line.trim()) return;
+      const colon = line.lastIndexOf(":");  // a term may hold one ("Solo Play: …")
+      const term = colon > 0 ? line.slice(0, colon).trim() : "";
+      const words = colon > 0 ? line.slice(colon + 1).split(",").map((w) => w.trim())
+        .filter(Boolean) : [];
+      if (!term || !words.length) {
+        throw new Error("line " + (i + 1) + ': write "Term: word, word"');
+      }
+      if (Object.hasOwn(glossary, term)) {
+        throw new Error("line " + (i + 1) + ": " + term + " is there twice");
+      }
+      glossary[term] = words;
+    });
+    return Object.keys(glossary).length ? glossary : null;
+  }
+
+  // The picked game's glossary into the box; its number of terms (null: no game, or
+  // another game was picked meanwhile).
+  async function loadGlossary() {
+    const gameId = $("doc-game").value;
+    $("glossary").value = "";
+    if (!gameId) return null;
+    const { glossary } = await api(glossaryPath(gameId) + "/glossary");
+    if ($("doc-game").value !== gameId) return null;
+    $("glossary").value = glossaryText(glossary);
+    return Object.keys(glossary).length;
+  }
+
+  async function saveGlossary(event) {
+    event.preventDefault();
+    const gameId = $("doc-game").value;
+    if (!gameId) return;
+    try {
+      const glossary = parseGlossary($("glossary").value);
+      await api(glossaryPath(gameId), {
+        method: "PATCH",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ details: { glossary } }),
+      });
+      await loadGlossary();  // shows what is stored now
+      sayGlossary(glossary ? "Saved the glossary: " + Object.keys(glossary).length +
+        " term(s)." : "Removed the glossary.");
+    } catch (err) {
+      sayGlossary("Not saved: " + err.message);
+    }
+  }
+
+  async function pick() {
+    sayGlossary("");
+    await list();
+    const terms = await loadGlossary();
+    if (terms !== null) sayGlossary(terms ? terms + " term(s)." : "No glossary.");
+  }
+
   async function show() {
     try {
       await loadGames();
-      await list();
+      await pick();
     } catch (err) {
       say("Error " + err.message);
     }
   }
 
-  $("doc-game").addEventListener("change", () => list().catch(
+  $("doc-game").addEventListener("change", () => pick().catch(
     (err) => say("Error " + err.message)));
   $("doc-upload").addEventListener("submit", upload);
+  $("glossary-form").addEventListener("submit", saveGlossary);
   window.admin.view("documents", { show });
 })();
