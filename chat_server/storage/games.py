@@ -99,12 +99,10 @@ async def game_details(db: Database, game_id: str) -> dict[str, Any] | None:
     """The game's ``details`` (staff's glossary among them; not part of the public game),
     or None when there is no such game."""
     async with db.read() as conn:
-        value = (
-            await conn.execute(select(games.c.details).where(games.c.id == game_id))
-        ).scalar_one_or_none()
-    if value is None:
+        row = (await conn.execute(select(games.c.details).where(games.c.id == game_id))).first()
+    if row is None:
         return None
-    return dict(value) if isinstance(value, dict) else {}
+    return dict(row.details) if isinstance(row.details, dict) else {}
 
 
 async def get_game_by_bgg_id(db: Database, bgg_id: int) -> dict[str, Any] | None:
