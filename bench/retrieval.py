@@ -5,8 +5,10 @@
 
 For each strategy and number of passages sent: recall (the answering passage is
 sent), passages sent on average, errata ranked above the rule they correct, and
-unanswerable questions known to be silent. Then the costs: embedding a question,
-``retrieve()`` per question, and indexing a 100-page rulebook. The figures are in
+unanswerable questions known to be silent. Then the signals measured for knowing
+the rules are silent on the questions the kept strategy still answers, and what each
+would cost. Then the costs: embedding a question, ``retrieve()`` per question, and
+indexing a 100-page rulebook. The figures are in
 docs/providers.md (grounding) and docs/performance.md.
 """
 
@@ -28,8 +30,8 @@ import numpy as np
 
 from chat_server.retrieval.embedder import embed, load_model
 from chat_server.retrieval.index import GameIndex, Indexes, build_index
-from chat_server.retrieval.ranking import expand, fuse, with_corrections
-from chat_server.retrieval.search import POOL, rank
+from chat_server.retrieval.ranking import _WORD, content_words, expand, fuse, stem, with_corrections
+from chat_server.retrieval.search import MIN_COSINE, MIN_WEIGHT, POOL, evidence, rank
 from chat_server.storage import Database
 from chat_server.storage.documents import retrieve
 from chat_server.storage.fulltext import search_passages
@@ -117,6 +119,81 @@ async def measure(db: Database, index: GameIndex, game: str, ranker: Ranker, k: 
         f"{found}/{answerable} ({found / answerable:.0%}) | {sent / answerable:.2f} | "
         f"{first}/{errata} | {silent}/{unanswerable}"
     )
+
+
+def word_forms(index: GameIndex, question: str) -> dict[str, set[str]]:
+    """Each content word of ``question`` with the words that stand for it in the rules:
+    itself, and the game's terms for it when it is a glossary word."""
+    forms = {w: {w} for w in content_words(question)}
+    words = _WORD.findall(question.lower())
+    lowered, stems = f" {' '.join(words)} ", f" {' '.join(map(stem, words))} "
+    for term, needles in index.glossary:
+        for needle in needles:
+            if needle in lowered or needle in stems:
+                for w in content_words(needle):
+                    if w in forms:
+                        forms[w] |= set(content_words(term))
+    return forms
+
+
+async def signals(db: Database, index: GameIndex, game: str, q: str) -> dict[str, float]:
+    """The silence signals of one question (higher: more likely answered)."""
+    expanded = expand(q, index.glossary)
+    found = await search_passages(db, game_id=game, language="en", question=expanded, limit=POOL)
+    by_text = [str(r["id"]) for r in found]
+    assert index.vectors is not None, "the embedding model did not load"
+    cos = index.vectors @ embed([expanded])[0]
+    by_vec = [str(index.rows[i]["id"]) for i in np.argsort(-cos, kind="stable")[:POOL]]
+    top = [index.position[k] for k in fuse([by_text, by_vec]) if k in index.position][:6]
+    words = content_words(expanded)
+    clearing = [
+        i
+        for i in top
+        if (e := evidence(index, i, words, float(cos[i]))).shared_weight >= MIN_WEIGHT
+        or e.cosine >= MIN_COSINE
+    ]
+    forms = word_forms(index, q)
+    known = {w: f for w, f in forms.items() if f & index.weights.keys()}
+    rank_of = {k: n for n, k in enumerate(by_text)}
+    agree = [
+        max(rank_of.get(str(index.rows[i]["id"]), POOL), by_vec.index(str(index.rows[i]["id"])))
+        for i in clearing
+        if str(index.rows[i]["id"]) in by_vec
+    ]
+    return {
+        "best cosine with a passage": float(cos.max()),
+        "z-score of the best cosine": float((cos.max() - cos.mean()) / cos.std()),
+        "share of its known words the best candidate covers": max(
+            (sum(bool(f & index.words[i]) for f in known.values()) / len(known) for i in top),
+            default=0.0,
+        )
+        if known
+        else 0.0,
+        "both rankings agree (minus the best candidate's worse rank)": -float(
+            min(agree, default=POOL)
+        ),
+    }
+
+
+async def silence(db: Database, index: GameIndex, game: str) -> None:
+    """What catching every unanswerable question with each signal would cost: the
+    answerable questions answered today that score no better than the best-scoring
+    unanswerable one still answered."""
+    rows = []
+    for q in questions():
+        ranked = await rank(db, index, game_id=game, language="en", question=q["q"], limit=6)
+        heads = [r["heading"] for r in ranked.rows]
+        rows.append(
+            (q, ranked.silent, q["answer"] in heads, await signals(db, index, game, q["q"]))
+        )
+    print("signal | the unanswerable ones still answered | answerable ones it would silence")
+    for name in rows[0][3]:
+        missed = [v[name] for q, silent, _, v in rows if q["answer"] is None and not silent]
+        if not missed:
+            continue
+        bar = max(missed)
+        lost = sum(1 for q, silent, hit, v in rows if q["answer"] and hit and v[name] <= bar)
+        print(f"{name} | {', '.join(f'{m:.2f}' for m in missed)} | {lost}")
 
 
 def hundred_pages() -> list[dict[str, Any]]:
@@ -209,6 +286,7 @@ async def main() -> None:
                 shown = "all" if name.startswith("whole") else str(k)
                 figures = await measure(db, index, game["id"], ranker, k)
                 print(f"{name} | {shown} | {figures}")
+        await silence(db, await indexes.get(db, with_glossary["id"]), with_glossary["id"])
         index = await indexes.get(db, plain["id"])
         chars = sum(len(str(r["text"])) for r in index.rows)
         print(f"the whole set in a prompt: about {chars // 4} tokens ({len(index.rows)} passages)")
