@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +64,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-monitor", action="store_true", help="no Redis MONITOR (its own cost)")
     p.add_argument(
+        "--profile",
+        default="",
+        metavar="DIR",
+        help="py-spy B over the storm into DIR (profile.txt, top.txt: where its CPU goes)",
+    )
+    p.add_argument(
         "--nice",
         type=int,
         default=-10 if os.geteuid() == 0 else 0,
@@ -88,11 +95,15 @@ def statements(base_url: str) -> int:
     path sends every one of its statements that way)."""
     import httpx
 
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith("chat_db_statements_total "):
-            return int(float(line.split()[1]))
-    raise RuntimeError("B's /metrics has no chat_db_statements_total")
+    for _ in range(30):  # B may still refuse new connections for a moment (503)
+        response = httpx.get(f"{base_url}/metrics", timeout=10)
+        if response.status_code == 200:
+            for line in response.text.splitlines():
+                if line.startswith("chat_db_statements_total "):
+                    return int(float(line.split()[1]))
+            raise RuntimeError("B's /metrics has no chat_db_statements_total")
+        time.sleep(0.5)
+    raise RuntimeError(f"B's /metrics answers {response.status_code}")
 
 
 def read_line(proc: subprocess.Popen[str], prefix: str) -> dict[str, Any]:
@@ -145,6 +156,7 @@ def run_storm(args: argparse.Namespace, procs: Procs, product: Product) -> dict[
         else RedisMonitor(product.redis_host, product.redis_port, product.redis_db)
     )
     load = {"uptime_before": os.getloadavg()}
+    spy = start_profile(procs, b["pid"], args.profile) if args.profile else None
     with monitor:
         assert client.stdin is not None
         client.stdin.write("GO\n")
@@ -153,6 +165,8 @@ def run_storm(args: argparse.Namespace, procs: Procs, product: Product) -> dict[
         result = read_line(client, "RESULT ")
     load["uptime_after"] = os.getloadavg()
     after = statements(b_http)
+    if spy is not None:
+        stop_profile(spy, args.profile)
     procs.live["a"].wait(timeout=60)
     client.wait(timeout=30)
     resumed = result["resumed"] or 1
@@ -171,6 +185,27 @@ def run_storm(args: argparse.Namespace, procs: Procs, product: Product) -> dict[
     }
 
 
+def start_profile(procs: Procs, pid: int, out: str) -> subprocess.Popen[bytes]:
+    """py-spy on B (only what holds the GIL: its CPU work) until ``stop_profile``."""
+    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    cmd = [spy, "record", "--format", "raw", "-o", str(Path(out) / "profile.txt")]
+    cmd += ["--pid", str(pid), "--rate", "250", "--gil", "--full-filenames"]
+    proc = procs.start("py-spy", cmd, core=LOAD_CORE)
+    time.sleep(1.0)  # attached before the storm
+    return proc
+
+
+def stop_profile(proc: subprocess.Popen[bytes], out: str) -> None:
+    from profile_top import summarize
+
+    proc.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
+    proc.wait(timeout=60)
+    top = summarize((Path(out) / "profile.txt").read_text(), 30)
+    (Path(out) / "top.txt").write_text(top + "\n")
+    print(f"  profile of B: {out}/top.txt", file=sys.stderr)
+
+
 def report(r: dict[str, Any]) -> str:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:,.0f} ms"
@@ -187,7 +222,10 @@ def report(r: dict[str, Any]) -> str:
             f"  session.resume -> session.ready: p50 {ms(r['resume_ms']['p50'])}, "
             f"p99 {ms(r['resume_ms']['p99'])}; connect -> ready (handshake, auth): "
             f"p50 {ms(r['handshake_ms']['p50'])}, p99 {ms(r['handshake_ms']['p99'])}",
-            f"  errors: {r['errors'] or 0}; A's close codes: {r['a_closes']}",
+            f"  errors: {r['errors'] or 0}; A's close codes: {r['a_closes']}; refused at "
+            f"B's door (503, retried after 1 s + jitter): {r['clients_refused']} clients, "
+            f"{r['refused_503']} times; those let in at once: p50 "
+            f"{ms(r['first_try_ms']['p50'])}, p99 {ms(r['first_try_ms']['p99'])}",
             f"  database statements per resume: {r['db_statements_per_resume']:.3f} "
             f"({r['db_statements']} in all on B, its chat_db_statements_total; its background "
             "work included)",

@@ -10,8 +10,10 @@ stdin and stdout:
 2. It sends A SIGTERM. A drains and closes every connection with 1012; each client,
    once closed, waits a random 0 to ``jitter_s`` seconds, then connects to instance B
    and, after ``ready``, sends ``session.resume`` for its session.
+   A connection B refuses at its door (``503``, ``HTTP_MAX_PENDING``) is tried again
+   after 1 s plus the jitter, as its ``retry-after`` asks; those are counted apart.
 3. It prints ``RESULT {...}``: per client the time from starting the reconnect (the
-   TCP connect to B) to ``session.ready`` and from sending ``session.resume`` to it;
+   first TCP connect to B) to ``session.ready`` and from sending ``session.resume`` to it;
    errors by kind (an ``error`` frame, a failed connect, a timeout, a close other than
    1012, a history that is not the one asked on A); B's CPU over the storm.
 """
@@ -41,12 +43,21 @@ RESTART = 1012
 class Reconnect:
     """One client's way from A's close to B's ``session.ready``."""
 
-    __slots__ = ("close_code", "closed_at", "connect_at", "failed", "ready_at", "resume_at")
+    __slots__ = (
+        "close_code",
+        "closed_at",
+        "connect_at",
+        "failed",
+        "ready_at",
+        "refused",
+        "resume_at",
+    )
 
     def __init__(self) -> None:
         self.close_code: int | None = None
         self.closed_at = self.connect_at = self.resume_at = self.ready_at = 0.0
         self.failed: str | None = None
+        self.refused = 0  # 503s at B's door before getting in
 
 
 async def reconnect(agent: Agent, url: str, jitter: float, rec: Reconnect) -> None:
@@ -58,16 +69,26 @@ async def reconnect(agent: Agent, url: str, jitter: float, rec: Reconnect) -> No
         agent.errors[f"a_closed_{rec.close_code}"] += 1
     await asyncio.sleep(random.uniform(0.0, jitter))
     parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
     loop = asyncio.get_running_loop()
-    agent.control = asyncio.Queue(maxsize=1000)
-    ws = WSClient(
-        parts.netloc, parts.path, {"Authorization": f"Bearer {agent.token}"}, agent.on_text
-    )
     rec.connect_at = time.perf_counter()
     try:
         async with asyncio.timeout(TIMEOUT_S):
-            await loop.create_connection(lambda: ws, parts.hostname, parts.port)
-            await ws.opened
+            while True:
+                agent.control = asyncio.Queue(maxsize=1000)
+                headers = {"Authorization": f"Bearer {agent.token}"}
+                ws = WSClient(parts.netloc, parts.path, headers, agent.on_text)
+                await loop.create_connection(lambda: ws, host, port)  # noqa: B023
+                try:
+                    await ws.opened
+                    break
+                except ConnectionError as exc:
+                    if " 503 " not in str(exc):
+                        raise
+                # Refused at the door (HTTP_MAX_PENDING): as a client does, try again
+                # after its retry-after (1 s), spread by the jitter.
+                rec.refused += 1
+                await asyncio.sleep(1.0 + random.uniform(0.0, jitter))
             agent.ws = ws
             await agent.expect("ready", TIMEOUT_S)
             rec.resume_at = time.perf_counter()
@@ -93,7 +114,7 @@ async def storm(cfg: dict[str, Any]) -> dict[str, Any]:
     agents = [Agent(i, cfg, errors) for i in range(n)]
     t_attach = time.perf_counter()
     await open_all(agents, cfg, errors)
-    gate = asyncio.Semaphore(int(cfg.get("turn_concurrency", 100)))
+    gate = asyncio.Semaphore(int(cfg.get("turn_concurrency", 50)))
 
     async def ask(agent: Agent) -> None:
         async with gate:
@@ -140,6 +161,12 @@ async def storm(cfg: dict[str, Any]) -> dict[str, Any]:
         "resumed": len(done),
         "errors": dict(errors),
         "a_closes": dict(closes),
+        "refused_503": sum(r.refused for r in recs),
+        "clients_refused": sum(1 for r in recs if r.refused),
+        "first_try_ms": {
+            q: quantile([t for t, r in zip(total, done, strict=True) if not r.refused], v)
+            for q, v in (("p50", 0.5), ("p99", 0.99))
+        },
         "reconnect_ms": {
             q: quantile(total, v) for q, v in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
         },
