@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import event
 
 from tests.server import RunningServer, make_settings, running_server
@@ -49,15 +50,24 @@ def pair(
         yield a, b
 
 
+def counted() -> float:
+    """``chat_db_statements_total`` as ``/metrics`` shows it (both instances run in this
+    process: A is idle while B is counted)."""
+    return REGISTRY.get_sample_value("chat_db_statements_total") or 0.0
+
+
 async def resume_on(
     client: Client, statements: Statements, session_id: str
 ) -> tuple[dict[str, Any], list[str]]:
-    """Send ``session.resume``; the answer and the statements sent meanwhile."""
+    """Send ``session.resume``; the answer and the statements sent meanwhile (the
+    product's own counter agrees with the engine's)."""
     statements.sent.clear()
+    before = counted()
     await client.send({"type": "session.resume", "session_id": session_id})
     while True:
         frame = await client.recv()
         if frame["type"] in ("session.ready", "error"):
+            assert counted() - before == len(statements.sent), statements.sent
             return frame, list(statements.sent)
 
 
