@@ -167,7 +167,12 @@ def run_storm(args: argparse.Namespace, procs: Procs, product: Product) -> dict[
     after = statements(b_http)
     if spy is not None:
         stop_profile(spy, args.profile)
-    procs.live["a"].wait(timeout=60)
+    try:  # A's own shutdown, for the record (it does not bound the figures above)
+        procs.live["a"].wait(timeout=60)
+        a_exited = True
+    except subprocess.TimeoutExpired:
+        a_exited = False
+        print("warning: A has not exited 60 s after its SIGTERM", file=sys.stderr)
     client.wait(timeout=30)
     resumed = result["resumed"] or 1
     redis = {k: v for k, v in monitor.client.most_common()}
@@ -182,15 +187,17 @@ def run_storm(args: argparse.Namespace, procs: Procs, product: Product) -> dict[
         "redis_scripted": dict(monitor.scripted),
         "redis_per_resume": sum(redis.values()) / resumed,
         "load": load,
+        "a_exited": a_exited,
     }
 
 
 def start_profile(procs: Procs, pid: int, out: str) -> subprocess.Popen[bytes]:
-    """py-spy on B (only what holds the GIL: its CPU work) until ``stop_profile``."""
+    """py-spy on B (only what holds the GIL: its CPU work) until ``stop_profile``;
+    ``--nonblocking``: B is never paused to be sampled (a paused B would be slower)."""
     spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
     Path(out).mkdir(parents=True, exist_ok=True)
     cmd = [spy, "record", "--format", "raw", "-o", str(Path(out) / "profile.txt")]
-    cmd += ["--pid", str(pid), "--rate", "250", "--gil", "--full-filenames"]
+    cmd += ["--pid", str(pid), "--rate", "250", "--gil", "--full-filenames", "--nonblocking"]
     proc = procs.start("py-spy", cmd, core=LOAD_CORE)
     time.sleep(1.0)  # attached before the storm
     return proc
