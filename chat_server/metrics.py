@@ -15,6 +15,7 @@ __all__ = [
     "CANCELS",
     "CONNECTIONS",
     "COST",
+    "DB_STATEMENTS",
     "DENIALS",
     "DENIALS_DROPPED",
     "FIRST_TOKEN",
@@ -65,6 +66,12 @@ CANCELS = Counter("chat_cancels_total", "Turns cancelled", ["cause"])
 TOKENS_AFTER_CANCEL = Counter(
     "chat_tokens_after_cancel_total",
     "Tokens that arrived from a provider after a cancel was asked (should stay near 0)",
+)
+#: What a step costs the database, as a rate (a reconnect storm's statements per resume).
+DB_STATEMENTS = Counter(
+    "chat_db_statements_total",
+    "Statements sent to the database through SQLAlchemy (a turn's writes on the asyncpg "
+    "driver, Database.driver(), are not counted)",
 )
 RESUMES = Counter("chat_resumes_total", "session.resume with a turn_id, by outcome", ["outcome"])
 CONNECTIONS_REFUSED = Counter(

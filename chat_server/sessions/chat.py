@@ -126,7 +126,11 @@ class ChatService:
 
     # -- sessions --------------------------------------------------------------
     async def _visible_game(self, who: Who, game_id: str) -> Game:
-        row = await get_game(self.db, game_id)
+        return self._game(who, await get_game(self.db, game_id))
+
+    def _game(self, who: Who, row: dict[str, Any] | None) -> Game:
+        """The shared ``Game`` of a stored game row, if ``who`` may see it (else
+        ``not_found``, as for a game that does not exist)."""
         if not can_see_game(who.role, row):
             raise NotFound("game not found", error_code="GAME_NOT_FOUND")
         assert row is not None
@@ -189,11 +193,14 @@ class ChatService:
         """Re-attach: the attachment, the ``session.ready`` event (``running`` is None:
         the hub fills it in) and this instance's running turn of the session, if any.
         """
-        # One read for both (a resume storm costs the database one round trip less each).
-        session, history = await chat_store.session_with_history(self.db, frame.session_id)
-        if session is None or session["user_id"] != who.user_id:
+        # One statement in all: the session (only the user's own), its game (whose
+        # visibility is checked here, on what is stored now) and its history. A resume
+        # storm on a fresh instance costs the database one round trip per client.
+        found = await chat_store.session_with_history(self.db, frame.session_id, who.user_id)
+        if found is None:
             raise NotFound("session not found", error_code="SESSION_NOT_FOUND")
-        game = await self._visible_game(who, session["game_id"])
+        session, history = found.session, found.messages
+        game = self._game(who, found.game)
         live = self.manager.running_in_session(session["id"])
         attached = Attached(
             session["id"],

@@ -19,13 +19,15 @@ from sqlalchemy import and_, bindparam, select, update
 
 from ..text import clean
 from .engine import Database
+from .games import GAME_FIELDS
 from .ids import as_utc, new_id, utcnow
 from .pages import decode_cursor, encode_cursor
-from .schema import chat_messages, chat_sessions, usage_events
+from .schema import chat_messages, chat_sessions, games, usage_events
 from .upsert import upsert
 
 __all__ = [
     "ClosedTurn",
+    "SessionRead",
     "TurnRecord",
     "begin_turn",
     "create_session",
@@ -136,10 +138,13 @@ async def history(db: Database, session_id: str, limit: int = 200) -> list[dict[
     return [message_dict(r) for r in reversed(rows)]
 
 
-# A session and its latest messages in one statement (the session's columns repeated
-# on each message's row; one row of NULL messages when it has none): ``session.resume``
-# reads both, and one statement is one round trip and one pooled connection.
+# A session, its game and its latest messages in one statement (the session's and the
+# game's columns repeated on each message's row; one row of NULL messages when it has
+# none): ``session.resume`` needs all three, and one statement is one round trip and
+# one pooled connection. Only the given user's session is read: another user's id
+# finds nothing (not even its history leaves the database).
 _SESSION_COLUMNS = [c.label(f"s_{c.name}") for c in chat_sessions.c]
+_GAME_COLUMNS = [games.c[name].label(f"g_{name}") for name in GAME_FIELDS]
 _MESSAGE_COLUMNS = [c.label(f"m_{c.name}") for c in chat_messages.c]
 _LATEST_IDS = (
     select(chat_messages.c.id)
@@ -148,9 +153,9 @@ _LATEST_IDS = (
     .limit(bindparam("limit"))
 )
 _SESSION_WITH_HISTORY = (
-    select(*_SESSION_COLUMNS, *_MESSAGE_COLUMNS)
+    select(*_SESSION_COLUMNS, *_GAME_COLUMNS, *_MESSAGE_COLUMNS)
     .select_from(
-        chat_sessions.outerjoin(
+        chat_sessions.join(games, games.c.id == chat_sessions.c.game_id).outerjoin(
             chat_messages,
             and_(
                 chat_messages.c.session_id == chat_sessions.c.id,
@@ -158,9 +163,19 @@ _SESSION_WITH_HISTORY = (
             ),
         )
     )
-    .where(chat_sessions.c.id == bindparam("session"))
+    .where(chat_sessions.c.id == bindparam("session"), chat_sessions.c.user_id == bindparam("user"))
     .order_by(chat_messages.c.id)
 )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRead:
+    """What ``session.resume`` reads: the session, its game (``GAME_FIELDS``) and its
+    latest messages, oldest first."""
+
+    session: dict[str, Any]
+    game: dict[str, Any]
+    messages: list[dict[str, Any]]
 
 
 def _prefixed(row: Any, prefix: str) -> Any:
@@ -170,19 +185,24 @@ def _prefixed(row: Any, prefix: str) -> Any:
 
 
 async def session_with_history(
-    db: Database, session_id: str, limit: int = 200
-) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """``get_session`` and ``history`` in one read: the session (None if there is no
-    such session) and its latest ``limit`` messages, oldest first."""
+    db: Database, session_id: str, user_id: str, limit: int = 200
+) -> SessionRead | None:
+    """``user_id``'s session ``session_id`` with its game and its latest ``limit``
+    messages, in one statement; None if the user has no such session."""
     async with db.read() as conn:
         rows = (
-            await conn.execute(_SESSION_WITH_HISTORY, {"session": session_id, "limit": limit})
+            await conn.execute(
+                _SESSION_WITH_HISTORY, {"session": session_id, "user": user_id, "limit": limit}
+            )
         ).all()
     if not rows:
-        return None, []
-    session = session_dict(_prefixed(rows[0], "s_"))
-    messages = [message_dict(_prefixed(r, "m_")) for r in rows if r._mapping["m_id"] is not None]
-    return session, messages
+        return None
+    first = rows[0]
+    return SessionRead(
+        session=session_dict(_prefixed(first, "s_")),
+        game=dict(_prefixed(first, "g_")._mapping),
+        messages=[message_dict(_prefixed(r, "m_")) for r in rows if r._mapping["m_id"] is not None],
+    )
 
 
 # The per-turn statements, made once (their parameters come at execution): building

@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
+from .. import metrics
 from ..errors import InvalidInput, Unavailable
 
 __all__ = ["Database", "async_url", "sync_url"]
@@ -105,6 +106,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self.url, hide_parameters=True, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(self.engine.sync_engine, "before_cursor_execute", _count_statement)
         # The same pool; its connections in autocommit while lent out (a flag on the
         # driver's connection, no round trip). Not behind a transaction pooler, where
         # statements are prepared and then run, and only a transaction keeps both on
@@ -244,6 +246,10 @@ def _unavailable() -> Unavailable:
 def _statement_name() -> str:
     """Unique prepared-statement names, so a pooler's shared backends never collide."""
     return f"__chat_{uuid.uuid4().hex}__"
+
+
+def _count_statement(*_args: Any) -> None:
+    metrics.DB_STATEMENTS.inc()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

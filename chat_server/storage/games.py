@@ -14,6 +14,7 @@ from .pages import decode_cursor, encode_cursor
 from .schema import games
 
 __all__ = [
+    "GAME_FIELDS",
     "GAME_STATUSES",
     "create_game",
     "get_game",
@@ -23,6 +24,8 @@ __all__ = [
 ]
 
 GAME_STATUSES = ("active", "beta", "hidden")
+#: What a chat session needs of its game: who may see it, its name, its flag section.
+GAME_FIELDS = ("id", "name", "status", "section")
 PUBLIC_FIELDS = (
     "id",
     "bgg_id",

@@ -266,30 +266,40 @@ async def test_history_is_oldest_first_and_limited_to_the_latest(
     assert [m["content"] for m in latest] == expected[-3:]
 
 
-async def test_session_with_history_reads_both_in_one_statement(
+async def test_session_with_history_reads_session_game_and_messages_in_one_statement(
     db: Database, game: dict[str, Any]
 ) -> None:
-    """The resume read gives the session and the same messages as ``history`` (latest
-    ``limit``, oldest first); a session without messages, an empty list; none, None."""
+    """The resume read gives the session, its game and the same messages as ``history``
+    (latest ``limit``, oldest first); a session without messages, an empty list; another
+    user's session or none, None."""
     async with asyncio.timeout(WAIT):
         session = await new_session(db, game["id"])
         empty = await new_session(db, game["id"])
         for i in range(3):
             turn_id, assistant_id = await start_turn(db, session["id"], f"question {i}")
             await finish_turn(db, record(session, turn_id, assistant_id, content=f"answer {i}"))
-        found, messages = await session_with_history(db, session["id"], limit=4)
+        found = await session_with_history(db, session["id"], USER, limit=4)
         expected = await history(db, session["id"], limit=4)
-        alone, nothing = await session_with_history(db, empty["id"])
-        missing = await session_with_history(db, "no-such-session")
+        alone = await session_with_history(db, empty["id"], USER)
+        other_users = await session_with_history(db, session["id"], "user-2")
+        missing = await session_with_history(db, "no-such-session", USER)
         stored, stored_empty = (
             await get_session(db, session["id"]),
             await get_session(db, empty["id"]),
         )
-    assert found == stored
-    assert messages == expected
-    assert [m["content"] for m in messages] == ["question 1", "answer 1", "question 2", "answer 2"]
-    assert alone == stored_empty and nothing == []
-    assert missing == (None, [])
+    assert found is not None and alone is not None
+    assert found.session == stored
+    assert found.game == {k: game[k] for k in ("id", "name", "status", "section")}
+    assert found.messages == expected
+    assert [m["content"] for m in found.messages] == [
+        "question 1",
+        "answer 1",
+        "question 2",
+        "answer 2",
+    ]
+    assert alone.session == stored_empty and alone.messages == []
+    assert alone.game == found.game
+    assert other_users is None and missing is None
 
 
 async def test_fail_stale_turns_closes_only_old_streaming_answers(
