@@ -126,14 +126,41 @@ async def load_async(cfg: dict[str, Any]) -> None:
     errors: Counter[str] = Counter()
     times: list[float] = []
 
+    pongs: list[asyncio.Future[float]] = []  # the probe's pings waiting (see hold)
+
     def ready_waiter() -> tuple[asyncio.Future[bytes], Any]:
         ready: asyncio.Future[bytes] = loop.create_future()
 
-        def on_text(payload: bytes, _now: float) -> None:
+        def on_text(payload: bytes, now: float) -> None:
             if not ready.done():
                 ready.set_result(payload)
+            elif pongs and not pongs[0].done():
+                pongs.pop(0).set_result(now)
 
         return ready, on_text
+
+    async def hold(seconds: float) -> dict[str, Any]:
+        """Ping the server through one idle connection every 100 ms: the loop's stalls
+        (the product's slot refresh, a collection) show as late pongs."""
+        end = time.monotonic() + seconds
+        rtts: list[float] = []
+        probe = clients[0] if cfg["probe"] and clients else None
+        while time.monotonic() < end:
+            if probe is not None:
+                waiter: asyncio.Future[float] = loop.create_future()
+                pongs.append(waiter)
+                sent = time.perf_counter()
+                probe.send_text(json.dumps({"type": "ping", "id": "probe"}))
+                try:
+                    async with asyncio.timeout(10):
+                        rtts.append((await waiter - sent) * 1000)
+                except TimeoutError:
+                    rtts.append(10_000.0)
+            await asyncio.sleep(0.1)
+        rtts.sort()
+        if not rtts:
+            return {}
+        return {"ping_ms_p50": rtts[len(rtts) // 2], "ping_ms_max": rtts[-1], "pings": len(rtts)}
 
     async def one(token: str) -> None:
         async with gate:
@@ -176,6 +203,8 @@ async def load_async(cfg: dict[str, Any]) -> None:
         if line.strip() == "count":
             alive = sum(1 for c in clients if not c.closed.done())
             print(f"ALIVE {alive}", flush=True)
+        elif line.startswith("hold "):
+            print("HELD " + json.dumps(await hold(float(line.split()[1]))), flush=True)
         elif line.strip() == "close":
             break
     for client in clients:
@@ -272,6 +301,7 @@ def wave(
                 "pem": jwks.pem,
                 "user": user,
                 "go": go,
+                "probe": j == 0,
             }
         )
     return Loads(procs, cfgs)
@@ -290,6 +320,10 @@ def measure(
         warm.close()
     time.sleep(args.settle)
     base = rss_kb(pid)
+    traced = args.memprobe and server["target"] == "product"
+    if traced:
+        os.kill(pid, signal.SIGUSR1)  # probe.py: the baseline snapshot
+        time.sleep(2.0)
     loads = wave(procs, server, args.n, args.in_flight, jwks, "idle", net + 1)
     spy = profile(procs, server, args) if args.profile else None
     try:
@@ -301,6 +335,12 @@ def measure(
             spy.wait(timeout=60)
         time.sleep(args.settle)
         rss = rss_kb(pid)
+        if traced:
+            memprobe(pid, Path(args.memprobe))
+        cpu2 = cpu_s(pid)
+        loads.tell(f"hold {args.hold}")
+        held = json.loads(loads.read("HELD")[0])  # the first process pings
+        idle_cpu = (cpu_s(pid) - cpu2) / args.hold
         loads.tell("count")
         alive = sum(int(x) for x in loads.read("ALIVE"))
     finally:
@@ -319,10 +359,22 @@ def measure(
         "rss_per_conn_kb": (rss - base) / alive if alive else None,
         "handshakes_per_s": ok / window if window > 0 else None,
         "server_cpu_ms_per_handshake": (cpu1 - cpu0) / ok * 1000 if ok else None,
+        "idle_cpu_pct": idle_cpu * 100,
+        "idle_ping_ms_p50": held.get("ping_ms_p50"),
+        "idle_ping_ms_max": held.get("ping_ms_max"),
         "handshake_ms_p50": max(o["ms_p50"] or 0 for o in opened),
         "handshake_ms_p99": max(o["ms_p99"] or 0 for o in opened),
         "errors": dict(errors),
     }
+
+
+def memprobe(pid: int, out: Path) -> None:
+    """probe.py: the allocations that grew since the baseline, per connection."""
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 600
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    print(f"  memprobe: {out}", flush=True)
 
 
 def profile(procs: Any, server: dict[str, Any], args: argparse.Namespace) -> Any:
@@ -338,7 +390,9 @@ def profile(procs: Any, server: dict[str, Any], args: argparse.Namespace) -> Any
     return procs.start(f"py-spy-{server['target']}", cmd, core=LOAD_CORE)
 
 
-def start(procs: Any, target: str, product: Any, jwks: Jwks, data_dir: Path) -> dict[str, Any]:
+def start(
+    procs: Any, target: str, product: Any, jwks: Jwks, data_dir: Path, args: argparse.Namespace
+) -> dict[str, Any]:
     from procs import free_port, wait_healthy
 
     port = free_port()
@@ -346,6 +400,10 @@ def start(procs: Any, target: str, product: Any, jwks: Jwks, data_dir: Path) -> 
         product.extra_env["SUPABASE_JWKS_URL"] = jwks.url
         env = product.env(port=port, upstream="http://127.0.0.1:9/v1", data_dir=str(data_dir))
         cmd = [PY, "-m", "chat_server", "serve"]
+        if args.memprobe:  # the same server under tracemalloc (slow: its rates say nothing)
+            cmd = [PY, str(HERE / "probe.py")]
+            Path(args.memprobe).unlink(missing_ok=True)
+            env |= {"MEMPROBE_OUT": args.memprobe, "MEMPROBE_CONNECTIONS": str(args.n)}
         proc = procs.start(target, cmd, core=SERVER_CORE, env=env, cwd=data_dir)
     else:
         cmd = [PY, str(HERE / "relays.py"), "httpx", "--port", str(port), "--product-ws"]
@@ -370,6 +428,9 @@ def report(results: dict[str, dict[str, Any]], capped: str | None) -> None:
         ("server CPU per handshake, ms", "server_cpu_ms_per_handshake", "{:.3f}"),
         ("handshake p50, ms", "handshake_ms_p50", "{:.1f}"),
         ("handshake p99, ms", "handshake_ms_p99", "{:.1f}"),
+        ("idle: server CPU, % of a core", "idle_cpu_pct", "{:.2f}"),
+        ("idle: ping p50, ms", "idle_ping_ms_p50", "{:.1f}"),
+        ("idle: ping max (a stall), ms", "idle_ping_ms_max", "{:.1f}"),
     ]
     names = list(results)
     print(f"{'':34}" + "".join(f"{n:>12}" for n in names) + f"{'ratio':>10}")
@@ -400,8 +461,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="2,000 connections")
     p.add_argument("--in-flight", type=int, default=200, help="handshakes in flight at once")
     p.add_argument("--settle", type=float, default=3.0, help="seconds before reading RSS")
+    p.add_argument(
+        "--hold",
+        type=float,
+        default=45.0,
+        help="seconds all stay open while one is pinged (the product refreshes slots every 20)",
+    )
     p.add_argument("--only", default="relay,product")
     p.add_argument("--profile", metavar="DIR", help="py-spy each server while it handshakes")
+    p.add_argument(
+        "--memprobe", metavar="FILE", help="the product under tracemalloc: where its memory goes"
+    )
     p.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--redis-db", type=int, default=13)
     p.add_argument("--out", default="/tmp/chat-bench-idle.json")
@@ -435,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         if "product" in args.only:
             product.create_database()
         for index, target in enumerate(t for t in ("relay", "product") if t in args.only):
-            server = start(procs, target, product, jwks, tmp)
+            server = start(procs, target, product, jwks, tmp, args)
             try:
                 print(f"{target}: opening {args.n} connections ...", flush=True)
                 results[target] = measure(procs, server, args, jwks, net=10 + 10 * index)
