@@ -338,8 +338,12 @@ def measure(
         if traced:
             memprobe(pid, Path(args.memprobe))
         cpu2 = cpu_s(pid)
+        spy = profile(procs, server, args, "idle") if args.profile else None
         loads.tell(f"hold {args.hold}")
         held = json.loads(loads.read("HELD")[0])  # the first process pings
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
         idle_cpu = (cpu_s(pid) - cpu2) / args.hold
         loads.tell("count")
         alive = sum(int(x) for x in loads.read("ALIVE"))
@@ -377,17 +381,19 @@ def memprobe(pid: int, out: Path) -> None:
     print(f"  memprobe: {out}", flush=True)
 
 
-def profile(procs: Any, server: dict[str, Any], args: argparse.Namespace) -> Any:
-    """py-spy (``--gil``, raw) on the server while the wave opens; summarized after."""
+def profile(
+    procs: Any, server: dict[str, Any], args: argparse.Namespace, phase: str = "handshake"
+) -> Any:
+    """py-spy (``--gil``, raw) on the server while the wave opens or while all idle."""
     import shutil
 
     spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
-    out = Path(args.profile) / f"{server['target']}-handshake.txt"
+    out = Path(args.profile) / f"{server['target']}-{phase}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [spy, "record", "--format", "raw", "-o", str(out), "--pid", str(server["pid"])]
     cmd += ["--rate", "250", "--gil", "--full-filenames", "--nonblocking"]
     print(f"  py-spy: {out} (bench/profile_top.py reads it)", flush=True)
-    return procs.start(f"py-spy-{server['target']}", cmd, core=LOAD_CORE)
+    return procs.start(f"py-spy-{server['target']}-{phase}", cmd, core=LOAD_CORE)
 
 
 def start(
