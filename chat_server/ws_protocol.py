@@ -40,12 +40,13 @@ class _Inbox:
 
     def put_nowait(self, item: Any) -> None:
         self._items.append(item)
-        waiters = self._waiters
-        if waiters:
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-                    break
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        for waiter in self._waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def empty(self) -> bool:
         return not self._items
@@ -58,12 +59,14 @@ class _Inbox:
             self._waiters.append(waiter)
             try:
                 await waiter
+            except asyncio.CancelledError:
+                if self._items and not waiter.cancelled():
+                    self._wake_one()  # woken, then cancelled: the next reader takes it
+                raise
             finally:
                 self._waiters.remove(waiter)
                 if not self._waiters:
                     self._waiters = None
-                elif self._items and waiter.done() and not waiter.cancelled():
-                    self._waiters[0].set_result(None)  # woken but cancelled: the next one
         return self._items.pop(0)
 
 
