@@ -98,7 +98,7 @@ class Jwks:
 # -- a load process ---------------------------------------------------------------------
 async def load_async(cfg: dict[str, Any]) -> None:
     """Open connections ``cfg['first']`` .. ``cfg['last'] - 1``, report, hold them until
-    told to close (``count`` and ``close`` lines on stdin)."""
+    told to close (``count``, ``hold <seconds>`` and ``close`` lines on stdin)."""
     import jwt
     from wsproto_client import WSClient
 
@@ -260,9 +260,7 @@ class Loads:
 
     def tell(self, command: str) -> None:
         for proc in self.procs:
-            assert proc.stdin is not None
-            proc.stdin.write(command + "\n")
-            proc.stdin.flush()
+            self.tell_one(proc, command)
 
     def close(self) -> None:
         for proc in self.procs:
@@ -273,6 +271,9 @@ class Loads:
                 except (OSError, subprocess.TimeoutExpired):
                     proc.kill()
                     proc.wait(timeout=5)
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
 
     @staticmethod
     def tell_one(proc: subprocess.Popen[str], command: str) -> None:
