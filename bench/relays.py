@@ -166,13 +166,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:P/v1")
+    parser.add_argument(
+        "--product-ws",
+        action="store_true",
+        help="the product's WebSocket settings (websockets-sansio, no permessage-deflate, "
+        "its frame size limit) instead of uvicorn's defaults (bench/idle.py)",
+    )
     args = parser.parse_args(argv)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     sock.listen(4096)
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(create_app(args.kind, args.upstream), log_level="warning", backlog=4096)
+    ws: dict[str, Any] = {}
+    if args.product_ws:
+        ws = {"ws": "websockets-sansio", "ws_per_message_deflate": False, "ws_max_size": 65536}
+    config = uvicorn.Config(
+        create_app(args.kind, args.upstream), log_level="warning", backlog=4096, **ws
+    )
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

@@ -43,7 +43,7 @@ from .storage.chat import fail_stale_turns
 from .storage.engine import default_sqlite_url
 from .storage.ids import new_id, utcnow
 from .storage.migrate import upgrade
-from .storage.profiles import get_role
+from .storage.profiles import RoleReader
 from .user_slots import MemorySlots, RedisSlots, UserSlots
 
 __all__ = ["Services", "build_services", "close_services", "database_url", "local_secret"]
@@ -155,10 +155,9 @@ async def build_services(settings: Settings) -> Services:
         await quotas.start()
         stack.push_async_callback(quotas.aclose)
 
-        async def role_lookup(user_id: str) -> str | None:
-            return await get_role(db, user_id)
-
-        verifier = TokenVerifier.from_settings(settings, role_lookup=role_lookup)
+        roles = RoleReader(db)  # a crowd's lookups share queries
+        stack.push_async_callback(roles.aclose)
+        verifier = TokenVerifier.from_settings(settings, role_lookup=roles.get)
         stack.push_async_callback(verifier.aclose)
         flags = FlagCache(
             db,

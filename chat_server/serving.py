@@ -15,6 +15,7 @@ import uvicorn
 
 from .admission import Admission, ChatConfig, http_protocol
 from .config import Settings
+from .ws_protocol import LeanWebSocketProtocol
 
 __all__ = ["ChatServer", "listening_sockets", "uvicorn_config"]
 
@@ -30,7 +31,8 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
-        "ws": "websockets-sansio",
+        # uvicorn's websockets-sansio, holding less per idle connection (ws_protocol.py)
+        "ws": LeanWebSocketProtocol,
         "ws_max_size": settings.ws_max_frame_bytes,
         # permessage-deflate multiplies memory per connection for no CPU gain here.
         "ws_per_message_deflate": False,

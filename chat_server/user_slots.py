@@ -4,8 +4,8 @@
 - ``RedisSlots``: a sorted set per user, ``{prefix}:conns:{<user_id>}``, of connection
   ids scored by when their claim expires. Taking a slot is one Lua script (drop expired
   claims, refuse at the limit, add); the instance refreshes its claims every
-  ``ttl / 3`` seconds in one pipeline, so a killed instance's connections stop counting
-  within ``ttl`` seconds.
+  ``ttl / 3`` seconds in pipelines of ``REFRESH_CHUNK``, so a killed instance's
+  connections stop counting within ``ttl`` seconds.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from .redis_client import REDIS_ERRORS, RedisClient
 __all__ = ["MemorySlots", "RedisSlots", "UserSlots"]
 
 log = logging.getLogger(__name__)
+
+#: Claims refreshed per pipeline (see ``RedisSlots._refresh``).
+REFRESH_CHUNK = 1000
 
 _TAKE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -120,18 +123,25 @@ class RedisSlots:
     async def _refresh(self) -> None:
         while True:
             await asyncio.sleep(self._ttl / 3)
-            if not self._held:
-                continue
+            held = list(self._held.items())
             expires = time.time() + self._ttl
-            pipe = self._redis.pipeline(transaction=False)
-            for connection_id, user_id in list(self._held.items()):
-                pipe.zadd(self._key(user_id), {connection_id: expires}, xx=True)
-                pipe.pexpire(self._key(user_id), int(self._ttl * 1000))
-            try:
-                async with asyncio.timeout(self._timeout * 3):
-                    await pipe.execute()
-            except REDIS_ERRORS as exc:
-                log.warning("user slots: refresh failed (%s)", type(exc).__name__)
+            # In pipelines of REFRESH_CHUNK claims: one pipeline for every claim would
+            # hold the loop while it is built and read (a second at 50,000 connections)
+            # and need far longer than one call's deadline.
+            for start in range(0, len(held), REFRESH_CHUNK):
+                pipe = self._redis.pipeline(transaction=False)
+                keys: set[str] = set()
+                for connection_id, user_id in held[start : start + REFRESH_CHUNK]:
+                    key = self._key(user_id)
+                    pipe.zadd(key, {connection_id: expires}, xx=True)
+                    keys.add(key)
+                for key in keys:
+                    pipe.pexpire(key, int(self._ttl * 1000))
+                try:
+                    async with asyncio.timeout(self._timeout * 3):
+                        await pipe.execute()
+                except REDIS_ERRORS as exc:
+                    log.warning("user slots: refresh failed (%s)", type(exc).__name__)
 
     async def aclose(self) -> None:
         if self._task is not None:

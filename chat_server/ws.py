@@ -21,9 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .errors import ChatServerError, Forbidden, InvalidInput, RateLimited
@@ -132,8 +131,7 @@ class Connection(ClientConnection):
                 }
             )
             self.arm_expiry()
-            receive = self.ws.receive
-            await self.read(lambda: self._on_message(receive))
+            await self.read(self.ws.receive)
             await self.flush()  # closing: what is queued goes out first
             if self.close_reason is not None:
                 with contextlib.suppress(Exception):
@@ -184,24 +182,19 @@ class Connection(ClientConnection):
         )
 
     # -- frames in -------------------------------------------------------------------
-    async def _on_message(self, receive: Any) -> None:
-        message: Message = await receive()
-        if message["type"] == "websocket.disconnect":
-            self.close(None)
-            return
-        if not self.allow_frame():
-            return
-        raw = message.get("text")
+    async def on_frame(self, raw: str) -> None:
         try:
-            if raw is None:
-                raise InvalidInput("binary frames are not accepted; send JSON text")
             await self._dispatch(parse_frame(raw))
         except ChatServerError as exc:
-            live = self.services.hub.local_turn(self.session_id) if self.session_id else None
-            turn_id = live.turn.id if live is not None and exc.code.startswith("provider") else None
-            self.put(error_from(exc, turn_id=turn_id))
+            self.frame_error(exc)
         except SlowClient:
             self.close(None)
+
+    def frame_error(self, exc: ChatServerError) -> None:
+        """An ``error`` frame; a provider's error names the running turn."""
+        live = self.services.hub.local_turn(self.session_id) if self.session_id else None
+        turn_id = live.turn.id if live is not None and exc.code.startswith("provider") else None
+        self.put(error_from(exc, turn_id=turn_id))
 
     async def _dispatch(self, frame: object) -> None:
         if isinstance(frame, PingFrame):

@@ -415,7 +415,9 @@ async def test_token_expiry_waits_for_the_streaming_answer(
     then token_expired and close 4401."""
     upstream.script = Script(tokens=[f"w{i} " for i in range(250)], token_delay=0.01)
     with running_server(settings(tmp_path, upstream, jwt_leeway=0.0)) as server:
-        token = server.token(ttl=1)
+        # ``exp`` is whole seconds: a ttl of 2 lives 1 to 2 s, always past the turn's
+        # start and before the answer's end (250 tokens, 10 ms apart).
+        token = server.token(ttl=2)
         send = {
             "type": "send",
             "requestId": "r1",

@@ -23,10 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..errors import (
@@ -156,8 +154,7 @@ class AiSdkSocket(ClientConnection):
             header = self.ws.headers.get("authorization")
             if header and not await self._sign_in(header, None):
                 return
-            receive = self.ws.receive
-            await self.read(lambda: self._on_message(receive))
+            await self.read(self.ws.receive)
             await self.flush()
             if self.close_reason is not None:
                 with contextlib.suppress(Exception):
@@ -218,18 +215,9 @@ class AiSdkSocket(ClientConnection):
         self.close(None)
 
     # -- frames in ---------------------------------------------------------------------
-    async def _on_message(self, receive: Callable[[], Any]) -> None:
-        message: Message = await receive()
-        if message["type"] == "websocket.disconnect":
-            self.close(None)
-            return
-        if not self.allow_frame():
-            return
-        raw = message.get("text")
+    async def on_frame(self, raw: str) -> None:
         request_id = ""
         try:
-            if raw is None:
-                raise InvalidInput("binary frames are not accepted; send JSON text")
             frame = parse_client_frame(raw)
             request_id = frame.requestId
             if isinstance(frame, AbortFrame):
@@ -250,9 +238,14 @@ class AiSdkSocket(ClientConnection):
                 return
             self._start(frame)
         except ChatServerError as exc:
-            self.put(Sequencer(request_id).error(exc.code, exc.message))
-            if self.principal is None:
-                self.close("unauthorized")
+            self.frame_error(exc, request_id)
+
+    def frame_error(self, exc: ChatServerError, request_id: str = "") -> None:
+        """The request's ``error`` (no request: ``requestId`` ""); a socket not yet
+        signed in closes after it."""
+        self.put(Sequencer(request_id).error(exc.code, exc.message))
+        if self.principal is None:
+            self.close("unauthorized")
 
     def _start(self, frame: SendFrame | ResumeFrame) -> None:
         request = _Request(frame.requestId, getattr(frame, "lastSequence", None))

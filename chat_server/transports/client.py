@@ -14,13 +14,16 @@ SDK's WebSocket). It holds what they all need and none of their frames:
   the outbox is empty and ends (never more than one, so events go out in order), and
   the send watchdog, one timer armed while sending, which closes the connection when a
   send stays blocked for ``WS_SEND_TIMEOUT`` (a client that stopped reading);
-- the reader's interruption: ``close()`` from any task cancels the frame being handled;
+- the reader (``read``): what every wire does with an inbound frame (a disconnect, the
+  frame rate limit, the refusal of binary frames) before the adapter's ``on_frame``;
+  ``close()`` from any task interrupts it, cancelling the frame being handled;
 - the session: ``attach``/``ask``/``cancel``/``detach`` through the ``SessionHub``.
 
-A subclass passes ``send`` (one encoded frame on its wire: its socket's own method, so
-a delta costs no extra call) and ``encode`` (an event in its dialect, None to skip it),
-sets ``DISCONNECTED`` (what ``send`` raises once the peer is gone), and maps close
-reasons (``CloseReason``) to its codes.
+A subclass implements ``on_frame`` (one text frame) and ``frame_error`` (the error
+frame for a frame it never parsed), passes ``send`` (one encoded frame on its wire:
+its socket's own method, so a delta costs no extra call) and ``encode`` (an event in
+its dialect, None to skip it), sets ``DISCONNECTED`` (what ``send`` raises once the
+peer is gone), and maps close reasons (``CloseReason``) to its codes.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ..errors import ChatServerError, RateLimited, SessionRequired
+from ..errors import ChatServerError, InvalidInput, RateLimited, SessionRequired
 from ..logs import add_context
 from ..sessions.chat import Attached, Who
 from ..sessions.follower import Follower
@@ -43,6 +46,8 @@ from ..sessions.turn import Turn
 from ..storage.ids import new_id
 
 if TYPE_CHECKING:
+    from starlette.types import Message
+
     from ..auth import Principal
     from ..config import Settings
     from ..services import Services
@@ -264,15 +269,28 @@ class ClientConnection(Follower):
             self._interrupted = True
             reader.cancel()
 
-    async def read(self, step: Callable[[], Awaitable[None]]) -> None:
-        """Run ``step`` (receive and handle one frame) until the connection closes;
-        ``close()`` interrupts it. Exactly one reader: the calling task."""
+    async def read(self, receive: Callable[[], Awaitable[Message]]) -> None:
+        """Read frames until the connection closes: exactly one reader, the calling
+        task, which ``close()`` interrupts. What every wire does with an inbound frame
+        is here (a disconnect closes, the rate limit counts it, a binary frame is
+        refused through ``frame_error``); the adapter handles only text frames
+        (``on_frame``)."""
         task = asyncio.current_task()
         assert task is not None
         self._reader = task
         try:
             while not self.closing:
-                await step()
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    self.close(None)
+                    break
+                if not self.allow_frame():
+                    continue
+                raw = message.get("text")
+                if raw is None:
+                    self.frame_error(InvalidInput("binary frames are not accepted; send JSON text"))
+                else:
+                    await self.on_frame(raw)
         except asyncio.CancelledError:
             if not self._interrupted:
                 raise
@@ -280,6 +298,14 @@ class ClientConnection(Follower):
             self._reader = None
         if self._interrupted and task.uncancel() > 0:
             raise asyncio.CancelledError  # cancelled by someone else as well
+
+    async def on_frame(self, raw: str) -> None:
+        """Handle one inbound text frame (the adapter's dialect); errors it answers itself."""
+        raise NotImplementedError
+
+    def frame_error(self, exc: ChatServerError) -> None:
+        """Answer a frame refused before the adapter parsed it, in the adapter's dialect."""
+        raise NotImplementedError
 
     async def send_now(self, event: Event) -> None:
         """Send one event at once, outside the outbox (before the writer exists)."""
