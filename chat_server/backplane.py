@@ -74,6 +74,8 @@ class RedisBackplane:
         self._handlers: dict[str, list[Handler]] = {}
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        #: called when a lost subscription is back: signals sent meanwhile were missed
+        self.on_resubscribed: list[Callable[[], None]] = []
 
     def _key(self, channel: str) -> str:
         return f"{self._prefix}:signal:{channel}"
@@ -94,11 +96,19 @@ class RedisBackplane:
 
     async def _listen(self) -> None:
         prefix_len = len(self._prefix) + len(":signal:")
+        lost = False
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(*self._handlers)
                 self.connected.set()
+                if lost:
+                    lost = False
+                    for hook in self.on_resubscribed:
+                        try:
+                            hook()
+                        except Exception:
+                            log.exception("backplane: a resubscription hook failed")
                 while True:
                     msg = await pubsub.get_message(timeout=5.0)
                     if msg is None or msg.get("type") != "message":
@@ -110,6 +120,7 @@ class RedisBackplane:
                 raise
             except REDIS_ERRORS as exc:
                 self.connected.clear()
+                lost = True
                 log.warning("backplane: Redis subscription lost (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(1.0)
             finally:

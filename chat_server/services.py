@@ -282,6 +282,8 @@ async def build_services(settings: Settings) -> Services:
             chat.rulebook_added(game_id)  # forget the game's languages: read them again
 
         backplane.subscribe(DOCUMENTS_CHANNEL, documents_changed)
+        if isinstance(backplane, RedisBackplane):
+            backplane.on_resubscribed.append(chat.rulebooks_unknown)
         await backplane.start()  # after every subscriber registered
     except BaseException:
         await stack.aclose()
