@@ -283,6 +283,8 @@ async def build_services(settings: Settings) -> Services:
             chat.rulebook_added(game_id)  # its languages and its passages' index: read again
 
         backplane.subscribe(DOCUMENTS_CHANNEL, documents_changed)
+        if isinstance(backplane, RedisBackplane):
+            backplane.on_resubscribed.append(chat.rulebooks_unknown)
         await backplane.start()  # after every subscriber registered
     except BaseException:
         await stack.aclose()

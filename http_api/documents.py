@@ -23,6 +23,7 @@ from chat_server.document_files import DOCUMENTS_CHANNEL
 from chat_server.document_text import read_document, sniff_format
 from chat_server.errors import InvalidInput, NotFound, Unavailable
 from chat_server.services import Services
+from chat_server.sessions.chat import LANGUAGES_BACKSTOP
 from chat_server.storage import documents as store
 from chat_server.storage import originals
 from chat_server.storage.games import get_game
@@ -145,7 +146,11 @@ async def _announce(services: Services, game_id: str) -> None:
     try:
         await services.backplane.publish(DOCUMENTS_CHANNEL, game_id)
     except Unavailable:
-        log.warning("documents of %s changed; other instances learn it within 5 s", game_id)
+        log.warning(
+            "documents of %s changed; other instances learn it within %.0f s",
+            game_id,
+            LANGUAGES_BACKSTOP,
+        )
 
 
 @admin.post(

@@ -50,9 +50,11 @@ from .turn import Turn
 __all__ = ["Attached", "ChatService", "Game", "Who"]
 
 FEATURE = "chat"
-#: How long an instance trusts what it read of a game's rulebook languages. A rulebook
-#: added through this instance is seen at once; through another, within this time.
-LANGUAGES_TTL = 5.0
+#: How long an instance trusts what it read of a game's rulebook languages when no
+#: ``documents`` signal says otherwise. A change is seen at once through the signal
+#: (``rulebook_added``, on every instance); this bounds only a lost signal (Redis down
+#: while the change was published, or this instance's subscription broken then).
+LANGUAGES_BACKSTOP = 60.0
 log = logging.getLogger(__name__)
 
 
@@ -117,8 +119,11 @@ class ChatService:
         # history per session attached on this instance.
         self._games: weakref.WeakValueDictionary[str, Game] = weakref.WeakValueDictionary()
         self._histories: weakref.WeakValueDictionary[str, History] = weakref.WeakValueDictionary()
-        # game id -> (good until, the languages its rulebooks are in): read per turn else.
+        # game id -> (good until, the languages its rulebooks are in): read per turn else;
+        # and the read under way, which every turn that misses meanwhile waits for (a
+        # burst of turns of one game reads them once, not once each).
         self._languages: dict[str, tuple[float, frozenset[str]]] = {}
+        self._languages_reads: dict[str, asyncio.Task[frozenset[str]]] = {}
 
     @property
     def _history_size(self) -> int:
@@ -328,18 +333,49 @@ class ChatService:
 
     def rulebook_added(self, game_id: str) -> None:
         """A document of ``game_id`` was stored, replaced or deleted: ground its next turns
-        on what is stored now (its languages and its retrieval index are read again)."""
+        on what is stored now (its languages and its retrieval index are read again).
+        A read under way may have seen the old documents: it is not kept, and later
+        turns do not wait for it."""
         self._languages.pop(game_id, None)
+        self._languages_reads.pop(game_id, None)
         self.indexes.forget(game_id)
 
-    async def _retrieve(self, attached: Attached, question: str) -> Retrieval:
-        game_id, now = attached.game.id, time.monotonic()
+    def rulebooks_unknown(self) -> None:
+        """Signals may have been missed (the backplane's subscription was lost): read
+        every game's rulebook languages again."""
+        self._languages.clear()
+        self._languages_reads.clear()
+
+    async def _game_languages(self, game_id: str) -> frozenset[str]:
+        """The game's rulebook languages: remembered until a ``documents`` signal (or
+        ``LANGUAGES_BACKSTOP``), read once for all the turns that miss together."""
         cached = self._languages.get(game_id)
-        if cached is not None and cached[0] > now:
-            languages = cached[1]
-        else:
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        read = self._languages_reads.get(game_id)
+        if read is None:
+            read = asyncio.create_task(self._read_languages(game_id), name="game-languages")
+            # every waiter may be gone (cancelled) when it fails: retrieve its error
+            read.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._languages_reads[game_id] = read
+        # shielded: one waiter cancelled does not cancel the others' read
+        return await asyncio.shield(read)
+
+    async def _read_languages(self, game_id: str) -> frozenset[str]:
+        mine = asyncio.current_task()
+        try:
             languages = await game_languages(self.db, game_id)
-            self._languages[game_id] = (now + LANGUAGES_TTL, languages)
+        finally:
+            current = self._languages_reads.get(game_id) is mine
+            if current:
+                del self._languages_reads[game_id]
+        if current:  # no signal came while reading: what was read is what is stored
+            self._languages[game_id] = (time.monotonic() + LANGUAGES_BACKSTOP, languages)
+        return languages
+
+    async def _retrieve(self, attached: Attached, question: str) -> Retrieval:
+        game_id = attached.game.id
+        languages = await self._game_languages(game_id)
         return await retrieve(
             self.db,
             game_id=game_id,

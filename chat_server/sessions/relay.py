@@ -3,7 +3,8 @@
 A session may be followed from several instances (devices, a resume elsewhere, an
 admin's watch); its turn runs on one of them, the *owner*. When a turn starts, the
 owner says so once on the backplane (``started``: one PUBLISH per turn, off the turn's
-path). An instance with followers of that session (a *replica*) asks for the turn
+path, queued with the others of the same loop iteration: a burst of turns is one
+pipeline). An instance with followers of that session (a *replica*) asks for the turn
 (``follow``); the owner then attaches a relay follower to it, as if a client were
 local: the turn's usual rules number the deltas, and the relay writes what its
 cursor takes to a per-replica Redis Stream
@@ -78,7 +79,6 @@ class TurnRelay:
         self._flush_interval = flush_interval
         self._stream_ttl = stream_ttl
         self._owned: dict[str, tuple[Follower, asyncio.Task[None]]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self.mirrors: dict[str, Mirror] = {}  # turn id -> the mirror here
         self._by_session: dict[str, Mirror] = {}  # session id -> its newest mirror here
         self.on_started: OnStarted | None = None
@@ -101,7 +101,7 @@ class TurnRelay:
             return
         message = {"op": "started", "session_id": turn.session_id, "turn_id": turn.id}
         message["owner"] = self._instance_id
-        self._spawn(self._publish(message))
+        self._backplane.publish_soon(CHANNEL, json.dumps(message))
 
     async def _on_message(self, _channel: str, message: str) -> None:
         request = json.loads(message)
@@ -276,7 +276,7 @@ class TurnRelay:
         mirror.held = holds
         message: dict[str, Any] = {"op": "hold", "turn_id": mirror.turn.id, "holds": holds}
         message["stream"] = mirror.stream
-        self._spawn(self._publish(message))
+        self._backplane.publish_soon(CHANNEL, json.dumps(message))
 
     async def cancel(self, turn_id: str) -> None:
         """Cancel a turn that runs on another instance (its owner closes the upstream)."""
@@ -285,23 +285,11 @@ class TurnRelay:
     async def _publish(self, message: dict[str, Any]) -> None:
         await self._backplane.publish(CHANNEL, json.dumps(message))
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(self._quietly(coro))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _quietly(coro: Any) -> None:
-        try:
-            await coro
-        except ChatServerError:
-            log.warning("relay: the backplane is unavailable")
-
     async def aclose(self) -> None:
         tasks = [m.task for m in self.mirrors.values() if m.task is not None]
         for mirror in list(self.mirrors.values()):
             self.drop(mirror)
-        tasks += [task for _f, task in self._owned.values()] + list(self._tasks)
+        tasks += [task for _f, task in self._owned.values()]
         for follower, _task in list(self._owned.values()):
             follower.outbox.close()
         for task in tasks:

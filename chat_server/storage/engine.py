@@ -11,8 +11,10 @@ every turn runs (see there).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,18 @@ def async_url(url: str) -> str:
 def sync_url(url: str) -> str:
     """The plain URL (for Alembic's offline SQL mode and display)."""
     return async_url(url).replace("+asyncpg", "").replace("+aiosqlite", "")
+
+
+def _plain_loopback(host: str | None, query: Mapping[str, Any]) -> bool:
+    """A loopback Postgres host with no TLS asked for (by the URL or ``PGSSLMODE``)."""
+    if host is None or "ssl" in query or os.environ.get("PGSSLMODE"):
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def default_sqlite_url(data_dir: Path) -> str:
@@ -84,15 +98,22 @@ class Database:
         kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": False}
         if self.dialect == "postgresql":
             connect_args: dict[str, Any] = {"timeout": CONNECT_TIMEOUT, "command_timeout": 30}
+            if _plain_loopback(parsed.host, parsed.query):
+                # asyncpg's default (sslmode "prefer") first asks a loopback server for
+                # TLS, a round trip per new connection that no loopback server needs.
+                connect_args["ssl"] = False
             if not prepared_statement_cache:
                 # Supabase's transaction pooler (PgBouncer/Supavisor, port 6543) cannot
                 # keep prepared statements across transactions.
                 connect_args["statement_cache_size"] = 0
                 connect_args["prepared_statement_cache_size"] = 0
                 connect_args["prepared_statement_name_func"] = _statement_name
+            # Up to 2 x pool_size connections, as before, but all kept once opened: an
+            # overflow connection was closed when returned, so every burst of turns
+            # paid for opening it again.
             kwargs.update(
-                pool_size=pool_size,
-                max_overflow=pool_size,
+                pool_size=2 * pool_size,
+                max_overflow=0,
                 pool_timeout=CONNECT_TIMEOUT,
                 pool_recycle=1800,
                 connect_args=connect_args,
