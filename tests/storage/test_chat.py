@@ -194,7 +194,8 @@ async def test_finish_turn_stores_the_answer_and_one_usage_row(
 
 async def test_a_turn_is_stored_in_the_transaction_pooler_mode(postgres_url: str) -> None:
     """With the prepared-statement cache off (Supabase's transaction pooler), a turn's
-    one-statement writes run in transactions and store the same rows."""
+    one-statement writes run in transactions and store the same rows, and leave no
+    prepared statement on the server connection."""
     db = Database(postgres_url, prepared_statement_cache=False)
     try:
         async with asyncio.timeout(WAIT):
@@ -205,6 +206,8 @@ async def test_a_turn_is_stored_in_the_transaction_pooler_mode(postgres_url: str
             await finish_turn(db, record(session, turn_id, assistant_id))
             messages = await history(db, session["id"])
             usage = await usage_rows(db)
+            async with db.driver() as driver:  # what a pooler's next client would find
+                kept = await driver.fetchval("SELECT count(*) FROM pg_prepared_statements")
     finally:
         await db.dispose()
     assert [(m["role"], m["content"], m["status"]) for m in messages] == [
@@ -212,6 +215,7 @@ async def test_a_turn_is_stored_in_the_transaction_pooler_mode(postgres_url: str
         ("assistant", "Roll both dice.", "complete"),
     ]
     assert [(u.turn_id, u.output_tokens) for u in usage] == [(turn_id, 8)]
+    assert kept == 0
 
 
 async def test_a_failed_turn_keeps_its_partial_text(db: Database, game: dict[str, Any]) -> None:
