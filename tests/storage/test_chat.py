@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from chat_server.errors import InvalidInput
+from chat_server.errors import InvalidInput, Unavailable
 from chat_server.storage import Database
 from chat_server.storage.chat import (
     TurnRecord,
@@ -216,6 +216,36 @@ async def test_a_turn_is_stored_in_the_transaction_pooler_mode(postgres_url: str
     ]
     assert [(u.turn_id, u.output_tokens) for u in usage] == [(turn_id, 8)]
     assert kept == 0
+
+
+@pytest.mark.parametrize("statement_cache", [True, False])
+async def test_a_question_cut_by_the_deadline_is_never_stored(
+    postgres_url: str, statement_cache: bool
+) -> None:
+    """The question's write waits on a locked table past the deadline: the turn fails
+    as `Unavailable`, and once the lock is gone nothing of it is stored (the server
+    cancelled the statement before the failure was reported); the pool's one
+    connection then stores the next turn. In autocommit and behind a pooler."""
+    import asyncpg
+
+    db = Database(postgres_url, pool_size=1, timeout=1.0, prepared_statement_cache=statement_cache)
+    locker = await asyncpg.connect(postgres_url.replace("+asyncpg", ""))
+    try:
+        async with asyncio.timeout(WAIT):
+            await upgrade(db)
+            game = await create_game(db, {"name": "Catan"})
+            session = await new_session(db, game["id"])
+            await start_turn(db, session["id"], "Q1")
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE chat_messages IN EXCLUSIVE MODE")
+                with pytest.raises(Unavailable):
+                    await start_turn(db, session["id"], "Q2")
+            await start_turn(db, session["id"], "Q3")
+            messages = await history(db, session["id"])
+    finally:
+        await locker.close()
+        await db.dispose()
+    assert [m["content"] for m in messages if m["role"] == "user"] == ["Q1", "Q3"]
 
 
 async def test_a_failed_turn_keeps_its_partial_text(db: Database, game: dict[str, Any]) -> None:
