@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .. import metrics
@@ -133,6 +133,8 @@ class Database:
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(self.engine.sync_engine, "before_cursor_execute", _count_statement)
+        if self.dialect == "postgresql":
+            event.listen(self.engine.sync_engine.pool, "checkout", _not_closed)
         self._driver_size = pool_size
         #: Connections ``driver()`` has lent: its statements are not SQLAlchemy's, so
         #: the engine's events (what tests and benches count) do not see them.
@@ -229,7 +231,12 @@ class Database:
                         await pool.release(conn)
                     else:
                         if _lost(conn):
+                            # The database went away: every connection of its age, in
+                            # both pools, is as stale; replace them at their next use
+                            # (as SQLAlchemy's execution path does on a disconnect),
+                            # so that each does not fail one more request.
                             await pool.expire_connections()
+                            self.engine.pool._invalidate(None, _checkin=False)  # type: ignore[arg-type]
                         # Shielded by asyncpg, which first waits for the cancellation;
                         # a failure there closes the connection, and the error that
                         # brought us here is the one to report.
@@ -317,6 +324,15 @@ def _unavailable() -> Unavailable:
 def _statement_name() -> str:
     """Unique prepared-statement names, so a pooler's shared backends never collide."""
     return f"__chat_{uuid.uuid4().hex}__"
+
+
+def _not_closed(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """SQLAlchemy's pool: a connection that asyncpg already saw closed (the server went
+    away) is replaced at checkout, not handed out to fail a request. No round trip:
+    the driver's flag. (Before ``driver()`` had its own pool, its failures marked this
+    pool's connections stale; now nothing else would after an outage.)"""
+    if dbapi_conn.driver_connection.is_closed():
+        raise DisconnectionError("the connection was closed")
 
 
 def _lost(conn: Any) -> bool:
