@@ -40,8 +40,10 @@ async def measure(database_url: str, redis_url: str) -> dict[str, Counter[str]]:
         )
         with running_server(settings) as server:
             counts: Counter[str] = Counter()
-            pool = server.services.db.engine.sync_engine.pool
+            db = server.services.db
+            pool = db.engine.sync_engine.pool
             event.listen(pool, "checkout", lambda *_: counts.update(["postgres"]))
+            lent = db.driver_lends  # driver()'s checkouts: its own pool, no events
             redis_pool: Any = server.services.redis.connection_pool  # type: ignore[union-attr]
             taking = redis_pool.get_connection
 
@@ -56,12 +58,18 @@ async def measure(database_url: str, redis_url: str) -> dict[str, Counter[str]]:
                 games = (await http.get(f"{server.url}/games", headers=headers)).json()
             game = games["games"][0]["id"]
 
+            def clear() -> None:
+                nonlocal lent
+                counts.clear()
+                lent = db.driver_lends
+
             def step(name: str) -> None:
                 costs[name] = Counter(counts)
-                counts.clear()
+                costs[name].update(postgres=db.driver_lends - lent)
+                clear()
 
             await asyncio.sleep(0.5)
-            counts.clear()
+            clear()
             async with ws_client(server.ws_url, token) as client:
                 step("connect")
                 ready = await client.start(game)
@@ -70,7 +78,7 @@ async def measure(database_url: str, redis_url: str) -> dict[str, Counter[str]]:
                 await asyncio.sleep(0.2)  # the final write
                 step("turn")
             await asyncio.sleep(0.2)
-            counts.clear()
+            clear()
             async with ws_client(server.ws_url, token) as client:
                 step("connect")
                 await client.send({"type": "session.resume", "session_id": ready["session"]["id"]})

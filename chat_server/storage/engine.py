@@ -4,13 +4,14 @@
 ``write()`` hand out a connection (``write()`` inside a transaction) and turn "the
 database is not there" failures into ``Unavailable`` (and text Postgres cannot hold,
 NUL, into ``InvalidInput``), so callers never see a driver exception for those.
-``driver()`` lends the same pool's asyncpg connection itself, for the few statements
+``driver()`` lends an asyncpg connection of a pool of its own, for the few statements
 every turn runs (see there).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import uuid
@@ -22,9 +23,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.util import greenlet_spawn
 
 from .. import metrics
 from ..errors import InvalidInput, Unavailable
@@ -32,6 +32,9 @@ from ..errors import InvalidInput, Unavailable
 __all__ = ["Database", "async_url", "sync_url"]
 
 CONNECT_TIMEOUT = 5.0
+CANCEL_WAIT = 2.0  # how long a connection given back mid-statement waits for the cancel
+# connect_args that SQLAlchemy's asyncpg adapter takes for itself (asyncpg has none).
+_ADAPTER_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func")
 NUL_IN_TEXT = "22021"  # Postgres: character_not_in_repertoire
 
 
@@ -96,8 +99,10 @@ class Database:
         if self.dialect == "sqlite":
             self._one_writer = asyncio.Lock()
         kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": False}
+        self._connect_args: dict[str, Any] = {}
         if self.dialect == "postgresql":
-            connect_args: dict[str, Any] = {"timeout": CONNECT_TIMEOUT, "command_timeout": 30}
+            connect_args = self._connect_args
+            connect_args |= {"timeout": CONNECT_TIMEOUT, "command_timeout": 30}
             if _plain_loopback(parsed.host, parsed.query):
                 # asyncpg's default (sslmode "prefer") first asks a loopback server for
                 # TLS, a round trip per new connection that no loopback server needs.
@@ -108,11 +113,11 @@ class Database:
                 connect_args["statement_cache_size"] = 0
                 connect_args["prepared_statement_cache_size"] = 0
                 connect_args["prepared_statement_name_func"] = _statement_name
-            # Up to 2 x pool_size connections, as before, but all kept once opened: an
-            # overflow connection was closed when returned, so every burst of turns
-            # paid for opening it again.
+            # Up to 2 x pool_size connections in all, kept once opened (an overflow
+            # connection was closed when returned, so every burst of turns paid for
+            # opening it again): pool_size here, pool_size for driver().
             kwargs.update(
-                pool_size=2 * pool_size,
+                pool_size=pool_size,
                 max_overflow=0,
                 pool_timeout=CONNECT_TIMEOUT,
                 pool_recycle=1800,
@@ -128,6 +133,14 @@ class Database:
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(self.engine.sync_engine, "before_cursor_execute", _count_statement)
+        if self.dialect == "postgresql":
+            event.listen(self.engine.sync_engine.pool, "checkout", _not_closed)
+        self._driver_size = pool_size
+        #: Connections ``driver()`` has lent: its statements are not SQLAlchemy's, so
+        #: the engine's events (what tests and benches count) do not see them.
+        self.driver_lends = 0
+        self._driver_pool: asyncpg.Pool | None = None
+        self._driver_opening = asyncio.Lock()
         # The same pool; its connections in autocommit while lent out (a flag on the
         # driver's connection, no round trip). Not behind a transaction pooler, where
         # statements are prepared and then run, and only a transaction keeps both on
@@ -173,22 +186,33 @@ class Database:
 
     @asynccontextmanager
     async def driver(self, timeout: float | None = None) -> AsyncIterator[asyncpg.Connection]:
-        """Postgres only: a pooled connection's asyncpg driver, for a turn's hot statements.
+        """Postgres only: an asyncpg connection, for a turn's hot statements.
 
         SQLAlchemy's connection and execution layers cost about 0.17 ms of CPU per
         statement on top of the driver's (measured on the search: 340-370 µs through
-        ``read()``, 180-200 µs here), which a turn pays twice before its first token.
-        Statements here are written for asyncpg (``$1``) and pass JSON as text (the
-        codec SQLAlchemy installs).
+        ``read()``, 180-200 µs on the driver), which a turn pays twice before its first
+        token; its pool checkout and return cost about as much again (greenlets, the
+        reset on return), so these statements have an asyncpg pool of their own:
+        ``pool_size`` connections (SQLAlchemy's pool has the other ``pool_size``),
+        opened as needed with the engine's connect arguments (TLS, timeouts, statement
+        cache), given back with no reset query (nothing here changes session state).
+        Statements here are written for asyncpg (``$1``) and exchange JSON as text
+        (asyncpg's own codec: passed as ``str``, read as ``str``).
         In autocommit, as ``read()``; behind a transaction pooler, in a transaction.
-        Errors and the deadline as ``read()``; a connection left closed by a failure
-        leaves the pool.
+        Errors and the deadline as ``read()``. A statement cancelled or timed out
+        mid-flight: the connection goes back only once asyncpg has had the server
+        cancel the statement (shielded, at most 2 s; else it is closed), so that a
+        write reported as failed is not committed later. A connection lost makes the
+        pool replace its others too (the database went away: each would fail once).
         """
         assert self.dialect == "postgresql", "driver() is for Postgres"
         with _mapped_errors():
             async with asyncio.timeout(timeout or self.timeout):
-                raw = await self.engine.raw_connection()
-                conn: asyncpg.Connection = raw.driver_connection
+                pool = self._driver_pool
+                if pool is None:
+                    pool = await self._open_driver_pool()
+                conn = await pool.acquire()
+                self.driver_lends += 1
                 idle = False
                 try:
                     if self._autocommit is None:
@@ -198,24 +222,47 @@ class Database:
                         yield conn
                     idle = True
                 except asyncpg.PostgresError as exc:
-                    if conn.is_closed():  # e.g. the server is shutting down
+                    if _lost(conn):  # e.g. the server is shutting down
                         raise _unavailable() from exc
                     idle = True  # the server refused the statement; the connection is fine
                     raise
                 finally:
-                    # In a greenlet: the pool may close the connection. Not idle
-                    # (cancelled or timed out mid-statement, or broken): asyncpg first
-                    # has the server cancel the statement (shielded, at most 2 s), so
-                    # that a write reported as failed is not committed later, then the
-                    # connection leaves the pool.
-                    if not idle and conn.is_closed():
-                        # Lost, not just interrupted: the pool's other connections of
-                        # its age are as stale (the database went away). Invalidate them
-                        # all, as SQLAlchemy's own execution path does on a disconnect,
-                        # so that each does not fail one more request.
-                        await greenlet_spawn(self.engine.pool._invalidate, raw)
+                    if idle:
+                        await pool.release(conn)
                     else:
-                        await greenlet_spawn(raw.close if idle else raw.invalidate)
+                        if _lost(conn):
+                            # The database went away: every connection of its age, in
+                            # both pools, is as stale; replace them at their next use
+                            # (as SQLAlchemy's execution path does on a disconnect),
+                            # so that each does not fail one more request.
+                            await pool.expire_connections()
+                            self.engine.pool._invalidate(None, _checkin=False)  # type: ignore[arg-type]
+                        # Shielded by asyncpg, which first waits for the cancellation;
+                        # a failure there closes the connection, and the error that
+                        # brought us here is the one to report.
+                        with contextlib.suppress(Exception):
+                            await pool.release(conn, timeout=CANCEL_WAIT)
+
+    async def _open_driver_pool(self) -> asyncpg.Pool:
+        """``driver()``'s pool, made on first use (in the running loop; no connection yet)."""
+        async with self._driver_opening:
+            if self._driver_pool is None:
+                # What SQLAlchemy's pool connects with: the URL's parts and query
+                # (ssl=...), then connect_args, less the options only its adapter reads.
+                _, params = self.engine.dialect.create_connect_args(self.engine.url)
+                params.update(self._connect_args)
+                for name in _ADAPTER_ONLY:
+                    params.pop(name, None)
+                # Opened as needed and kept, as SQLAlchemy's (no idle timer either:
+                # asyncpg would rearm one at every release).
+                self._driver_pool = await asyncpg.create_pool(
+                    min_size=0,
+                    max_size=self._driver_size,
+                    max_inactive_connection_lifetime=0,
+                    reset=_keep_session,
+                    **params,
+                )
+            return self._driver_pool
 
     async def ping(self, timeout: float = 2.0) -> None:
         """Raise ``Unavailable`` unless a trivial query answers within ``timeout``."""
@@ -229,7 +276,17 @@ class Database:
             ) from exc
 
     async def dispose(self) -> None:
-        await self.engine.dispose()
+        """Close both pools (``driver()``'s waits for its connections, at most 5 s)."""
+        pool, self._driver_pool = self._driver_pool, None
+        try:
+            if pool is not None:
+                try:
+                    async with asyncio.timeout(CONNECT_TIMEOUT):
+                        await pool.close()
+                except TimeoutError:
+                    pool.terminate()
+        finally:
+            await self.engine.dispose()
 
 
 @contextmanager
@@ -267,6 +324,31 @@ def _unavailable() -> Unavailable:
 def _statement_name() -> str:
     """Unique prepared-statement names, so a pooler's shared backends never collide."""
     return f"__chat_{uuid.uuid4().hex}__"
+
+
+def _not_closed(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """SQLAlchemy's pool: a connection that asyncpg already saw closed (the server went
+    away) is replaced at checkout, not handed out to fail a request. No round trip:
+    the driver's flag. (Before ``driver()`` had its own pool, its failures marked this
+    pool's connections stale; now nothing else would after an outage.)"""
+    if dbapi_conn.driver_connection.is_closed():
+        raise DisconnectionError("the connection was closed")
+
+
+def _lost(conn: Any) -> bool:
+    """``driver()``'s connection is gone: closed, or already taken back by its pool
+    (asyncpg does that as soon as it sees the connection lost)."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # "connection has been released back to the pool"
+        return True
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """``driver()``'s pool gives connections back as they are: its statements set no
+    session state, and asyncpg's default reset (``RESET ALL``, ``UNLISTEN *``, ...)
+    would cost a round trip per statement. An open transaction is still rolled back
+    (asyncpg does that before calling this)."""
 
 
 def _count_statement(*_args: Any) -> None:

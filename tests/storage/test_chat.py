@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from chat_server.errors import InvalidInput
+from chat_server.errors import InvalidInput, Unavailable
 from chat_server.storage import Database
 from chat_server.storage.chat import (
     TurnRecord,
@@ -194,7 +194,8 @@ async def test_finish_turn_stores_the_answer_and_one_usage_row(
 
 async def test_a_turn_is_stored_in_the_transaction_pooler_mode(postgres_url: str) -> None:
     """With the prepared-statement cache off (Supabase's transaction pooler), a turn's
-    one-statement writes run in transactions and store the same rows."""
+    one-statement writes run in transactions and store the same rows, and leave no
+    prepared statement on the server connection."""
     db = Database(postgres_url, prepared_statement_cache=False)
     try:
         async with asyncio.timeout(WAIT):
@@ -205,6 +206,8 @@ async def test_a_turn_is_stored_in_the_transaction_pooler_mode(postgres_url: str
             await finish_turn(db, record(session, turn_id, assistant_id))
             messages = await history(db, session["id"])
             usage = await usage_rows(db)
+            async with db.driver() as driver:  # what a pooler's next client would find
+                kept = await driver.fetchval("SELECT count(*) FROM pg_prepared_statements")
     finally:
         await db.dispose()
     assert [(m["role"], m["content"], m["status"]) for m in messages] == [
@@ -212,6 +215,37 @@ async def test_a_turn_is_stored_in_the_transaction_pooler_mode(postgres_url: str
         ("assistant", "Roll both dice.", "complete"),
     ]
     assert [(u.turn_id, u.output_tokens) for u in usage] == [(turn_id, 8)]
+    assert kept == 0
+
+
+@pytest.mark.parametrize("statement_cache", [True, False])
+async def test_a_question_cut_by_the_deadline_is_never_stored(
+    postgres_url: str, statement_cache: bool
+) -> None:
+    """The question's write waits on a locked table past the deadline: the turn fails
+    as `Unavailable`, and once the lock is gone nothing of it is stored (the server
+    cancelled the statement before the failure was reported); the pool's one
+    connection then stores the next turn. In autocommit and behind a pooler."""
+    import asyncpg
+
+    db = Database(postgres_url, pool_size=1, timeout=1.0, prepared_statement_cache=statement_cache)
+    locker = await asyncpg.connect(postgres_url.replace("+asyncpg", ""))
+    try:
+        async with asyncio.timeout(WAIT):
+            await upgrade(db)
+            game = await create_game(db, {"name": "Catan"})
+            session = await new_session(db, game["id"])
+            await start_turn(db, session["id"], "Q1")
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE chat_messages IN EXCLUSIVE MODE")
+                with pytest.raises(Unavailable):
+                    await start_turn(db, session["id"], "Q2")
+            await start_turn(db, session["id"], "Q3")
+            messages = await history(db, session["id"])
+    finally:
+        await locker.close()
+        await db.dispose()
+    assert [m["content"] for m in messages if m["role"] == "user"] == ["Q1", "Q3"]
 
 
 async def test_a_failed_turn_keeps_its_partial_text(db: Database, game: dict[str, Any]) -> None:

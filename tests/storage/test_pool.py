@@ -1,43 +1,50 @@
 """Postgres connections: a burst of statements opens connections once and keeps them
 for the next burst (an overflow closed on return was opened again at every burst);
-no more than twice ``pool_size`` are ever open. A loopback server is not asked for
-TLS first unless the URL asks for it (Supabase's ``sslmode=require`` still does)."""
+no more than twice ``pool_size`` are ever open, SQLAlchemy's and ``driver()``'s
+together. A loopback server is not asked for TLS first unless the URL asks for it
+(Supabase's ``sslmode=require`` still does), on either path."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from chat_server.errors import Unavailable
 from chat_server.storage import Database
 
 WAIT = 30.0
+BACKEND = "SELECT pg_backend_pid() FROM pg_sleep(0.05)"
 
 
-async def burst(db: Database, size: int) -> None:
-    async def one() -> None:
+async def burst(db: Database, size: int) -> set[int]:
+    """``size`` statements at once through ``read()`` and as many through ``driver()``:
+    the server processes (connections) that ran them."""
+
+    async def one() -> int:
         async with db.read() as conn:
-            await conn.execute(text("SELECT pg_sleep(0.05)"))
+            return int((await conn.execute(text(BACKEND))).scalar_one())
+
+    async def hot() -> int:
+        async with db.driver() as driver:
+            return int(await driver.fetchval(BACKEND))
 
     async with asyncio.timeout(WAIT):
-        await asyncio.gather(*(one() for _ in range(size)))
+        return set(
+            await asyncio.gather(*(one() for _ in range(size)), *(hot() for _ in range(size)))
+        )
 
 
 async def test_a_burst_keeps_its_connections_for_the_next(postgres_url: str) -> None:
     db = Database(postgres_url, pool_size=3)
-    opened: list[Any] = []
-    event.listen(db.engine.sync_engine, "connect", lambda conn, _rec: opened.append(conn))
     try:
-        await burst(db, 12)  # more than the 6 allowed: the rest wait their turn
-        assert len(opened) == 6
-        await burst(db, 6)
-        await burst(db, 6)
-        assert len(opened) == 6
+        first = await burst(db, 12)  # more than allowed: the rest wait their turn
+        assert len(first) == 6
+        assert await burst(db, 3) <= first
+        assert await burst(db, 3) <= first
     finally:
         async with asyncio.timeout(WAIT):
             await db.dispose()
@@ -53,7 +60,7 @@ async def test_tls_is_asked_for_on_loopback_only_when_the_url_says(
     query: str, asks_tls: bool
 ) -> None:
     """What a client sends first to a loopback server: the startup message, or the
-    request for TLS when the URL asks for one."""
+    request for TLS when the URL asks for one (from either pool)."""
     first: list[bytes] = []
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -67,10 +74,16 @@ async def test_tls_is_asked_for_on_loopback_only_when_the_url_says(
     try:
         with pytest.raises((Unavailable, DBAPIError)):  # the server hung up: no database
             await db.ping(timeout=5)
+        by_engine, first[:] = first[:], []
+        with pytest.raises(Unavailable):  # the same through driver()'s own pool
+            async with db.driver(timeout=5) as driver:
+                await driver.execute("SELECT 1")
     finally:
         async with asyncio.timeout(WAIT):
             await db.dispose()
         server.close()
         await server.wait_closed()
-    assert first, "the client sent nothing"
+    assert by_engine, "SQLAlchemy's pool sent nothing"
+    assert first, "driver()'s pool sent nothing"
+    assert (by_engine[0] == SSL_REQUEST) is asks_tls
     assert (first[0] == SSL_REQUEST) is asks_tls
