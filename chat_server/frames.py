@@ -40,6 +40,7 @@ __all__ = [
     "encode",
     "error_frame",
     "error_from",
+    "load_object",
     "parse_frame",
 ]
 
@@ -108,21 +109,10 @@ def parse_frame(
     raw: str,
 ) -> AuthFrame | SessionStartFrame | SessionResumeFrame | MessageFrame | (CancelFrame | PingFrame):
     """Validate one text frame; ``InvalidInput`` says what is wrong."""
-    try:
-        data = json.loads(raw)
-    except RecursionError as exc:
-        raise InvalidInput("frame is nested too deeply") from exc
-    except ValueError as exc:
-        raise InvalidInput("frame is not valid JSON") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput("frame must be a JSON object")
-    if _depth(data) > MAX_DEPTH:
-        raise InvalidInput("frame is nested too deeply")
+    data = load_object(raw, MAX_DEPTH)
     kind = data.get("type")
     if not isinstance(kind, str):
         raise InvalidInput("frame needs a string 'type'")
-    if unstorable_json(raw, data):
-        raise InvalidInput("frame holds a NUL or a lone surrogate")
     try:
         return _adapter.validate_python(data)
     except PydanticValidationError as exc:
@@ -133,13 +123,32 @@ def parse_frame(
         raise InvalidInput(f"{cut(where)}: {err.get('msg', 'invalid')}") from None
 
 
-def _depth(value: Any, level: int = 1) -> int:
-    if level > MAX_DEPTH:
+def load_object(raw: str, max_depth: int) -> dict[str, Any]:
+    """A text frame's JSON object, or ``InvalidInput``: not JSON, not an object, nested
+    deeper than ``max_depth``, or holding what cannot be stored (NUL, lone surrogates).
+    Every WebSocket dialect reads its frames through this."""
+    try:
+        data = json.loads(raw)
+    except RecursionError as exc:
+        raise InvalidInput("frame is nested too deeply") from exc
+    except ValueError as exc:
+        raise InvalidInput("frame is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput("frame must be a JSON object")
+    if _depth(data, max_depth) > max_depth:
+        raise InvalidInput("frame is nested too deeply")
+    if unstorable_json(raw, data):
+        raise InvalidInput("frame holds a NUL or a lone surrogate")
+    return data
+
+
+def _depth(value: Any, limit: int, level: int = 1) -> int:
+    if level > limit:
         return level
     if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level)
+        return max((_depth(v, limit, level + 1) for v in value.values()), default=level)
     if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level)
+        return max((_depth(v, limit, level + 1) for v in value), default=level)
     return level
 
 

@@ -10,7 +10,6 @@ and what we read of them is checked strictly.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -24,7 +23,8 @@ from pydantic import (
 from pydantic import ValidationError as PydanticValidationError
 
 from ..errors import InvalidInput
-from ..text import unstorable, unstorable_json
+from ..frames import load_object
+from ..text import unstorable
 
 __all__ = [
     "AbortFrame",
@@ -146,18 +146,7 @@ def question(messages: list[UIMessage]) -> str:
 
 def parse_client_frame(raw: str) -> SendFrame | ResumeFrame | AbortFrame:
     """Validate one WebSocket text frame; ``InvalidInput`` says what is wrong."""
-    try:
-        data = json.loads(raw)
-    except RecursionError as exc:
-        raise InvalidInput("frame is nested too deeply") from exc
-    except ValueError as exc:
-        raise InvalidInput("frame is not valid JSON") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput("frame must be a JSON object")
-    if _depth(data) > MAX_DEPTH:
-        raise InvalidInput("frame is nested too deeply")
-    if unstorable_json(raw, data):
-        raise InvalidInput("frame holds a NUL or a lone surrogate")
+    data = load_object(raw, MAX_DEPTH)
     try:
         frame: SendFrame | ResumeFrame | AbortFrame = _frames.validate_python(data)
     except PydanticValidationError as exc:
@@ -171,13 +160,3 @@ def _describe(exc: PydanticValidationError, where: str) -> str:
         return "unknown frame type (expected send, resume or abort)"
     loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("send", "resume", "abort"))
     return f"{loc or where}: {err.get('msg', 'invalid')}"[:200]
-
-
-def _depth(value: Any, level: int = 1) -> int:
-    if level > MAX_DEPTH:
-        return level
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level)
-    return level
