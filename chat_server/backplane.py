@@ -53,10 +53,7 @@ class MemoryBackplane:
         self._handlers.setdefault(channel, []).append(handler)
 
     async def publish(self, channel: str, message: str) -> None:
-        for handler in self._handlers.get(channel, []):
-            task = asyncio.create_task(_call(handler, channel, message))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self.publish_soon(channel, message)
 
     def publish_soon(self, channel: str, message: str) -> None:
         for handler in self._handlers.get(channel, []):
