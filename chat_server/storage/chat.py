@@ -10,6 +10,7 @@ the assistant's text with its final status and the turn's ``usage_events`` row.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from sqlalchemy import and_, bindparam, select, update
 from ..text import clean
 from .engine import Database
 from .games import GAME_FIELDS
+from .group_commit import GroupCommit
 from .ids import as_utc, new_id, utcnow
 from .pages import decode_cursor, encode_cursor
 from .schema import chat_messages, chat_sessions, games, usage_events
@@ -239,6 +241,22 @@ _PG_BEGIN_TURN = (
     "($1, $3, $4, 'user', $5, 'complete', '[]', $6, $7, $7), "
     "($2, $3, $4, 'assistant', '', 'streaming', '[]', $6, $7, $7)"
 )
+# The same for the questions of concurrent turns at once (``group_commit.py``): the
+# parameters are arrays, one element per turn.
+_PG_BEGIN_TURNS = (
+    "WITH r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+    "$5::text[], $6::text[], $7::timestamptz[]) "
+    "AS r(question, answer, session, turn, content, instance, at)), "
+    "touched AS (UPDATE chat_sessions s SET updated_at = r.at FROM r WHERE s.id = r.session) "
+    "INSERT INTO chat_messages (id, session_id, turn_id, role, content, status, citations, "
+    "instance_id, created_at, updated_at) "
+    "SELECT question, session, turn, 'user', content, 'complete', '[]'::json, instance, at, at "
+    "FROM r UNION ALL "
+    "SELECT answer, session, turn, 'assistant', '', 'streaming', '[]'::json, instance, at, at "
+    "FROM r"
+)
+# A question whose caller was cancelled while its batch was in flight: taken back.
+_PG_UNDO_BEGIN_TURN = "DELETE FROM chat_messages WHERE id = $1 OR id = $2"
 # Its parameters, in order: the answer's fields, then the usage row's.
 _PG_FINISH_PARAMS = (
     *("message", "content", "status", "citations", "updated_at", "turn_id"),
@@ -259,6 +277,64 @@ _PG_FINISH_TURN = (
     f"VALUES ({', '.join(_p(c) for c in ('turn_id', *_USAGE_UPDATE))}) "
     "ON CONFLICT (turn_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _USAGE_UPDATE)
 )
+# Postgres types of the finish parameters, for the batched form.
+_PG_FINISH_TYPES = {
+    "input_tokens": "int",
+    "output_tokens": "int",
+    "cache_read_tokens": "int",
+    "cache_creation_tokens": "int",
+    "estimated": "bool",
+    "cost_usd": "float8",
+    "first_token_ms": "int",
+    "total_ms": "int",
+    "updated_at": "timestamptz",
+    "created_at": "timestamptz",
+}
+_PG_FINISH_TURNS = (
+    "WITH r AS (SELECT * FROM unnest("
+    + ", ".join(
+        f"${i + 1}::{_PG_FINISH_TYPES.get(n, 'text')}[]" for i, n in enumerate(_PG_FINISH_PARAMS)
+    )
+    + f") AS r({', '.join(_PG_FINISH_PARAMS)})), "
+    "finished AS (UPDATE chat_messages m SET content = r.content, status = r.status, "
+    "finish_reason = r.finish_reason, citations = r.citations::json, updated_at = r.updated_at "
+    "FROM r WHERE m.id = r.message) "
+    f"INSERT INTO usage_events (turn_id, {', '.join(_USAGE_UPDATE)}) "
+    f"SELECT turn_id, {', '.join(_USAGE_UPDATE)} FROM r "
+    "ON CONFLICT (turn_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _USAGE_UPDATE)
+)
+
+
+def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows of parameters as one array per parameter (for ``unnest``)."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+async def _pg_execute(db: Database, statement: str, *args: Any) -> None:
+    async with db.driver() as driver:
+        await driver.execute(statement, *args)
+
+
+def _group(
+    db: Database, name: str, one: str, many: str, undo: str | None = None
+) -> GroupCommit[Any]:
+    """The batcher of one kind of per-turn write on ``db`` (made on first use)."""
+    group = db.group_commits.get(name)
+    if group is None:
+
+        async def write_one(row: tuple[Any, ...]) -> None:
+            await _pg_execute(db, one, *row)
+
+        async def write_many(rows: Sequence[tuple[Any, ...]]) -> None:
+            await _pg_execute(db, many, *_columns(rows))
+
+        async def take_back(row: tuple[Any, ...]) -> None:
+            assert undo is not None
+            await _pg_execute(db, undo, row[0], row[1])
+
+        group = GroupCommit(name, write_many, write_one, undo=take_back if undo else None)
+        db.group_commits[name] = group
+    return group
 
 
 async def begin_turn(
@@ -270,11 +346,10 @@ async def begin_turn(
     """
     now = utcnow()
     user_id, assistant_id = new_id(), new_id()
-    if db.is_postgres:  # one statement, before the turn's first token: on the driver
-        async with db.driver() as driver:
-            await driver.execute(
-                _PG_BEGIN_TURN, user_id, assistant_id, session_id, turn_id, text, instance_id, now
-            )
+    if db.is_postgres:  # one statement, before the turn's first token: on the driver,
+        # with the questions of turns asked at the same time (``group_commit.py``)
+        questions = _group(db, "questions", _PG_BEGIN_TURN, _PG_BEGIN_TURNS, _PG_UNDO_BEGIN_TURN)
+        await questions.write((user_id, assistant_id, session_id, turn_id, text, instance_id, now))
     else:
         common = {
             "session_id": session_id,
@@ -383,8 +458,8 @@ async def finish_turn(db: Database, record: TurnRecord) -> None:
     # turn already, what the turn really did replaces its guess (one row per turn).
     if db.is_postgres:
         params = answer | usage | {"citations": json.dumps(citations)}  # JSON as text
-        async with db.driver() as driver:
-            await driver.execute(_PG_FINISH_TURN, *(params[n] for n in _PG_FINISH_PARAMS))
+        answers = _group(db, "answers", _PG_FINISH_TURN, _PG_FINISH_TURNS)
+        await answers.write(tuple(params[n] for n in _PG_FINISH_PARAMS))
         return
     async with db.write() as conn:
         await conn.execute(_FINISH_MESSAGE, answer)

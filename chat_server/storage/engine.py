@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from .. import metrics
 from ..errors import InvalidInput, Unavailable
+from .group_commit import GroupCommit
 
 __all__ = ["Database", "async_url", "sync_url"]
 
@@ -141,6 +142,9 @@ class Database:
         self.driver_lends = 0
         self._driver_pool: asyncpg.Pool | None = None
         self._driver_opening = asyncio.Lock()
+        #: Postgres: each kind of per-turn write batched across concurrent turns
+        #: (``group_commit.py``), made by the module that writes it on first use.
+        self.group_commits: dict[str, GroupCommit[Any]] = {}
         # The same pool; its connections in autocommit while lent out (a flag on the
         # driver's connection, no round trip). Not behind a transaction pooler, where
         # statements are prepared and then run, and only a transaction keeps both on
@@ -277,6 +281,8 @@ class Database:
 
     async def dispose(self) -> None:
         """Close both pools (``driver()``'s waits for its connections, at most 5 s)."""
+        for group in self.group_commits.values():
+            await group.aclose()
         pool, self._driver_pool = self._driver_pool, None
         try:
             if pool is not None:
