@@ -11,6 +11,7 @@ the table gives the median CPU (user + system) per event of the client process:
 
 - ``httpx``: ``httpx.AsyncClient.stream`` + ``aiter_raw`` (the bench's floor relay
   reads this way, with ``aiter_lines``);
+- ``aiohttp``: ``aiohttp.ClientSession.post`` + ``content.iter_any()``, no httpx2 layer;
 - ``sdk-httpx2``: ``AsyncOpenAI.post(..., stream=True)`` with the SDK's default
   transport (httpx2 on httpcore2 and AnyIO);
 - ``sdk-aiohttp``: the same call with ``http_client=openai.DefaultAioHttpClient()``,
@@ -40,7 +41,7 @@ sys.path.insert(0, str(HERE))
 
 from procs import Procs, can_pin, free_port, wait_healthy  # noqa: E402
 
-KINDS = ("httpx", "sdk-httpx2", "sdk-aiohttp", "product-openai")
+KINDS = ("httpx", "aiohttp", "sdk-httpx2", "sdk-aiohttp", "product-openai")
 TOKENS, GAP_MS = 200, 20
 
 
@@ -74,6 +75,20 @@ async def _client(kind: str, base_url: str, streams: int, rounds: int) -> dict[s
                 return sum([chunk.count(b"\n\n") async for chunk in response.aiter_raw()])
 
         close = plain.aclose
+    elif kind == "aiohttp":
+        import aiohttp
+
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(sock_connect=5.0, sock_read=60.0),
+            connector=aiohttp.TCPConnector(limit=10_000),
+        )
+
+        async def read(tokens: int, gap_ms: int) -> int:
+            url = f"{base_url}/chat/completions"
+            async with session.post(url, json=body(tokens, gap_ms)) as response:
+                return sum([chunk.count(b"\n\n") async for chunk in response.content.iter_any()])
+
+        close = session.close
     elif kind == "product-openai":
         from chat_server.providers.base import ChatMessage, ProviderRequest, TextDelta
         from chat_server.providers.openai import OpenAIProvider

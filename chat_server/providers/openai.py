@@ -1,27 +1,28 @@
-"""OpenAI Chat Completions, streamed, through the official ``openai`` SDK.
+"""OpenAI Chat Completions, streamed; the ``openai`` SDK for what it knows, aiohttp for the bytes.
 
 Any OpenAI-compatible server works through ``base_url``. The SDK makes the request's
-URL, its headers (the key and its own) and the HTTP client (its aiohttp transport,
-pooled); the request itself is sent from a template built once per provider, with the
-body written by ``json.dumps``: the SDK's ``post()`` copies its options twice, merges
-and validates headers, prepares the URL and builds the httpx2 request anew on every
-call (9 % of a short turn's CPU in a lockstep burst), and the typed
-``chat.completions.create()`` also transforms its parameters (about 2.7 ms for a
-14-message prompt). Its retries are off here anyway (the caller decides fallback).
-The event stream is read from the unread ``httpx2.Response`` that ``post()`` returns: raw
-bytes read by ``sse.SSEReader`` (the WHATWG rules) and each event's data parsed with
-``json.loads``, because the SDK's typed chunks and httpx2's text and line decoders
-cost most of the CPU of a token. An answer that is not an event stream is a
-``ProviderError`` saying so.
+URL and its headers (the key and its own) once per provider, and turns an error status
+into its own error (with what the server said); the request is sent and its event
+stream read with aiohttp directly (the transport the SDK itself offers,
+``DefaultAioHttpClient``, minus httpx2's layers over it): the SDK's ``post()`` copies
+its options twice, merges and validates headers, prepares the URL and builds an httpx2
+request on every call (9 % of a short turn's CPU in a lockstep burst), and httpx2's
+response over aiohttp cost 11 µs more CPU per event than aiohttp's own (38 against
+27 µs, ``bench/transports.py``). The body is written by ``json.dumps``; the typed
+``chat.completions.create()`` would also transform its parameters (about 2.7 ms for a
+14-message prompt). No retries here (the caller decides fallback). The raw bytes are
+read by ``sse.SSEReader`` (the WHATWG rules) and each event's data parsed with
+``json.loads``, because the SDK's typed chunks cost most of the CPU of a token. An
+answer that is not an event stream is a ``ProviderError`` saying so.
 
 Errors are translated at the border (``raise ... from exc``): 429, 503, 529,
-connect errors, timeouts (the SDK's: connect, read) and a stream cut off before its end are
-``ProviderUnavailable``; any other status, a line that is not JSON or an in-stream
-error object are ``ProviderError``. No SDK exception leaves ``stream()``.
+connect errors, timeouts (connect, and a read that waits past ``read_timeout``) and a
+stream cut off before its end are ``ProviderUnavailable``; any other status, a line
+that is not JSON or an in-stream error object are ``ProviderError``. No SDK or aiohttp
+exception leaves ``stream()``.
 
 Cancellation: cancelling the consuming task, or closing the generator, closes the
-upstream HTTP response at once in a ``finally`` (shielded, so that an AnyIO cancel
-scope cannot skip it): the server sees the connection closed.
+upstream connection at once in a ``finally``: the server sees the connection closed.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-import anyio
+import aiohttp
 import httpx2
 import openai
 from openai.types.chat import ChatCompletionMessageParam
@@ -40,7 +41,7 @@ from ..errors import ProviderError, ProviderUnavailable
 from .base import Finish, ProviderRequest, StreamEvent, TextDelta, Usage, UsageReport
 from .prompt import system_prompt
 from .sse import SSEReader
-from .transport import DROPPED, body_chunks, check_event_stream, close_response
+from .transport import DROPPED, check_event_stream, environment_proxy
 
 __all__ = ["OpenAIProvider"]
 
@@ -49,6 +50,7 @@ _UNAVAILABLE_STATUSES = frozenset({429, 503, 529})
 _DROPPED = DROPPED
 _FOREIGN = (openai.OpenAIError, httpx2.HTTPError, httpx2.StreamError, *_DROPPED)
 _DRAIN_TIMEOUT = 0.1  # after [DONE], wait this long for the body's end (keeps the connection)
+_ERROR_BODY_TIMEOUT = 2.0  # an error status's body, for the SDK's error: read this long
 _MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError)
 _loads = json.loads
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -140,27 +142,39 @@ class OpenAIProvider:
         read_timeout: float = 60.0,
     ) -> None:
         self.model = model
-        self._http = openai.DefaultAioHttpClient()
         timeout = openai.Timeout(read_timeout, connect=connect_timeout)
+        # The SDK's client sends nothing: it knows the URL, the headers and the errors.
         self._client = openai.AsyncOpenAI(
-            api_key=api_key,
-            base_url=base_url,
-            max_retries=0,
-            timeout=timeout,
-            http_client=self._http,
+            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
         )
         # What post("/chat/completions") would send besides the body, made once.
         base = self._client.base_url  # the SDK ends it with "/"
-        self._url = base.copy_with(raw_path=base.raw_path + b"chat/completions")
+        self._url = str(base.copy_with(raw_path=base.raw_path + b"chat/completions"))
         headers = {**self._client.default_headers, **self._client.auth_headers}
-        self._headers = httpx2.Headers(
-            {name: value for name, value in headers.items() if isinstance(value, str)}
-            | {"X-Stainless-Retry-Count": "0", "X-Stainless-Read-Timeout": str(read_timeout)}
+        self._headers = {
+            name: value for name, value in headers.items() if isinstance(value, str)
+        } | {"X-Stainless-Retry-Count": "0", "X-Stainless-Read-Timeout": str(read_timeout)}
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_read=read_timeout
         )
-        self._timeout = httpx2.Timeout(timeout).as_dict()
+        self._session: aiohttp.ClientSession | None = None  # made in the loop, on first use
+        self._proxy: str | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # Pooled and kept alive as the SDK's aiohttp client does; no limit on
+            # connections per host (the SDK's is 1,000; the turns are bounded elsewhere).
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+            )
+            self._proxy = environment_proxy(self._url)
+        return self._session
 
     async def aclose(self) -> None:
-        """Close the SDK's connection pool."""
+        """Close the connection pool (and the SDK's, unused)."""
+        if self._session is not None:
+            await self._session.close()
         await self._client.close()
 
     def _body(self, request: ProviderRequest) -> dict[str, Any]:
@@ -195,7 +209,7 @@ class OpenAIProvider:
             http = await self._send(self._body(request))
             try:
                 check_event_stream(http.headers, "openai")
-                chunks = body_chunks(http)
+                chunks = http.content.iter_any()
                 reader = SSEReader()
                 async for chunk in chunks:
                     for _event, data in reader.feed(chunk):
@@ -211,13 +225,18 @@ class OpenAIProvider:
                         text = events.data(data)
                         if text:
                             yield TextDelta(text)
-                if events.done and http.http_version == "HTTP/1.1":
+                if events.done and http.version == aiohttp.HttpVersion11:
                     # Read the body's end so the connection goes back to the pool.
-                    with anyio.move_on_after(_DRAIN_TIMEOUT):
-                        async for _ in chunks:
-                            pass
+                    try:
+                        async with asyncio.timeout(_DRAIN_TIMEOUT):
+                            async for _ in chunks:
+                                pass
+                    except TimeoutError:
+                        pass
+                    else:
+                        http.release()
             finally:
-                await close_response(http)
+                http.close()  # no-op once released; else the connection is closed now
         except _FOREIGN as exc:
             raise _translate(exc) from exc
         if not events.done and events.finish is None:
@@ -225,32 +244,40 @@ class OpenAIProvider:
         yield UsageReport(events.usage or Usage())
         yield Finish(events.finish or "stop")
 
-    async def _send(self, body: dict[str, Any]) -> httpx2.Response:
+    async def _send(self, body: dict[str, Any]) -> aiohttp.ClientResponse:
         """POST the body; the response unread (its body streams, ours to close), or
         ``ProviderError`` / ``ProviderUnavailable`` for an error status or no answer."""
-        request = httpx2.Request(
-            "POST",
-            self._url,
-            headers=self._headers,
-            content=_dumps(body).encode(),
-            extensions={"timeout": self._timeout},
-        )
         try:
-            http = await self._http.send(request, stream=True)
-        except httpx2.TimeoutException as exc:
+            http = await self._http().request(
+                "POST",
+                self._url,
+                data=_dumps(body).encode(),
+                headers=self._headers,
+                proxy=self._proxy,
+            )
+        except TimeoutError as exc:  # aiohttp's connect and read timeouts are TimeoutErrors
             raise ProviderUnavailable("openai did not answer in time") from exc
         except _DROPPED as exc:
             raise ProviderUnavailable("could not reach openai") from exc
-        if http.status_code >= 400:  # the SDK's error, with what the server said
-            error: openai.APIStatusError
+        if http.status >= 400:  # the SDK's error, with what the server said
             try:
-                async with asyncio.timeout(_DRAIN_TIMEOUT * 20):
-                    await http.aread()
-                error = self._client._make_status_error_from_response(http)
+                async with asyncio.timeout(_ERROR_BODY_TIMEOUT):
+                    content = await http.read()
             except (*_DROPPED, TimeoutError):  # no body to tell: the status alone
-                error = openai.APIStatusError(f"HTTP {http.status_code}", response=http, body=None)
+                content = b""
             finally:
-                await close_response(http)
+                http.close()
+            response = httpx2.Response(
+                http.status,
+                headers=[  # the body is decoded already
+                    (name, value)
+                    for name, value in http.headers.items()
+                    if name.lower() not in ("content-encoding", "content-length")
+                ],
+                content=content,
+                request=httpx2.Request("POST", self._url),
+            )
+            error = self._client._make_status_error_from_response(response)
             raise _translate(error) from error
         return http
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 import anyio
@@ -28,7 +30,14 @@ import httpx2
 
 from ..errors import ProviderError
 
-__all__ = ["CLOSE_TIMEOUT", "DROPPED", "body_chunks", "check_event_stream", "close_response"]
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "DROPPED",
+    "body_chunks",
+    "check_event_stream",
+    "close_response",
+    "environment_proxy",
+]
 
 CLOSE_TIMEOUT = 2.0  # seconds a shielded close of the upstream response may take
 
@@ -53,7 +62,7 @@ async def close_response(response: httpx2.Response) -> None:
             await response.aclose()
 
 
-def check_event_stream(headers: httpx2.Headers, provider: str) -> None:
+def check_event_stream(headers: Mapping[str, str], provider: str) -> None:
     """Raise ``ProviderError`` unless the response is ``text/event-stream``."""
     kind = headers.get("content-type", "")
     if kind.split(";", 1)[0].strip().lower() != "text/event-stream":
@@ -68,3 +77,15 @@ def body_chunks(http: httpx2.Response) -> AsyncIterator[bytes]:
     """The body's bytes: raw unless compressed (one iterator layer less per chunk)."""
     identity = http.headers.get("content-encoding", "identity") == "identity"
     return http.aiter_raw() if identity else http.aiter_bytes()
+
+
+def environment_proxy(url: str) -> str | None:
+    """The egress proxy the environment names for ``url``, as httpx2 would pick it:
+    ``<scheme>_PROXY``, else ``ALL_PROXY``, unless ``NO_PROXY`` exempts the host
+    (aiohttp's ``trust_env`` would ignore ``ALL_PROXY``)."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.netloc):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
