@@ -282,11 +282,14 @@ class ChatService:
         # is for a slow database or Redis rather than for the CPU, the queue must not
         # become the limit.
         slotted = True
-        try:
-            async with asyncio.timeout(START_QUEUE_WAIT):
-                await self._starting.acquire()
-        except TimeoutError:
-            slotted = False
+        if not self._starting.locked():
+            await self._starting.acquire()  # at once
+        else:
+            try:
+                async with asyncio.timeout(START_QUEUE_WAIT):
+                    await self._starting.acquire()
+            except TimeoutError:
+                slotted = False
         try:
             return await self._start_turn(who, attached, frame)
         finally:
