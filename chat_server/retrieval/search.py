@@ -11,6 +11,7 @@ have a cosine under ``MIN_KNOWN``), the rules are silent on the question.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 
 from ..storage.engine import Database
 from ..storage.fulltext import search_passages
-from .embedder import embed
+from .embedder import Vectors, embed
 from .index import GameIndex
 from .ranking import (
     Evidence,
@@ -37,6 +38,15 @@ POOL = 20  # candidates taken from each ranking before fusion
 MIN_WEIGHT = 0.72  # the floor: summed weight of shared words (1.0: a word of one passage) …
 MIN_COSINE = 0.4  # … or a vector this close (cosine); see docs/providers.md for the figures
 MIN_KNOWN = 0.73  # the question's cosine with itself less the words the game never uses
+
+
+def _embed_into(result: asyncio.Future[Vectors], texts: list[str]) -> None:
+    if result.done():  # cancelled: the search failed first
+        return
+    try:
+        result.set_result(embed(texts))
+    except Exception as exc:  # handed to the turn that awaits it
+        result.set_exception(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,18 +76,29 @@ async def rank(
     """The passages that answer ``question`` in ``language`` (None: every language)."""
     expanded = expand(question, index.glossary)
     question_vector = np.zeros(0, dtype=np.float32)
+    known: str | None = None
+    embedded: asyncio.Future[Vectors] | None = None
     if index.rows and index.vectors is not None:
         # Only a game with a glossary knows its players' words: without one, a player's
         # own word is unknown for want of a glossary, not because the rules are silent.
         known = known_part(question, index.known) if index.glossary else None
         texts = [expanded] if known is None else [expanded, question, known]
-        vectors = embed(texts)
+        # Embedded while the search is under way: the query goes out first, then the
+        # loop runs this callback while the database works (no task, no thread).
+        embedded = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(_embed_into, embedded, texts)
+    try:
+        found = await search_passages(
+            db, game_id=game_id, language=language, question=expanded, limit=POOL
+        )
+    finally:
+        if embedded is not None and not embedded.done():
+            embedded.cancel()  # the search failed before the callback ran
+    if embedded is not None:
+        vectors = await embedded
         if known is not None and float(vectors[1] @ vectors[2]) < MIN_KNOWN:
             return Ranked([], silent=True)  # the question rests on what the game never names
         question_vector = vectors[0]
-    found = await search_passages(
-        db, game_id=game_id, language=language, question=expanded, limit=POOL
-    )
     by_text = [str(r["id"]) for r in found]
     cosines = np.zeros(len(index.rows), dtype=np.float32)
     by_vector: list[str] = []

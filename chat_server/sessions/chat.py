@@ -305,18 +305,23 @@ class ChatService:
         try:
             chain = self._chain(who, attached.provider, game)
             # The admission check and the grounding read are independent: run them
-            # together (one Redis and one database round trip in parallel).
-            admit = asyncio.ensure_future(self._admit(who, game, turn_id, now, span))
+            # together (one Redis and one database round trip in parallel). The quota
+            # script goes out first, so that the grounding's CPU (the question's
+            # embedding) runs while Redis answers.
+            prepare = asyncio.ensure_future(self._prepare(attached, frame.text, span))
             try:
-                with span.child("chat.prepare"):
-                    found = await self._prepare(attached, frame.text)
+                reservation = await self._admit(who, game, turn_id, now, span)
             except BaseException:
-                admit.cancel()
+                prepare.cancel()
                 with contextlib.suppress(BaseException):
-                    await admit
+                    await prepare
+                raise
+            try:
+                found = await prepare
+            except BaseException:
+                prepare.cancel()
                 await self._refund_quietly(who, game, turn_id, now)
                 raise
-            reservation = await admit
             turn = Turn(
                 id=turn_id,
                 session_id=session_id,
@@ -416,16 +421,18 @@ class ChatService:
             languages=languages,
         )
 
-    async def _prepare(self, attached: Attached, question: str) -> Retrieval:
+    async def _prepare(self, attached: Attached, question: str, span: TurnSpan) -> Retrieval:
         """The passages for ``question``; reads the history too if memory cannot tell it."""
-        retrieval = self._retrieve(attached, question)
-        if not attached.history.stale:
-            return await retrieval
-        found, rows = await asyncio.gather(
-            retrieval, chat_store.history(self.db, attached.session_id, limit=self._history_size)
-        )
-        attached.history.load(rows)
-        return found
+        with span.child("chat.prepare"):
+            retrieval = self._retrieve(attached, question)
+            if not attached.history.stale:
+                return await retrieval
+            found, rows = await asyncio.gather(
+                retrieval,
+                chat_store.history(self.db, attached.session_id, limit=self._history_size),
+            )
+            attached.history.load(rows)
+            return found
 
     async def _admit(
         self, who: Who, game: Game, turn_id: str, now: datetime, span: TurnSpan

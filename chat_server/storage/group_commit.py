@@ -6,7 +6,8 @@ turns queued for a pooled connection while their first token waited for the writ
 A ``GroupCommit`` keeps at most one batch of its kind in flight; rows that arrive
 meanwhile wait for it and go out together as the next batch, one statement for all
 (``write_many``: the rows as arrays that Postgres unnests). A row that arrives alone
-goes out at once: no timer, nothing added to a quiet turn's latency.
+goes out at once from its caller's task: no timer, no task, nothing added to a quiet
+turn's latency (and cancelling that caller cancels its statement, as before).
 
 What a caller sees is what its own statement would have done:
 
@@ -65,6 +66,7 @@ class GroupCommit(Generic[R]):
         self._max_rows = max_rows
         self._queue: list[_Pending[R]] = []
         self._flushing: asyncio.Task[None] | None = None
+        self._alone = False  # a lone row's statement is in flight in its caller's task
         self._undoing: set[asyncio.Task[None]] = set()
         #: statements sent and rows written by them (what tests and benches read)
         self.statements = 0
@@ -72,10 +74,21 @@ class GroupCommit(Generic[R]):
 
     async def write(self, row: R) -> None:
         """Write ``row``; returns once it is committed, raises what its write raised."""
+        if self._flushing is None and not self._alone and not self._queue:
+            # Nothing in flight: this row's statement goes out from here, at once (no
+            # task). Rows that come meanwhile wait for it, then go out together.
+            self._alone = True
+            try:
+                self.statements += 1
+                await self._write_one(row)
+                self.rows += 1
+            finally:
+                self._alone = False
+                self._start_flushing()
+            return
         pending = _Pending(row, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
-        if self._flushing is None:
-            self._flushing = asyncio.create_task(self._flush(), name=f"group-commit-{self.name}")
+        self._start_flushing()
         try:
             # shielded: one caller cancelled must not cancel the batch it shares
             await asyncio.shield(pending.done)
@@ -86,6 +99,10 @@ class GroupCommit(Generic[R]):
             else:
                 pending.done.add_done_callback(lambda done: self._abandoned(done, row))
             raise
+
+    def _start_flushing(self) -> None:
+        if self._queue and self._flushing is None and not self._alone:
+            self._flushing = asyncio.create_task(self._flush(), name=f"group-commit-{self.name}")
 
     async def _flush(self) -> None:
         """Send batches until no row waits; one batch in flight at a time."""

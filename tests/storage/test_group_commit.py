@@ -40,7 +40,9 @@ async def test_questions_and_answers_of_a_burst_are_all_stored(db: Database) -> 
         await asyncio.gather(
             *(
                 finish_turn(db, record(s, t, answer, content=f"answer {i}", output_tokens=i))
-                for i, (s, t, (_q, answer)) in enumerate(zip(sessions, turn_ids, begun, strict=True))
+                for i, (s, t, (_q, answer)) in enumerate(
+                    zip(sessions, turn_ids, begun, strict=True)
+                )
             )
         )
         for i, session in enumerate(sessions):
@@ -84,7 +86,9 @@ async def test_a_refused_row_fails_only_its_own_turn(db: Database) -> None:
         async with db.read() as conn:
             orphans = (
                 await conn.execute(
-                    select(chat_messages.c.id).where(chat_messages.c.session_id == "no-such-session")
+                    select(chat_messages.c.id).where(
+                        chat_messages.c.session_id == "no-such-session"
+                    )
                 )
             ).all()
         assert orphans == []
@@ -173,24 +177,40 @@ async def test_an_outage_is_every_rows_error_without_retrying_each() -> None:
     batcher = group(writes)
     results = await asyncio.gather(*(batcher.write(i) for i in range(4)), return_exceptions=True)
     assert all(isinstance(r, Unavailable) for r in results)
-    assert writes.statements == [[0, 1, 2, 3]]  # one statement; no row retried alone
+    assert writes.statements == [[0], [1, 2, 3]]  # no row retried alone
 
 
 async def test_cancelled_callers_rows_are_taken_back_or_undone() -> None:
     writes = Writes()
     batcher = group(writes)
-    sent = asyncio.create_task(batcher.write(0))
-    await asyncio.sleep(0.001)  # 0 is in flight
+    first = asyncio.create_task(batcher.write(0))
+    await asyncio.sleep(0.001)  # 0 is in flight, alone
     waiting = asyncio.create_task(batcher.write(1))
-    kept = asyncio.create_task(batcher.write(2))
+    batched = asyncio.create_task(batcher.write(2))
+    sent = asyncio.create_task(batcher.write(3))
     await asyncio.sleep(0)
+    waiting.cancel()  # 1 waits behind 0: taken back
+    await first
+    await asyncio.sleep(0.001)  # 2 and 3 are in flight together
     sent.cancel()
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await sent
+    await batched
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    await kept
+    with pytest.raises(asyncio.CancelledError):
+        await sent
     await batcher.aclose()
-    assert writes.statements == [[0], [2]]  # 1 never went out
-    assert writes.undone == [0]  # 0 was written after its caller left: undone
+    assert writes.statements == [[0], [2, 3]]  # 1 never went out
+    assert writes.written == [0, 2, 3] and writes.undone == [3]  # 3 written, then undone
+
+
+async def test_a_cancelled_lone_write_is_not_written() -> None:
+    """A row alone in flight is its caller's own statement: cancelling stops it."""
+    writes = Writes()
+    batcher = group(writes)
+    alone = asyncio.create_task(batcher.write(0))
+    await asyncio.sleep(0.001)
+    alone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await alone
+    await batcher.write(1)
+    assert writes.written == [1] and writes.undone == []
