@@ -5,6 +5,7 @@ or counted for nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from chat_server.sessions.chat import STARTS_AT_ONCE
 from tests.private_redis import PrivateRedis, private_redis
 from tests.server import RunningServer, make_settings, running_server
 from tests.tcp_proxy import TcpProxy
@@ -269,4 +271,37 @@ async def test_hung_database_refuses_turns_quickly(
                 proxy.restore()
                 waited = time.monotonic() - started
             assert (frame["type"], frame.get("code")) == ("error", "unavailable")
+            assert waited < DB_QUICK
+
+
+async def test_turns_beyond_those_starting_at_once_do_not_wait_behind_a_hung_database(
+    tmp_path: Path, redis: PrivateRedis, upstream: OpenAIUpstream, database: tuple[TcpProxy, str]
+) -> None:
+    """Twice as many turns as start at once (``STARTS_AT_ONCE``) ask while Postgres hangs:
+    none waits for another's place to free up; each gets `unavailable` within the time
+    one turn alone would (a queue behind the hung ones would double it)."""
+    proxy, url = database
+    settings = settings_for(
+        tmp_path, upstream, redis_url=redis.url, database_url=url, seed_demo=True
+    )
+    with running_server(settings) as server:
+        tokens = [server.token(f"asker-{i}") for i in range(2 * STARTS_AT_ONCE)]
+        game = await first_game(server.url, tokens[0])
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(ws_client(server.ws_url, t)) for t in tokens]
+            for client in clients:
+                await client.start(game)
+            await clients[0].ask("First?")
+            proxy.stall()
+            started = time.monotonic()
+            try:
+                for client in clients:
+                    await client.send({"type": "message", "text": "Hung?"})
+                frames = await asyncio.gather(*(c.recv(timeout=DB_QUICK + 5) for c in clients))
+            finally:
+                proxy.restore()
+                waited = time.monotonic() - started
+            assert [(f["type"], f.get("code")) for f in frames] == [("error", "unavailable")] * len(
+                clients
+            )
             assert waited < DB_QUICK
