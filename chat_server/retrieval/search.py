@@ -91,9 +91,10 @@ async def rank(
         found = await search_passages(
             db, game_id=game_id, language=language, question=expanded, limit=POOL
         )
-    finally:
-        if embedded is not None and not embedded.done():
-            embedded.cancel()  # the search failed before the callback ran
+    except BaseException:
+        if embedded is not None:
+            embedded.cancel()  # the search failed (the callback then does nothing)
+        raise
     if embedded is not None:
         vectors = await embedded
         if known is not None and float(vectors[1] @ vectors[2]) < MIN_KNOWN:
