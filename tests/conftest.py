@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from chat_server.redis_client import RedisClient
 from chat_server.storage import Database
 from chat_server.storage.migrate import upgrade
 from tests import services
@@ -132,6 +133,16 @@ def shared_redis(request: pytest.FixtureRequest) -> RedisTarget:
     nodes: RedisClusterNodes = request.getfixturevalue("redis_cluster_nodes")
     nodes.flush()
     return RedisTarget(nodes.url, cluster=True)
+
+
+@pytest.fixture
+async def shared_client(shared_redis: RedisTarget) -> AsyncIterator[RedisClient]:
+    """A client of ``shared_redis`` (a single Redis, then a Redis Cluster), closed after."""
+    redis = await shared_redis.client()
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
 
 
 @pytest.fixture

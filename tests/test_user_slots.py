@@ -5,33 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
-
-import pytest
 
 from chat_server.redis_client import RedisClient
 from chat_server.user_slots import REFRESH_CHUNK, RedisSlots
-from tests.redis_cluster import RedisTarget
 
 WAIT = 30.0
 
 
-@pytest.fixture
-async def client(shared_redis: RedisTarget) -> AsyncIterator[RedisClient]:
-    redis = await shared_redis.client()
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
-
-
-async def test_more_claims_than_one_refresh_pipeline_all_stay_held(client: RedisClient) -> None:
+async def test_more_claims_than_one_refresh_pipeline_all_stay_held(
+    shared_client: RedisClient,
+) -> None:
     """An instance holding more connections than one refresh pipeline carries keeps every
     user's slot past the claims' lifetime: a second connection of each is refused."""
     count = REFRESH_CHUNK + REFRESH_CHUNK // 2
     prefix = f"test-slots-{secrets.token_hex(4)}"
-    holder = RedisSlots(client, limit=1, prefix=prefix, ttl=1.5, timeout=5.0)
-    other = RedisSlots(client, limit=1, prefix=prefix, ttl=1.5, timeout=5.0)
+    holder = RedisSlots(shared_client, limit=1, prefix=prefix, ttl=1.5, timeout=5.0)
+    other = RedisSlots(shared_client, limit=1, prefix=prefix, ttl=1.5, timeout=5.0)
     users = [f"user-{i}" for i in range(count)]
     try:
         async with asyncio.timeout(WAIT):

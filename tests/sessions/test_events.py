@@ -4,24 +4,11 @@ yet a subscriber gets each one, in order, with an id it can resume from."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-
-import pytest
 
 from chat_server.redis_client import RedisClient
 from chat_server.sessions.events import Event, RedisEvents
-from tests.redis_cluster import RedisTarget
 
 WAIT = 10
-
-
-@pytest.fixture
-async def client(shared_redis: RedisTarget) -> AsyncIterator[RedisClient]:
-    redis = await shared_redis.client()
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
 
 
 async def take(feed: RedisEvents, last_id: str | None, count: int) -> list[Event]:
@@ -35,9 +22,11 @@ async def take(feed: RedisEvents, last_id: str | None, count: int) -> list[Event
     return got
 
 
-async def test_a_burst_of_events_arrives_whole_and_resumes_mid_entry(client: RedisClient) -> None:
-    feed = RedisEvents(client, prefix="feedtest")
-    await client.delete("feedtest:events")
+async def test_a_burst_of_events_arrives_whole_and_resumes_mid_entry(
+    shared_client: RedisClient,
+) -> None:
+    feed = RedisEvents(shared_client, prefix="feedtest")
+    await shared_client.delete("feedtest:events")
     await feed.start()
     try:
         feed.publish("session.started", {"session_id": "s0"})
@@ -61,4 +50,4 @@ async def test_a_burst_of_events_arrives_whole_and_resumes_mid_entry(client: Red
         assert resumed[-1][1] == "turn.completed"
     finally:
         await feed.aclose()
-        await client.delete("feedtest:events")
+        await shared_client.delete("feedtest:events")

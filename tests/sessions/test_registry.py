@@ -4,33 +4,21 @@ instance publishes, another lists; a clean shutdown forgets it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.crc import key_slot
 
 from chat_server.redis_client import RedisClient
 from chat_server.sessions.registry import RedisRegistry
-from tests.redis_cluster import RedisTarget
-
-
-@pytest.fixture
-async def client(shared_redis: RedisTarget) -> AsyncIterator[RedisClient]:
-    redis = await shared_redis.client()
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
 
 
 def snapshot(session_id: str, instance: str) -> dict[str, str]:
     return {"id": session_id, "instance": instance}
 
 
-async def test_sessions_of_two_instances_are_listed_by_both(client: RedisClient) -> None:
+async def test_sessions_of_two_instances_are_listed_by_both(shared_client: RedisClient) -> None:
     """Each instance lists the other's sessions (on a cluster too: one MGET)."""
-    a = RedisRegistry(client, "a", prefix="reg", flush_interval=0.05)
-    b = RedisRegistry(client, "b", prefix="reg", flush_interval=0.05)
+    a = RedisRegistry(shared_client, "a", prefix="reg", flush_interval=0.05)
+    b = RedisRegistry(shared_client, "b", prefix="reg", flush_interval=0.05)
     await a.start()
     await b.start()
     expected = {(f"s{n}", "a" if n % 2 else "b") for n in range(20)}
@@ -54,14 +42,14 @@ async def test_sessions_of_two_instances_are_listed_by_both(client: RedisClient)
     assert await b.list() == []
 
 
-async def test_every_registry_key_is_in_one_cluster_slot(client: RedisClient) -> None:
+async def test_every_registry_key_is_in_one_cluster_slot(shared_client: RedisClient) -> None:
     """What the registry stores shares one hash slot, so a cluster serves its MGET."""
-    registry = RedisRegistry(client, "a", prefix="reg")
+    registry = RedisRegistry(shared_client, "a", prefix="reg")
     for n in range(50):
         registry.put(f"s{n}", lambda n=n: snapshot(f"s{n}", "a"))
     await registry.start()  # the first, full write
     try:
-        keys: list[bytes] = await client.keys("reg:*")
+        keys: list[bytes] = await shared_client.keys("reg:*")
         assert len(keys) == 52  # 50 sessions, their index, the instances
         assert len({key_slot(key) for key in keys}) == 1
     finally:
