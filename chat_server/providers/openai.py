@@ -48,7 +48,6 @@ __all__ = ["OpenAIProvider"]
 _UNAVAILABLE_STATUSES = frozenset({429, 503, 529})
 # A connection that broke or stalled: the provider is unreachable, not wrong.
 _DROPPED = DROPPED
-_FOREIGN = (openai.OpenAIError, httpx2.HTTPError, httpx2.StreamError, *_DROPPED)
 _DRAIN_TIMEOUT = 0.1  # after [DONE], wait this long for the body's end (keeps the connection)
 _ERROR_BODY_TIMEOUT = 2.0  # an error status's body, for the SDK's error: read this long
 _MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError)
@@ -59,19 +58,6 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 def _status_error(status: int) -> ProviderError:
     kind = ProviderUnavailable if status in _UNAVAILABLE_STATUSES else ProviderError
     return kind(f"openai answered HTTP {status}", context={"status": status})
-
-
-def _translate(exc: BaseException) -> ProviderError:
-    """Map an SDK or transport exception to ours (the caller raises it ``from exc``)."""
-    if isinstance(exc, openai.APIStatusError):
-        return _status_error(exc.status_code)
-    if isinstance(exc, openai.APITimeoutError):
-        return ProviderUnavailable("openai did not answer in time")
-    if isinstance(exc, openai.APIConnectionError):
-        return ProviderUnavailable("could not reach openai")
-    if isinstance(exc, _DROPPED):
-        return ProviderUnavailable("the openai stream was cut off")
-    return ProviderError(f"openai failed ({type(exc).__name__})")
 
 
 def _stream_error(error: Any) -> ProviderError:
@@ -237,8 +223,8 @@ class OpenAIProvider:
                         http.release()
             finally:
                 http.close()  # no-op once released; else the connection is closed now
-        except _FOREIGN as exc:
-            raise _translate(exc) from exc
+        except _DROPPED as exc:  # the only foreign errors left: the SDK sends nothing
+            raise ProviderUnavailable("the openai stream was cut off") from exc
         if not events.done and events.finish is None:
             raise ProviderUnavailable("the openai stream ended before its last event")
         yield UsageReport(events.usage or Usage())
@@ -278,7 +264,7 @@ class OpenAIProvider:
                 request=httpx2.Request("POST", self._url),
             )
             error = self._client._make_status_error_from_response(response)
-            raise _translate(error) from error
+            raise _status_error(error.status_code) from error
         return http
 
 
