@@ -116,32 +116,29 @@ class GroupCommit(Generic[R]):
             if self._queue:  # cancelled (shutdown) with rows waiting: fail them, do not hang
                 for pending in self._queue:
                     if not pending.done.done():
-                        pending.done.set_exception(Unavailable("the database write was stopped"))
+                        pending.done.set_exception(_stopped())
                 self._queue.clear()
 
     async def _send(self, batch: list[_Pending[R]]) -> None:
+        if len(batch) == 1:
+            await self._one(batch[0])
+            return
         rows = [pending.row for pending in batch]
         try:
             self.statements += 1
-            if len(rows) == 1:
-                await self._write_one(rows[0])
-            else:
-                await self._write_many(rows)
+            await self._write_many(rows)
         except Unavailable as exc:  # the database, not a row: every row's error
             _settle(batch, exc)
             return
-        except Exception as exc:
-            if len(rows) == 1:
-                _settle(batch, exc)
-                return
+        except Exception:
             log.info(
                 "group commit %s: batch of %d refused; writing row by row", self.name, len(rows)
             )
             await asyncio.gather(*(self._one(pending) for pending in batch))
             return
-        except BaseException as exc:  # cancelled: whether it committed is unknown
-            _settle(batch, Unavailable("the database write was stopped"))
-            raise exc
+        except BaseException:  # cancelled: whether it committed is unknown
+            _settle(batch, _stopped())
+            raise
         self.rows += len(rows)
         _settle(batch, None)
 
@@ -151,9 +148,12 @@ class GroupCommit(Generic[R]):
             await self._write_one(pending.row)
         except Exception as exc:
             _settle([pending], exc)
-        else:
-            self.rows += 1
-            _settle([pending], None)
+            return
+        except BaseException:
+            _settle([pending], _stopped())
+            raise
+        self.rows += 1
+        _settle([pending], None)
 
     def _abandoned(self, done: asyncio.Future[None], row: R) -> None:
         """A cancelled caller's row went out: undo it if it was written."""
@@ -174,6 +174,10 @@ class GroupCommit(Generic[R]):
         tasks = [t for t in (self._flushing, *self._undoing) if t is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _stopped() -> Unavailable:
+    return Unavailable("the database write was stopped")
 
 
 def _settle(batch: Sequence[_Pending[Any]], error: BaseException | None) -> None:
