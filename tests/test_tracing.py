@@ -31,8 +31,8 @@ def spans() -> Iterator[object]:
 async def test_a_turn_is_one_span_with_checks_and_provider_as_children(
     tmp_path: Path, spans: object
 ) -> None:
-    """chat.turn holds chat.flag_check, chat.quota_reserve and chat.provider, and says how
-    the turn ended."""
+    """chat.turn holds chat.start_queue (its wait for a place), chat.flag_check,
+    chat.quota_reserve and chat.provider, and says how the turn ended."""
     with running_server(make_settings(tmp_path)) as server:
         token = server.token("alice")
         async with httpx.AsyncClient(timeout=5) as http:
@@ -47,7 +47,11 @@ async def test_a_turn_is_one_span_with_checks_and_provider_as_children(
     assert turn.attributes["chat.turn_id"] == frames[0]["turn_id"]
     assert turn.attributes["chat.finish_reason"] == "stop"
     children = {s.name for s in finished if s.parent and s.parent.span_id == turn.context.span_id}
-    assert {"chat.flag_check", "chat.quota_reserve", "chat.provider"} <= children
+    assert {"chat.start_queue", "chat.flag_check", "chat.quota_reserve", "chat.provider"} <= (
+        children
+    )
+    queue = next(s for s in finished if s.name == "chat.start_queue")
+    assert queue.attributes["chat.queue_full"] is False  # the only turn: a place at once
     assert all(
         s.context.trace_id == turn.context.trace_id
         for s in finished

@@ -281,27 +281,42 @@ class ChatService:
         # same). A turn that waited START_QUEUE_WAIT goes on regardless: when the wait
         # is for a slow database or Redis rather than for the CPU, the queue must not
         # become the limit.
-        slotted = True
-        if not self._starting.locked():
-            await self._starting.acquire()  # at once
-        else:
-            try:
-                async with asyncio.timeout(START_QUEUE_WAIT):
-                    await self._starting.acquire()
-            except TimeoutError:
-                slotted = False
+        turn_id, now = new_id(), utcnow()
+        span = start_turn_span(
+            turn_id=turn_id,
+            session_id=attached.session_id,
+            game_id=attached.game.id,
+            user_id=who.user_id,
+        )
         try:
-            return await self._start_turn(who, attached, frame)
+            # In the trace: the time a turn waited for its place, and whether it got one.
+            with span.child("chat.start_queue", queue_full=self._starting.locked()):
+                slotted = await self._take_place()
+        except BaseException as exc:  # cancelled while waiting (the client left)
+            span.end(error=type(exc).__name__)
+            raise
+        try:
+            return await self._start_turn(who, attached, frame, turn_id, now, span)
         finally:
             if slotted:
                 self._starting.release()
 
-    async def _start_turn(self, who: Who, attached: Attached, frame: Ask) -> Turn:
+    async def _take_place(self) -> bool:
+        """One of the ``STARTS_AT_ONCE`` places (True), or none after ``START_QUEUE_WAIT``."""
+        if not self._starting.locked():
+            await self._starting.acquire()  # at once
+            return True
+        try:
+            async with asyncio.timeout(START_QUEUE_WAIT):
+                await self._starting.acquire()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _start_turn(
+        self, who: Who, attached: Attached, frame: Ask, turn_id: str, now: datetime, span: TurnSpan
+    ) -> Turn:
         session_id, game = attached.session_id, attached.game
-        turn_id, now = new_id(), utcnow()
-        span = start_turn_span(
-            turn_id=turn_id, session_id=session_id, game_id=game.id, user_id=who.user_id
-        )
         try:
             chain = self._chain(who, attached.provider, game)
             # The admission check and the grounding read are independent: run them
