@@ -51,3 +51,24 @@ async def test_a_burst_of_events_arrives_whole_and_resumes_mid_entry(
     finally:
         await feed.aclose()
         await shared_client.delete("feedtest:events")
+
+
+async def test_events_that_come_soon_after_a_write_share_the_next_entry(
+    shared_client: RedisClient,
+) -> None:
+    """A burst spread over several loop iterations costs one write, not one per event."""
+    feed = RedisEvents(shared_client, prefix="feedtest2")
+    await shared_client.delete("feedtest2:events")
+    await feed.start()
+    try:
+        feed.publish("turn.started", {"turn_id": "a"})
+        for name in "bcd":  # each after the one before has had time to be written alone
+            await asyncio.sleep(0.002)
+            feed.publish("turn.started", {"turn_id": name})
+        got = await take(feed, "0-0", 4)
+        assert [d["turn_id"] for _i, _k, d in got] == ["a", "b", "c", "d"]
+        entries = [i.partition("/")[0] for i, _k, _d in got]
+        assert entries[1] == entries[2] == entries[3] != entries[0]
+    finally:
+        await feed.aclose()
+        await shared_client.delete("feedtest2:events")
