@@ -114,9 +114,7 @@ class GroupCommit(Generic[R]):
         finally:
             self._flushing = None
             if self._queue:  # cancelled (shutdown) with rows waiting: fail them, do not hang
-                for pending in self._queue:
-                    if not pending.done.done():
-                        pending.done.set_exception(_stopped())
+                _settle(self._queue, _stopped())
                 self._queue.clear()
 
     async def _send(self, batch: list[_Pending[R]]) -> None:
