@@ -10,7 +10,7 @@ Events get ids a client can resume from (SSE ``Last-Event-ID``):
   (an ``XADD`` per event was 6 % of a short turn's CPU in bursts); an event alone
   is an entry of its own (``kind``, ``data``). An event's id is its entry's, with
   ``/n`` for the n-th event of a shared entry, and resuming from it skips the
-  entry's earlier events. After a write the writer waits ``linger`` (0.05 s) before
+  entry's earlier events. After a write the writer waits ``flush_interval`` (0.05 s) before
   the next, so what comes meanwhile shares an entry: in a burst of turns the feed
   costs a few writes a second, not one per turn (an admin sees events that much later).
 
@@ -103,10 +103,10 @@ class RedisEvents:
         capacity: int = 10_000,
         queue_limit: int = 10_000,
         timeout: float = 1.0,
-        linger: float = 0.05,
+        flush_interval: float = 0.05,
     ) -> None:
         self._redis = redis
-        self._linger = linger
+        self._flush_interval = flush_interval
         self._key = f"{prefix}:events"
         self._capacity = capacity
         self._queue: deque[tuple[str, dict[str, Any]]] = deque(maxlen=queue_limit)
@@ -141,7 +141,7 @@ class RedisEvents:
                     continue
                 for _ in batch:
                     self._queue.popleft()
-                await asyncio.sleep(self._linger)  # what comes meanwhile: one entry
+                await asyncio.sleep(self._flush_interval)  # what comes meanwhile: one entry
 
     async def subscribe(
         self, last_id: str | None, wait: float = 15.0
