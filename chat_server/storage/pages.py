@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from ..errors import InvalidInput
+from ..text import unstorable
 
 __all__ = ["decode_cursor", "encode_cursor"]
 
@@ -25,7 +26,7 @@ def decode_cursor(cursor: str, size: int) -> list[Any]:
     if (
         not isinstance(key, list)
         or len(key) != size
-        or not all(isinstance(k, str) and "\x00" not in k for k in key)
+        or not all(isinstance(k, str) and not unstorable(k) for k in key)
     ):
         raise InvalidInput("cursor is not valid", error_code="INVALID_CURSOR")
     return key

@@ -120,11 +120,19 @@ def cursor(*key: Any) -> str:
 
 @pytest.mark.parametrize(
     ("path", "bad_cursor"),
-    [("/games", cursor("a\x00", "b")), ("/me/sessions", cursor("a\x00"))],
-    ids=["games", "sessions"],
+    [
+        ("/games", cursor("a\x00", "b")),
+        ("/me/sessions", cursor("a\x00")),
+        ("/games", cursor("\ud800", "b")),
+        ("/me/sessions", cursor("\ud800")),
+    ],
+    ids=["games NUL", "sessions NUL", "games lone surrogate", "sessions lone surrogate"],
 )
-def test_cursor_holding_nul_is_422(server: RunningServer, path: str, bad_cursor: str) -> None:
-    """A forged cursor holding NUL is refused as INVALID_CURSOR (422), never a 500."""
+def test_cursor_holding_unstorable_text_is_422(
+    server: RunningServer, path: str, bad_cursor: str
+) -> None:
+    """A forged cursor holding NUL or a lone surrogate (JSON's ``\\ud800``) is refused
+    as INVALID_CURSOR (422), never a 500."""
     with client(server) as http:
         expect_error(http.get(path, params={"cursor": bad_cursor}), 422, "INVALID_CURSOR")
 
