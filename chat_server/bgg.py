@@ -208,11 +208,13 @@ class BggClient:
         max_backoff: float = 8.0,
         max_bytes: int = 8 * 1024 * 1024,
     ) -> None:
-        """``max_wait`` bounds the total time spent retrying 202/429/503 in one call;
+        """``timeout`` bounds each wait for BGG (connect, a read) and, three times over, one
+        whole request; ``max_wait`` bounds the total time spent retrying 202/429/503 in one call;
         ``backoff`` is the first delay (doubled each retry, capped at ``max_backoff``,
         which also caps Retry-After); ``max_bytes`` caps a response body."""
         self._base_url = base_url.rstrip("/")
         self._token = token
+        self._request_timeout = 3 * timeout
         self._max_wait = max_wait
         self._backoff = backoff
         self._max_backoff = max_backoff
@@ -307,7 +309,10 @@ class BggClient:
     async def _get(self, url: str, headers: dict[str, str]) -> tuple[int, bytes, float | None]:
         """One request: status, body (capped at ``max_bytes``) and Retry-After."""
         try:
-            async with self._http.stream("GET", url, headers=headers) as response:
+            async with (
+                asyncio.timeout(self._request_timeout),
+                self._http.stream("GET", url, headers=headers) as response,
+            ):
                 if response.status_code != 200:
                     return response.status_code, b"", _retry_after(response)
                 chunks: list[bytes] = []
@@ -318,10 +323,12 @@ class BggClient:
                         raise _bad(f"body larger than {self._max_bytes} bytes")
                     chunks.append(chunk)
                 return 200, b"".join(chunks), None
-        except httpx.TimeoutException as exc:
+        except (httpx.TimeoutException, TimeoutError) as exc:
             raise UpstreamError(
                 f"BoardGameGeek timed out ({type(exc).__name__})", error_code="BGG_UNAVAILABLE"
             ) from exc
+        except httpx.DecodingError as exc:  # a body its Content-Encoding does not decode
+            raise _bad(f"undecodable body ({exc})") from exc
         except httpx.TransportError as exc:
             raise UpstreamError(
                 f"BoardGameGeek is unreachable ({type(exc).__name__})", error_code="BGG_UNAVAILABLE"

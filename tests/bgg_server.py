@@ -132,12 +132,14 @@ CATALOGUE: dict[int, str] = {
 
 @dataclass(frozen=True)
 class Reply:
-    """A scripted answer: status, body, extra headers, and a delay before answering."""
+    """A scripted answer: status, body, extra headers, a delay before answering, and
+    ``drip``: the body sent a byte at a time, this many seconds apart."""
 
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    drip: float = 0.0
 
     @classmethod
     def queued(cls) -> Reply:
@@ -243,7 +245,11 @@ class FakeBgg(LoopServer):
                 }
                 lines = [f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Unknown')}"]
                 lines += [f"{k}: {v}" for k, v in headers.items()]
-                writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + reply.body)
+                writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+                for at in range(0, len(reply.body), 1 if reply.drip else len(reply.body) or 1):
+                    writer.write(reply.body[at : at + 1] if reply.drip else reply.body)
+                    await writer.drain()
+                    await asyncio.sleep(reply.drip)
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass

@@ -252,6 +252,27 @@ async def test_read_timeout_is_unavailable(bgg: FakeBgg) -> None:
     assert isinstance(caught.value.__cause__, httpx.TimeoutException)
 
 
+async def test_a_dripping_body_is_cut_off(bgg: FakeBgg) -> None:
+    """A body sent a byte at a time, each within the read timeout, still ends within
+    three timeouts: BGG_UNAVAILABLE, not an import that never returns."""
+    bgg.enqueue(Reply(200, items_xml(), drip=0.05))
+    started = time.monotonic()
+    async with make_client(bgg, timeout=0.2) as bgg_client, asyncio.timeout(5):
+        with pytest.raises(UpstreamError) as caught:
+            await bgg_client.fetch_one(13)
+    assert caught.value.error_code == "BGG_UNAVAILABLE"
+    assert time.monotonic() - started < 1.5
+
+
+async def test_a_body_its_encoding_does_not_decode_is_bad(client: BggClient, bgg: FakeBgg) -> None:
+    """A 200 that says gzip and is not: BGG_BAD_RESPONSE (a 502), not a crash."""
+    bgg.enqueue(Reply(200, b"<items>not gzip</items>", {"Content-Encoding": "gzip"}))
+    async with asyncio.timeout(5):
+        with pytest.raises(UpstreamError) as caught:
+            await client.fetch_one(13)
+    assert caught.value.error_code == "BGG_BAD_RESPONSE"
+
+
 async def test_connect_refused_is_unavailable() -> None:
     """BGG unreachable is BGG_UNAVAILABLE."""
     with socket.socket() as probe:
