@@ -31,7 +31,7 @@ from .quotas import MemoryQuotaCounter, QuotaCounter, RedisQuotaCounter
 from .redis_client import RedisClient, connect_redis, discover_cluster, release_idle
 from .retrieval.embedder import warm_up
 from .retrieval.index import Indexes
-from .sessions.chat import ChatService
+from .sessions.chat import GAMES_CHANNEL, ChatService
 from .sessions.events import EventFeed, MemoryEvents, RedisEvents
 from .sessions.hub import SessionHub
 from .sessions.manager import TurnManager
@@ -282,9 +282,14 @@ async def build_services(settings: Settings) -> Services:
         async def documents_changed(_channel: str, game_id: str) -> None:
             chat.rulebook_added(game_id)  # its languages and its passages' index: read again
 
+        async def game_changed(_channel: str, game_id: str) -> None:
+            chat.game_changed(game_id)  # read again before its next turn (hidden: not_found)
+
         backplane.subscribe(DOCUMENTS_CHANNEL, documents_changed)
+        backplane.subscribe(GAMES_CHANNEL, game_changed)
         if isinstance(backplane, RedisBackplane):
             backplane.on_resubscribed.append(chat.rulebooks_unknown)
+            backplane.on_resubscribed.append(chat.games_unknown)
         await backplane.start()  # after every subscriber registered
     except BaseException:
         await stack.aclose()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Response
 
 from chat_server.bgg import BggGame
-from chat_server.errors import Conflict, NotFound
+from chat_server.errors import Conflict, NotFound, Unavailable
+from chat_server.services import Services
+from chat_server.sessions.chat import GAMES_CHANNEL
 from chat_server.storage import Database
 from chat_server.storage import games as store
 from chat_server.storage.ids import utcnow
@@ -15,6 +18,8 @@ from chat_server.storage.ids import utcnow
 from .deps import ServicesDep, Staff
 from .errors import ERROR_RESPONSES
 from .models import ErrorBody, GameCreate, GameOut, GamePatch, GlossaryOut, ImportIn
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(
     prefix="/admin/games",
@@ -51,7 +56,21 @@ async def patch_game(
         changes.pop("status", None)
     if "details" in changes:
         changes["details"] = await _merged_details(services.db, game_id, changes["details"])
-    return GameOut(**await store.update_game(services.db, game_id, changes))
+    game = await store.update_game(services.db, game_id, changes)
+    await _announce(services, game_id)
+    return GameOut(**game)
+
+
+async def _announce(services: Services, game_id: str) -> None:
+    """Every instance (this one at once) reads the game again before its next turn: a
+    game hidden meanwhile is then not_found to the connections attached to it."""
+    services.chat.game_changed(game_id)
+    try:
+        await services.backplane.publish(GAMES_CHANNEL, game_id)
+    except Unavailable:
+        # Redis is down: the others' subscriptions are broken too, and each reads every
+        # game again when its subscription is back (``ChatService.games_unknown``).
+        log.warning("game %s changed; other instances read it again on reconnecting", game_id)
 
 
 async def _merged_details(db: Database, game_id: str, patch: dict[str, Any] | None) -> Any:
@@ -137,4 +156,6 @@ async def import_game(
             if existing is None:
                 raise
     response.status_code = 200
-    return GameOut(**await store.update_game(services.db, existing["id"], data))
+    game = await store.update_game(services.db, existing["id"], data)
+    await _announce(services, game["id"])
+    return GameOut(**game)

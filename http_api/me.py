@@ -1,4 +1,4 @@
-"""A user's own chat sessions and their messages."""
+"""A user's own chat sessions and their messages (of the games the user may still see)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from chat_server.access import visible_statuses
 from chat_server.errors import NotFound
 from chat_server.storage import chat as store
 
@@ -57,7 +58,12 @@ async def my_sessions(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> SessionsPage:
     page, next_cursor = await store.list_sessions(
-        services.db, user_id=principal.user_id, game_id=game_id, limit=limit, cursor=cursor
+        services.db,
+        user_id=principal.user_id,
+        game_id=game_id,
+        limit=limit,
+        cursor=cursor,
+        statuses=visible_statuses(principal.role),
     )
     return SessionsPage(sessions=[SessionOut(**s) for s in page], next_cursor=next_cursor)
 
@@ -69,7 +75,9 @@ async def my_sessions(
     summary="One of my sessions",
 )
 async def my_session(session_id: str, principal: Caller, services: ServicesDep) -> SessionDetail:
-    session = await store.get_session(services.db, session_id)
+    session = await store.get_session(
+        services.db, session_id, statuses=visible_statuses(principal.role)
+    )
     if session is None or session["user_id"] != principal.user_id:
         raise NotFound("session not found", error_code="SESSION_NOT_FOUND")
     messages = await store.history(services.db, session_id, limit=1000)

@@ -392,3 +392,22 @@ async def test_connections_per_user_count_across_instances(
         async with ws_client(b.ws_url, token) as again:
             await again.send({"type": "ping", "id": 1})
             await again.expect("pong")
+
+
+async def test_a_game_hidden_through_a_is_closed_on_b_at_once(
+    pair: tuple[RunningServer, RunningServer],
+) -> None:
+    """A basic user attached on B; staff hide the game through A: B's next message
+    is not_found (the backplane's ``games`` signal), and no turn starts."""
+    a, b = pair
+    async with httpx.AsyncClient(base_url=a.url, headers=admin(a), timeout=5) as http:
+        game_id = (await http.post("/admin/games", json={"name": "Hidden on A"})).json()["id"]
+        async with ws_client(b.ws_url, b.token("bea")) as client:
+            await client.start(game_id)
+            patched = await http.patch(f"/admin/games/{game_id}", json={"status": "hidden"})
+            assert patched.status_code == 200
+            await asyncio.sleep(0.5)  # the signal's way through Redis
+            await client.send({"type": "message", "text": "robber"})
+            frames = await client.until("error")
+    assert frames[-1]["code"] == "not_found"
+    assert not [f for f in frames if f["type"].startswith("turn.")]

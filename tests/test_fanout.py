@@ -136,6 +136,32 @@ async def test_any_follower_may_cancel_and_a_second_message_is_refused_on_every_
         assert upstream.disconnected.wait(2)
 
 
+async def test_two_messages_at_the_same_moment_start_one_turn(
+    server: RunningServer, upstream: OpenAIUpstream
+) -> None:
+    """Two connections of a session send a message at once: one turn starts (on both),
+    the other message is turn_in_progress, and a cancel from either stops that turn."""
+    upstream.script = Script(tokens=[f"r{i} " for i in range(3000)], token_delay=0.01)
+    async with followers(server, 2) as (_session_id, clients):
+        message = {"type": "message", "text": "robber"}
+        await asyncio.gather(*(client.send(message) for client in clients))
+        started: list[str] = []
+        refused = 0
+        for client in clients:
+            frames: list[dict[str, Any]] = []
+            while not any(f["type"] == "turn.delta" for f in frames):
+                frames.append(await client.recv())
+            started += [f["turn_id"] for f in frames if f["type"] == "turn.started"]
+            refused += sum(f["type"] == "error" for f in frames)
+            assert all(f["code"] == "turn_in_progress" for f in frames if f["type"] == "error")
+        assert len(started) == 2 and len(set(started)) == 1  # one turn, seen on both
+        assert refused == 1
+        await clients[1].send({"type": "cancel", "turn_id": started[0]})
+        for client in clients:
+            assert (await client.until("turn.completed"))[-1]["finish_reason"] == "cancelled"
+        assert upstream.disconnected.wait(2)
+
+
 async def test_a_follower_that_does_not_read_does_not_slow_the_others(
     server: RunningServer, upstream: OpenAIUpstream
 ) -> None:

@@ -47,9 +47,12 @@ from .manager import LiveTurn, TurnManager
 from .protocol import Ask, Event, Resume, Start
 from .turn import Turn
 
-__all__ = ["Attached", "ChatService", "Game", "Who"]
+__all__ = ["GAMES_CHANNEL", "Attached", "ChatService", "Game", "Who"]
 
 FEATURE = "chat"
+#: The backplane channel on which a changed game's id is announced (its status, section
+#: or name): every instance reads it again before the next turn asked on it.
+GAMES_CHANNEL = "games"
 #: How long an instance trusts what it read of a game's rulebook languages when no
 #: ``documents`` signal says otherwise. A change is seen at once through the signal
 #: (``rulebook_added``, on every instance); this bounds only a lost signal (Redis down
@@ -130,6 +133,9 @@ class ChatService:
         self._languages_reads: dict[str, asyncio.Task[frozenset[str]]] = {}
         # Turns starting at once, at most (see ``start_turn``).
         self._starting = asyncio.Semaphore(STARTS_AT_ONCE)
+        # Sessions whose turn is starting here (not yet in the manager): a second
+        # message meanwhile, from another connection, is turn_in_progress too.
+        self._asking: set[str] = set()
 
     @property
     def _history_size(self) -> int:
@@ -271,8 +277,20 @@ class ChatService:
             raise ShuttingDown()
         if len(frame.text) > self.settings.ws_max_text_chars:
             raise InvalidInput(f"text is longer than {self.settings.ws_max_text_chars} characters")
-        if self.manager.running_in_session(attached.session_id) is not None:
+        session_id = attached.session_id
+        if self.manager.running_in_session(session_id) is not None or session_id in self._asking:
             raise TurnInProgress()
+        self._asking.add(session_id)
+        try:
+            return await self._queue_turn(who, attached, frame)
+        finally:
+            self._asking.discard(session_id)
+
+    async def _queue_turn(self, who: Who, attached: Attached, frame: Ask) -> Turn:
+        if self._games.get(attached.game.id) is not attached.game:
+            # The game changed since this connection attached (``game_changed``): read
+            # it again; one the user may no longer see (hidden) is not_found, at once.
+            attached.game = await self._visible_game(who, attached.game.id)
         # In a burst, every starting turn's steps (admission, search, request, write)
         # took turns on the one event loop, so each turn's first token came only when
         # all of them were nearly done: the median as late as the last. Turns start
@@ -389,6 +407,15 @@ class ChatService:
         self._languages.pop(game_id, None)
         self._languages_reads.pop(game_id, None)
         self.indexes.forget(game_id)
+
+    def game_changed(self, game_id: str) -> None:
+        """``game_id`` was changed (status, section, name): every connection attached to
+        it reads it again at its next turn, and a hidden game is then not_found."""
+        self._games.pop(game_id, None)
+
+    def games_unknown(self) -> None:
+        """Signals may have been missed: read every game again at its next turn."""
+        self._games.clear()
 
     def rulebooks_unknown(self) -> None:
         """Signals may have been missed (the backplane's subscription was lost): read

@@ -102,19 +102,36 @@ async def create_session(
     }
 
 
-async def get_session(db: Database, session_id: str) -> dict[str, Any] | None:
+async def get_session(
+    db: Database, session_id: str, *, statuses: tuple[str, ...] | None = None
+) -> dict[str, Any] | None:
+    """The session, or None; with ``statuses``, None too unless its game has one of them
+    (a session of a game its user may no longer see is not found)."""
+    query = select(chat_sessions).where(chat_sessions.c.id == session_id)
+    if statuses is not None:
+        query = query.where(chat_sessions.c.game_id.in_(_games_in(statuses)))
     async with db.read() as conn:
-        row = (
-            await conn.execute(select(chat_sessions).where(chat_sessions.c.id == session_id))
-        ).first()
+        row = (await conn.execute(query)).first()
     return session_dict(row) if row else None
 
 
+def _games_in(statuses: tuple[str, ...]) -> Any:
+    return select(games.c.id).where(games.c.status.in_(statuses))
+
+
 async def list_sessions(
-    db: Database, *, user_id: str, game_id: str | None, limit: int, cursor: str | None
+    db: Database,
+    *,
+    user_id: str,
+    game_id: str | None,
+    limit: int,
+    cursor: str | None,
+    statuses: tuple[str, ...] | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """A user's sessions, newest first."""
+    """A user's sessions, newest first (with ``statuses``: of games with one of them)."""
     query = select(chat_sessions).where(chat_sessions.c.user_id == user_id)
+    if statuses is not None:
+        query = query.where(chat_sessions.c.game_id.in_(_games_in(statuses)))
     if game_id:
         query = query.where(chat_sessions.c.game_id == game_id)
     if cursor:

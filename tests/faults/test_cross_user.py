@@ -190,3 +190,39 @@ async def test_a_session_whose_game_became_hidden_cannot_be_resumed(
     async with ws_client(server.ws_url, user) as client:
         await client.send({"type": "session.resume", "session_id": session_id})
         assert (await client.expect("error"))["code"] == "not_found"
+
+
+async def test_a_game_hidden_while_attached_closes_to_the_next_message_and_to_rest(
+    server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    """A connection attached before the game was hidden gets not_found for its next
+    message (no turn, nothing of the rulebook), and the user's REST views of the
+    session look like a session that does not exist; staff still see it."""
+    staff = bearer(server.token("ops", "developer"))
+    user = server.token("erin")
+    created = await http.post("/admin/games", json={"name": "Hidden midway"}, headers=staff)
+    game_id = created.json()["id"]
+    async with ws_client(server.ws_url, user) as client:
+        session_id = (await client.start(game_id))["session"]["id"]
+        await client.send({"type": "message", "text": "robber"})
+        assert (await client.until("turn.completed"))[-1]["finish_reason"] == "stop"
+        assert (
+            await http.get(f"/me/sessions/{session_id}", headers=bearer(user))
+        ).status_code == 200
+        patched = await http.patch(
+            f"/admin/games/{game_id}", json={"status": "hidden"}, headers=staff
+        )
+        assert patched.status_code == 200
+        await client.send({"type": "message", "text": "robber again"})
+        frames = await client.until("error")
+        assert frames[-1]["code"] == "not_found"
+        assert not [f for f in frames if f["type"].startswith("turn.")]
+    same_refusal(
+        await http.get(f"/me/sessions/{session_id}", headers=bearer(user)),
+        await http.get(f"/me/sessions/{MISSING_ID}", headers=bearer(user)),
+    )
+    mine = (await http.get("/me/sessions", headers=bearer(user))).json()["sessions"]
+    assert session_id not in {s["id"] for s in mine}
+    ops = server.token("ops", "developer")
+    async with ws_client(server.ws_url, ops) as client:
+        await client.start(game_id)  # staff still see a hidden game
