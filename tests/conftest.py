@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -101,6 +102,7 @@ def redis_url() -> Iterator[str]:
     import redis
 
     _flush_test_redis()
+    _redis_used.set()
     try:
         yield services.with_database(services.REDIS_URL, services.REDIS_TEST_DB)
     finally:
@@ -109,11 +111,15 @@ def redis_url() -> Iterator[str]:
             _flush_test_redis()
 
 
+_redis_used = threading.Event()  # a test of this run used the test Redis database
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Leave the test Redis database empty (servers stopped late may have written to it)."""
+    """Leave the test Redis database empty (servers stopped late may have written to it);
+    a run that used no Redis leaves it alone."""
     import redis
 
-    if services.reachable(services.REDIS_URL, 6379) is None:
+    if _redis_used.is_set() and services.reachable(services.REDIS_URL, 6379) is None:
         with contextlib.suppress(redis.RedisError, OSError):
             _flush_test_redis()
 

@@ -14,14 +14,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL") or (
-    os.environ["DATABASE_URL"]
-    if os.environ.get("DATABASE_URL", "").startswith("postgres")
-    else "postgresql://postgres@127.0.0.1:5432/test"
-)
-REDIS_URL = (
-    os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL") or ("redis://127.0.0.1:6379/0")
-)
+# Only the TEST_ variables: the server's own DATABASE_URL and REDIS_URL may name a
+# production project in the same shell, and the tests create and drop databases and
+# empty a Redis database.
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+REDIS_URL = os.environ.get("TEST_REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 REDIS_TEST_DB = os.environ.get("TEST_REDIS_DB", "9")
 
