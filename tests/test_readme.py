@@ -168,7 +168,35 @@ def test_the_python_snippet_prints_a_streamed_answer(tour: TourRun) -> None:
     assert "'type': 'ready'" in printed, printed
     assert "session.ready" in printed, printed
     assert "victory points" in printed, printed  # "How do I win?" from Catan's rules
-    assert "stop" in printed.rsplit("victory points", 1)[1], printed
+    completed = printed[printed.index("'type': 'turn.completed'") :]  # printed at the end
+    assert "'finish_reason': 'stop'" in completed, printed
+
+
+def test_another_serve_command_does_not_hide_the_server_from_wait(tour: TourRun) -> None:
+    """``./scripts/serve token`` while the server runs, then ``--wait``: still found
+    (only the serving command records itself for ``--wait``)."""
+    env = env_for(tour.port)
+    serving = (tour.clone / ".venv" / ".serve.pid").read_text()
+    token = subprocess.run(
+        ["./scripts/serve", "token", "--user", "again"],
+        cwd=tour.clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert token.returncode == 0 and token.stdout.count(".") == 2, token.stderr
+    # ``--wait`` asks that process whether it is still starting when nothing answers
+    assert (tour.clone / ".venv" / ".serve.pid").read_text() == serving
+    waited = subprocess.run(
+        ["./scripts/serve", "--wait", "10"],
+        cwd=tour.clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert waited.returncode == 0, waited.stderr
 
 
 class _References(HTMLParser):
