@@ -148,8 +148,12 @@ _Schema = tuple[str | None, int]  # (alembic revision, number of tables)
 
 
 async def _schema(db: Database) -> _Schema:
-    """The schema's revision and how many tables the database holds."""
+    """The schema's revision and how many of the app's tables the database holds (not
+    SQLite's full-text index tables nor Alembic's own: the same count on either
+    database)."""
     from sqlalchemy import Connection, inspect, text
+
+    from .storage.schema import metadata
 
     def read(conn: Connection) -> _Schema:
         names = inspect(conn).get_table_names()
@@ -157,7 +161,7 @@ async def _schema(db: Database) -> _Schema:
         if "alembic_version" in names:
             row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
             revision = row[0] if row else None
-        return revision, len([n for n in names if n != "alembic_version"])
+        return revision, len(set(names) & metadata.tables.keys())
 
     async with db.read(timeout=60) as conn:
         return await conn.run_sync(read)

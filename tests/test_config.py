@@ -17,7 +17,8 @@ import pytest
 
 from chat_server.config import ConfigError, Settings, load_settings
 
-CONTRACT = Path("/work/shared/CONTRACT.md")
+# The contract lives beside the checkout (``../shared/CONTRACT.md``), where CI puts it too.
+CONTRACT = Path(__file__).resolve().parents[2] / "shared" / "CONTRACT.md"
 TIMEOUT = 60
 
 
@@ -51,7 +52,9 @@ def run_cli(
 def contract_variables() -> list[str]:
     """The variable names of CONTRACT §5 (Configuration)."""
     if not CONTRACT.exists():
-        pytest.skip(f"{CONTRACT} is not in this checkout")
+        if os.environ.get("CI"):
+            pytest.fail(f"{CONTRACT} is missing (CI puts shared/ beside the checkout)")
+        pytest.skip(f"{CONTRACT} is not beside this checkout")
     text = CONTRACT.read_text(encoding="utf-8")
     section = re.search(r"^## 5\..*?(?=^## 6\.)", text, flags=re.M | re.S)
     assert section, "CONTRACT.md has no section 5"
