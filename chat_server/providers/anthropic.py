@@ -44,6 +44,7 @@ from .base import (
     TextDelta,
     Usage,
     UsageReport,
+    token_count,
 )
 from .prompt import passage_label, system_instructions
 from .sse import event_data
@@ -236,10 +237,10 @@ def _merge_usage(usage: Usage, raw: dict[str, Any] | None) -> None:
     if not raw:
         return
     if raw.get("input_tokens") is not None:
-        usage.input_tokens = int(raw["input_tokens"])
+        usage.input_tokens = token_count(raw["input_tokens"])
     if raw.get("output_tokens") is not None:
-        usage.output_tokens = int(raw["output_tokens"])
+        usage.output_tokens = token_count(raw["output_tokens"])
     if raw.get("cache_read_input_tokens") is not None:
-        usage.cache_read_tokens = int(raw["cache_read_input_tokens"])
+        usage.cache_read_tokens = token_count(raw["cache_read_input_tokens"])
     if raw.get("cache_creation_input_tokens") is not None:
-        usage.cache_creation_tokens = int(raw["cache_creation_input_tokens"])
+        usage.cache_creation_tokens = token_count(raw["cache_creation_input_tokens"])

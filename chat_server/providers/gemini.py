@@ -37,7 +37,15 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from ..errors import ProviderError, ProviderUnavailable
-from .base import Finish, ProviderRequest, StreamEvent, TextDelta, Usage, UsageReport
+from .base import (
+    Finish,
+    ProviderRequest,
+    StreamEvent,
+    TextDelta,
+    Usage,
+    UsageReport,
+    token_count,
+)
 from .prompt import system_prompt
 from .sse import SSEReader, reframe
 from .transport import CLOSE_TIMEOUT, DROPPED, check_event_stream, close_response
@@ -245,9 +253,11 @@ def _reason(value: Any) -> str:
 
 
 def _usage(meta: types.GenerateContentResponseUsageMetadata) -> Usage:
-    """Thinking tokens are billed as output, so they count as output here."""
+    """Thinking tokens are billed as output, so they count as output here (their sum
+    is a count too: ``token_count`` checks it)."""
+    output = token_count(meta.candidates_token_count) + token_count(meta.thoughts_token_count)
     return Usage(
-        input_tokens=meta.prompt_token_count or 0,
-        output_tokens=(meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0),
-        cache_read_tokens=meta.cached_content_token_count or 0,
+        input_tokens=token_count(meta.prompt_token_count),
+        output_tokens=token_count(output),
+        cache_read_tokens=token_count(meta.cached_content_token_count),
     )

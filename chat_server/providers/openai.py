@@ -38,7 +38,15 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from ..errors import ProviderError, ProviderUnavailable
-from .base import Finish, ProviderRequest, StreamEvent, TextDelta, Usage, UsageReport
+from .base import (
+    Finish,
+    ProviderRequest,
+    StreamEvent,
+    TextDelta,
+    Usage,
+    UsageReport,
+    token_count,
+)
 from .prompt import system_prompt
 from .sse import SSEReader
 from .transport import DROPPED, check_event_stream, environment_proxy
@@ -271,7 +279,7 @@ class OpenAIProvider:
 def _usage(raw: dict[str, Any]) -> Usage:
     details = raw.get("prompt_tokens_details") or {}
     return Usage(
-        input_tokens=int(raw.get("prompt_tokens") or 0),
-        output_tokens=int(raw.get("completion_tokens") or 0),
-        cache_read_tokens=int(details.get("cached_tokens") or 0),
+        input_tokens=token_count(raw.get("prompt_tokens")),
+        output_tokens=token_count(raw.get("completion_tokens")),
+        cache_read_tokens=token_count(details.get("cached_tokens")),
     )
