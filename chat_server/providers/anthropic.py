@@ -48,7 +48,7 @@ from .base import (
 )
 from .prompt import passage_label, system_instructions
 from .sse import event_data
-from .transport import DROPPED, body_chunks, check_event_stream, close_response
+from .transport import DROPPED, MALFORMED, body_chunks, check_event_stream, close_response
 
 __all__ = ["AnthropicProvider"]
 
@@ -57,7 +57,7 @@ _UNAVAILABLE_ERRORS = frozenset({"overloaded_error", "rate_limit_error"})
 _LENGTH_STOPS = frozenset({"max_tokens", "model_context_window_exceeded"})
 _DROPPED = DROPPED
 _FOREIGN = (anthropic.AnthropicError, httpx2.HTTPError, httpx2.StreamError, *_DROPPED)
-_MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError)
+_MALFORMED = MALFORMED
 _DRAIN_TIMEOUT = 0.1  # after message_stop, wait this long for the body's end
 
 

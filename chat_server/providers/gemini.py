@@ -48,7 +48,7 @@ from .base import (
 )
 from .prompt import system_prompt
 from .sse import SSEReader, reframe
-from .transport import CLOSE_TIMEOUT, DROPPED, check_event_stream, close_response
+from .transport import CLOSE_TIMEOUT, DROPPED, MALFORMED, check_event_stream, close_response
 
 __all__ = ["GeminiProvider"]
 
@@ -57,18 +57,8 @@ _LENGTH_REASONS = frozenset({"MAX_TOKENS", "CONTINUATION"})
 _DROPPED = DROPPED
 # The SDK raises its APIError family, lets httpx2 errors through unwrapped, and
 # reports a chunk it cannot parse as a ValueError (UnknownApiResponseError, or a
-# pydantic ValidationError).
-_FOREIGN = (
-    genai_errors.APIError,
-    httpx2.HTTPError,
-    httpx2.StreamError,
-    *_DROPPED,
-    ValueError,
-    TypeError,
-    AttributeError,
-    KeyError,
-    IndexError,
-)
+# pydantic ValidationError), one of ``MALFORMED``.
+_FOREIGN = (genai_errors.APIError, httpx2.HTTPError, httpx2.StreamError, *_DROPPED, *MALFORMED)
 
 # The streaming responses opened by the current stream() call, filled by the hook.
 _open_responses: ContextVar[list[httpx2.Response] | None] = ContextVar(

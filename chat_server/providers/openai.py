@@ -49,7 +49,7 @@ from .base import (
 )
 from .prompt import system_prompt
 from .sse import SSEReader
-from .transport import DROPPED, check_event_stream, environment_proxy
+from .transport import DROPPED, MALFORMED, check_event_stream, environment_proxy
 
 __all__ = ["OpenAIProvider"]
 
@@ -58,7 +58,7 @@ _UNAVAILABLE_STATUSES = frozenset({429, 503, 529})
 _DROPPED = DROPPED
 _DRAIN_TIMEOUT = 0.1  # after [DONE], wait this long for the body's end (keeps the connection)
 _ERROR_BODY_TIMEOUT = 2.0  # an error status's body, for the SDK's error: read this long
-_MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError)
+_MALFORMED = MALFORMED
 _loads = json.loads
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
