@@ -7,11 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from chat_server.accounting import CHARS_PER_TOKEN
 from tests.server import RunningServer, running_server
-from tests.test_ws_providers import anthropic_up, catan, openai_settings, openai_up, settings_for
-from tests.upstreams import AnthropicUpstream, GeminiUpstream, OpenAIUpstream, Script
+from tests.test_ws_providers import (
+    anthropic_up,
+    catan,
+    history,
+    openai_settings,
+    openai_up,
+    settings_for,
+)
+from tests.upstreams import AnthropicUpstream, GeminiUpstream, OpenAIUpstream, Script, Upstream
 from tests.wsclient import ws_client
 
 __all__ = ["anthropic_up", "openai_up"]  # the fixtures, used by name
@@ -198,3 +206,45 @@ async def test_a_cut_gemini_turn_keeps_the_reported_prompt_tokens(tmp_path: Path
     assert text_of(frames) == "Gemini "
     assert (usage["input_tokens"], usage["output_tokens"]) == (432, tokens_for("Gemini "))
     assert usage["estimated"] is True
+
+
+UPSTREAMS: dict[str, type[Upstream]] = {
+    "openai": OpenAIUpstream,
+    "anthropic": AnthropicUpstream,
+    "gemini": GeminiUpstream,
+}
+
+
+@pytest.mark.parametrize("figure", ["100000000000000000000", "1e400"], ids=["1e20", "1e400"])
+@pytest.mark.parametrize("provider", list(UPSTREAMS))
+async def test_a_usage_count_out_of_range_is_a_provider_error_and_the_answer_is_stored(
+    tmp_path: Path, provider: str, figure: str
+) -> None:
+    """An upstream reporting 10**20 or 1e400 output tokens after its text: error
+    provider_error, turn.completed error with the output estimated from the text, and
+    the answer stored with status error (not left streaming), its usage row counted."""
+    answer = "Roll the dice."
+    with UPSTREAMS[provider]() as upstream:
+        upstream.script = Script(
+            tokens=["Roll ", "the ", "dice."], raw_numbers={"output_tokens": figure}
+        )
+        keys = {f"{provider}_api_key": "key", f"{provider}_base_url": upstream.base_url}
+        with running_server(settings_for(tmp_path, **keys)) as server:
+            async with ws_client(server.ws_url, server.token()) as client:
+                ready = await client.start(catan(server), provider=provider)
+                frames = await client.ask("How do I win?")
+                stored = await history(client, ready["session"]["id"])
+            row = usage_rows(server, "provider")[provider]
+    assert [f["type"] for f in frames][-2:] == ["error", "turn.completed"]
+    assert (frames[-2]["code"], frames[-2]["turn_id"]) == ("provider_error", frames[-1]["turn_id"])
+    completed = frames[-1]
+    assert completed["finish_reason"] == "error"
+    assert text_of(frames) == answer
+    assert completed["usage"]["output_tokens"] == tokens_for(answer)
+    assert completed["usage"]["estimated"] is True
+    assert (stored[-1]["role"], stored[-1]["status"], stored[-1]["content"]) == (
+        "assistant",
+        "error",
+        answer,
+    )
+    assert (row["turns"], row["errors"], row["output_tokens"]) == (1, 1, tokens_for(answer))

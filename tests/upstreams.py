@@ -73,6 +73,10 @@ class Script:
     write_delay: float = 0.0
     # A 200 answer that is not an event stream: this content type and body instead.
     plain_answer: tuple[str, bytes] | None = None
+    # Figures sent as these raw JSON numbers instead, by name ("input_tokens",
+    # "output_tokens"; Anthropic also "cite_block"): any number, even one json.dumps
+    # cannot write (1e400, past the range of a float).
+    raw_numbers: dict[str, str] = field(default_factory=dict)
 
     @property
     def total_output(self) -> int:
@@ -388,8 +392,17 @@ class Upstream:
         return False
 
 
+_RAW_NUMBER = re.compile(rb'"<raw number ([-+.0-9eE]+)>"')
+
+
+def _number(script: Script, name: str, value: int) -> Any:
+    """``value``, or a stand-in that ``_json`` writes as the script's raw number for ``name``."""
+    raw = script.raw_numbers.get(name)
+    return value if raw is None else f"<raw number {raw}>"
+
+
 def _json(payload: dict[str, Any], ensure_ascii: bool = True) -> bytes:
-    return json.dumps(payload, ensure_ascii=ensure_ascii).encode()
+    return _RAW_NUMBER.sub(rb"\1", json.dumps(payload, ensure_ascii=ensure_ascii).encode())
 
 
 def _data(payload: dict[str, Any], ensure_ascii: bool = True) -> bytes:
@@ -445,8 +458,8 @@ class OpenAIUpstream(Upstream):
         options = req.body.get("stream_options") if isinstance(req.body, dict) else None
         if isinstance(options, dict) and options.get("include_usage"):
             usage = {
-                "prompt_tokens": script.input_tokens,
-                "completion_tokens": script.total_output,
+                "prompt_tokens": _number(script, "input_tokens", script.input_tokens),
+                "completion_tokens": _number(script, "output_tokens", script.total_output),
                 "total_tokens": script.input_tokens + script.total_output,
                 "prompt_tokens_details": {"cached_tokens": script.cache_read_tokens},
             }
@@ -511,7 +524,7 @@ class AnthropicUpstream(Upstream):
             "stop_reason": None,
             "stop_sequence": None,
             "usage": {
-                "input_tokens": script.input_tokens,
+                "input_tokens": _number(script, "input_tokens", script.input_tokens),
                 "output_tokens": 1,
                 "cache_creation_input_tokens": script.cache_creation_tokens,
                 "cache_read_input_tokens": script.cache_read_tokens,
@@ -539,7 +552,7 @@ class AnthropicUpstream(Upstream):
                 "cited_text": cited,
                 "document_index": 0,
                 "document_title": document.get("title"),
-                "start_block_index": idx,
+                "start_block_index": _number(script, "cite_block", idx),
                 "end_block_index": idx + 1,
             }
             delta = {"type": "citations_delta", "citation": citation}
@@ -568,7 +581,9 @@ class AnthropicUpstream(Upstream):
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": stop, "stop_sequence": None},
-                    "usage": {"output_tokens": script.total_output},
+                    "usage": {
+                        "output_tokens": _number(script, "output_tokens", script.total_output)
+                    },
                 },
             ),
             _event("message_stop", {"type": "message_stop"}),
@@ -611,11 +626,13 @@ class GeminiUpstream(Upstream):
         return b"data: " + _json(payload, ensure_ascii) + b"\r\n\r\n"
 
     def _usage(self, script: Script, final: bool) -> dict[str, Any]:
-        usage: dict[str, Any] = {"promptTokenCount": script.input_tokens}
+        usage: dict[str, Any] = {
+            "promptTokenCount": _number(script, "input_tokens", script.input_tokens)
+        }
         if script.cache_read_tokens:
             usage["cachedContentTokenCount"] = script.cache_read_tokens
         if final:
-            usage["candidatesTokenCount"] = script.total_output
+            usage["candidatesTokenCount"] = _number(script, "output_tokens", script.total_output)
         usage["totalTokenCount"] = script.input_tokens + (script.total_output if final else 0)
         return usage
 

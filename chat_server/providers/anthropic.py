@@ -44,10 +44,11 @@ from .base import (
     TextDelta,
     Usage,
     UsageReport,
+    token_count,
 )
 from .prompt import passage_label, system_instructions
 from .sse import event_data
-from .transport import DROPPED, body_chunks, check_event_stream, close_response
+from .transport import DROPPED, MALFORMED, body_chunks, check_event_stream, close_response
 
 __all__ = ["AnthropicProvider"]
 
@@ -56,7 +57,7 @@ _UNAVAILABLE_ERRORS = frozenset({"overloaded_error", "rate_limit_error"})
 _LENGTH_STOPS = frozenset({"max_tokens", "model_context_window_exceeded"})
 _DROPPED = DROPPED
 _FOREIGN = (anthropic.AnthropicError, httpx2.HTTPError, httpx2.StreamError, *_DROPPED)
-_MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError)
+_MALFORMED = MALFORMED
 _DRAIN_TIMEOUT = 0.1  # after message_stop, wait this long for the body's end
 
 
@@ -236,10 +237,10 @@ def _merge_usage(usage: Usage, raw: dict[str, Any] | None) -> None:
     if not raw:
         return
     if raw.get("input_tokens") is not None:
-        usage.input_tokens = int(raw["input_tokens"])
+        usage.input_tokens = token_count(raw["input_tokens"])
     if raw.get("output_tokens") is not None:
-        usage.output_tokens = int(raw["output_tokens"])
+        usage.output_tokens = token_count(raw["output_tokens"])
     if raw.get("cache_read_input_tokens") is not None:
-        usage.cache_read_tokens = int(raw["cache_read_input_tokens"])
+        usage.cache_read_tokens = token_count(raw["cache_read_input_tokens"])
     if raw.get("cache_creation_input_tokens") is not None:
-        usage.cache_creation_tokens = int(raw["cache_creation_input_tokens"])
+        usage.cache_creation_tokens = token_count(raw["cache_creation_input_tokens"])

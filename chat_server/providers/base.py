@@ -11,12 +11,15 @@ upstream HTTP response in a ``finally`` so that no more tokens are paid for.
 Errors: adapters translate their SDK's exceptions at the border into
 ``ProviderUnavailable`` (429, 503, overload, connect errors, timeouts, a stream
 dropped mid-way) or ``ProviderError`` (any other status, a malformed stream), with
-``raise ... from exc``. First-token and idle timeouts are applied by the caller
-(``chat_server.providers.timing``), not by each adapter.
+``raise ... from exc``. A usage count goes through ``token_count``: one that is not a
+whole number from 0 to ``MAX_TOKENS`` makes the stream malformed. First-token and idle
+timeouts are applied by the caller (``chat_server.providers.timing``), not by each
+adapter.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -24,6 +27,7 @@ from typing import Literal, Protocol, runtime_checkable
 from ..rulebooks import Passage  # re-exported: the providers' interface names it
 
 __all__ = [
+    "MAX_TOKENS",
     "ChatMessage",
     "CitationRef",
     "Finish",
@@ -34,7 +38,12 @@ __all__ = [
     "TextDelta",
     "Usage",
     "UsageReport",
+    "token_count",
 ]
+
+#: The most tokens one usage count may hold: the range of the columns that store it
+#: (``usage_events``, INTEGER: 32 bits on Postgres).
+MAX_TOKENS = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +79,22 @@ class Usage:
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_creation_tokens: int = 0
+
+
+def token_count(value: object) -> int:
+    """A usage count as a provider sent it (parsed JSON), checked: None is 0.
+
+    Raises ``ValueError`` unless it is a whole number from 0 to ``MAX_TOKENS`` (an int,
+    or a float with no fraction: ``12.0``): a string, a fraction, infinity (``1e400``
+    parses to it) or a figure out of range is what an adapter calls a malformed event.
+    """
+    if value is None:
+        return 0
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if type(value) is not int or not 0 <= value <= MAX_TOKENS:
+        raise ValueError(f"a usage count must be a whole number from 0 to {MAX_TOKENS}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,10 +37,18 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from ..errors import ProviderError, ProviderUnavailable
-from .base import Finish, ProviderRequest, StreamEvent, TextDelta, Usage, UsageReport
+from .base import (
+    Finish,
+    ProviderRequest,
+    StreamEvent,
+    TextDelta,
+    Usage,
+    UsageReport,
+    token_count,
+)
 from .prompt import system_prompt
 from .sse import SSEReader, reframe
-from .transport import CLOSE_TIMEOUT, DROPPED, check_event_stream, close_response
+from .transport import CLOSE_TIMEOUT, DROPPED, MALFORMED, check_event_stream, close_response
 
 __all__ = ["GeminiProvider"]
 
@@ -49,18 +57,8 @@ _LENGTH_REASONS = frozenset({"MAX_TOKENS", "CONTINUATION"})
 _DROPPED = DROPPED
 # The SDK raises its APIError family, lets httpx2 errors through unwrapped, and
 # reports a chunk it cannot parse as a ValueError (UnknownApiResponseError, or a
-# pydantic ValidationError).
-_FOREIGN = (
-    genai_errors.APIError,
-    httpx2.HTTPError,
-    httpx2.StreamError,
-    *_DROPPED,
-    ValueError,
-    TypeError,
-    AttributeError,
-    KeyError,
-    IndexError,
-)
+# pydantic ValidationError), one of ``MALFORMED``.
+_FOREIGN = (genai_errors.APIError, httpx2.HTTPError, httpx2.StreamError, *_DROPPED, *MALFORMED)
 
 # The streaming responses opened by the current stream() call, filled by the hook.
 _open_responses: ContextVar[list[httpx2.Response] | None] = ContextVar(
@@ -245,9 +243,11 @@ def _reason(value: Any) -> str:
 
 
 def _usage(meta: types.GenerateContentResponseUsageMetadata) -> Usage:
-    """Thinking tokens are billed as output, so they count as output here."""
+    """Thinking tokens are billed as output, so they count as output here (their sum
+    is a count too: ``token_count`` checks it)."""
+    output = token_count(meta.candidates_token_count) + token_count(meta.thoughts_token_count)
     return Usage(
-        input_tokens=meta.prompt_token_count or 0,
-        output_tokens=(meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0),
-        cache_read_tokens=meta.cached_content_token_count or 0,
+        input_tokens=token_count(meta.prompt_token_count),
+        output_tokens=token_count(output),
+        cache_read_tokens=token_count(meta.cached_content_token_count),
     )

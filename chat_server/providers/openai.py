@@ -38,10 +38,18 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from ..errors import ProviderError, ProviderUnavailable
-from .base import Finish, ProviderRequest, StreamEvent, TextDelta, Usage, UsageReport
+from .base import (
+    Finish,
+    ProviderRequest,
+    StreamEvent,
+    TextDelta,
+    Usage,
+    UsageReport,
+    token_count,
+)
 from .prompt import system_prompt
 from .sse import SSEReader
-from .transport import DROPPED, check_event_stream, environment_proxy
+from .transport import DROPPED, MALFORMED, check_event_stream, environment_proxy
 
 __all__ = ["OpenAIProvider"]
 
@@ -50,7 +58,7 @@ _UNAVAILABLE_STATUSES = frozenset({429, 503, 529})
 _DROPPED = DROPPED
 _DRAIN_TIMEOUT = 0.1  # after [DONE], wait this long for the body's end (keeps the connection)
 _ERROR_BODY_TIMEOUT = 2.0  # an error status's body, for the SDK's error: read this long
-_MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError)
+_MALFORMED = MALFORMED
 _loads = json.loads
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -271,7 +279,7 @@ class OpenAIProvider:
 def _usage(raw: dict[str, Any]) -> Usage:
     details = raw.get("prompt_tokens_details") or {}
     return Usage(
-        input_tokens=int(raw.get("prompt_tokens") or 0),
-        output_tokens=int(raw.get("completion_tokens") or 0),
-        cache_read_tokens=int(details.get("cached_tokens") or 0),
+        input_tokens=token_count(raw.get("prompt_tokens")),
+        output_tokens=token_count(raw.get("completion_tokens")),
+        cache_read_tokens=token_count(details.get("cached_tokens")),
     )

@@ -7,9 +7,10 @@ default transport (``bench/transports.py``), the largest single cost of a token.
 google-genai stays on httpx2's transport (its adapter needs httpx2's event hooks).
 
 A connection dropped mid-stream, or an answer that is not HTTP, surfaces as a raw
-httpx2, anyio or aiohttp error, not an SDK one (``DROPPED``), and an upstream response
-must be closed at once, even inside a cancelled scope (``close_response``), so that a
-cancelled turn stops paying for tokens.
+httpx2, anyio or aiohttp error, not an SDK one (``DROPPED``); an event that is not what
+its vendor's format says, as one of the errors that reading it raises (``MALFORMED``,
+a ``provider_error``). An upstream response must be closed at once, even inside a
+cancelled scope (``close_response``), so that a cancelled turn stops paying for tokens.
 
 An answer to a stream request that is not an event stream (a JSON body from a proxy,
 an HTML error page with status 200) is a ``ProviderError`` saying what came
@@ -33,6 +34,7 @@ from ..errors import ProviderError
 __all__ = [
     "CLOSE_TIMEOUT",
     "DROPPED",
+    "MALFORMED",
     "body_chunks",
     "check_event_stream",
     "close_response",
@@ -52,6 +54,10 @@ DROPPED = (
     ConnectionError,
     aiohttp.ClientError,  # through the aiohttp transport: not mapped to httpx2 by the SDK
 )
+
+# What reading a malformed event raises: a missing key or a value of the wrong kind,
+# and int() of a number past the range of a float (1e400 parses to infinity).
+MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError)
 
 
 async def close_response(response: httpx2.Response) -> None:

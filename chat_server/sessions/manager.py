@@ -418,7 +418,8 @@ class TurnManager:
 
         A failure that is not the database being away (``Unavailable``), twice in a
         row, does not go away by storing the same record again: the turn is then stored
-        as an ``internal_error`` without its text, so that it never stays ``streaming``.
+        as an ``internal_error`` without its text, usage or cost (``Turn.drop_text``), so
+        that it never stays ``streaming``.
         """
         delay, deadline = 0.25, time.monotonic() + PERSIST_RETRY_FOR
         refused = 0  # failures in a row that were not an outage

@@ -187,15 +187,23 @@ class Turn:
             self.finished_at = now
 
     def drop_text(self) -> bool:
-        """Make the record an ``internal_error`` without text or citations (the answer
-        could not be stored as it was); False when it already is one."""
-        if self.error_code == "internal_error" and not self.length and not self.cited:
+        """Make the record an ``internal_error`` without text, citations, usage or cost
+        (the answer could not be stored as it was: nothing the provider sent is kept, so
+        the store takes it); False when it already is one."""
+        if (
+            self.error_code == "internal_error"
+            and not self.length
+            and not self.cited
+            and self.usage == Usage()
+            and self.cost_usd is None
+        ):
             return False
         self.parts.clear()
         self.pending_parts.clear()
         self.length = 0
         self.cited.clear()
         self.passages = []
+        self.usage, self.estimated, self.cost_usd = Usage(), False, None
         self.finish_reason, self.error_code = "error", "internal_error"
         return True
 

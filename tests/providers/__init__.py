@@ -255,6 +255,40 @@ class ProviderContract:
         assert text_of(events) == "".join(TOKENS[:2])
         assert type(failure) is ProviderError
 
+    @pytest.mark.parametrize("count", ["input_tokens", "output_tokens"])
+    @pytest.mark.parametrize(
+        "figure",
+        ["100000000000000000000", "1e400", "2147483648", "-1", "12.5"],
+        ids=["1e20", "1e400", "past-int32", "negative", "fraction"],
+    )
+    async def test_a_usage_count_that_is_no_count_is_a_provider_error(
+        self, upstream: Upstream, provider: Provider, count: str, figure: str
+    ) -> None:
+        """A usage count that is not a whole number from 0 to 2**31-1 (10**20, 1e400 that
+        parses to infinity) is a malformed stream: provider_error, never reported."""
+        upstream.script.raw_numbers = {count: figure}
+        events, failure = await collect_failure(provider)
+        assert type(failure) is ProviderError
+        assert "".join(TOKENS).startswith(text_of(events))
+        for report in (e for e in events if isinstance(e, UsageReport)):
+            assert report.usage.input_tokens == upstream.script.input_tokens
+            assert report.usage.output_tokens <= len(TOKENS)
+
+    async def test_the_largest_usage_count_is_reported(
+        self, upstream: Upstream, provider: Provider
+    ) -> None:
+        """A count of 2**31-1 (what the usage columns hold) is a count, written 2147483647.0
+        as well."""
+        upstream.script.raw_numbers = {
+            "input_tokens": "2147483647.0",
+            "output_tokens": "2147483647",
+        }
+        events = await collect(provider)
+        assert text_of(events) == "".join(TOKENS)
+        assert isinstance(events[-2], UsageReport)
+        assert events[-2].usage.input_tokens == 2**31 - 1
+        assert events[-2].usage.output_tokens == 2**31 - 1
+
     async def test_an_overload_mid_stream_is_unavailable(
         self, upstream: Upstream, provider: Provider
     ) -> None:

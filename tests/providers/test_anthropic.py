@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chat_server.errors import ProviderUnavailable
+from chat_server.errors import ProviderError, ProviderUnavailable
 from chat_server.providers.anthropic import AnthropicProvider
 from chat_server.providers.base import CitationRef, Provider, TextDelta, UsageReport
 from chat_server.providers.prompt import system_instructions
@@ -60,6 +60,16 @@ class TestAnthropic(ProviderContract):
         citations = [e for e in events if isinstance(e, CitationRef)]
         assert citations == [CitationRef(PASSAGES[block].id, PASSAGES[block].text)]
         assert text_of(events) == "".join(TOKENS)
+
+    async def test_a_citation_past_the_range_of_a_float_is_a_provider_error(
+        self, upstream: Upstream, provider: Provider
+    ) -> None:
+        """A citation whose block index is 1e400 (infinity once parsed) is a malformed
+        stream: provider_error, not an internal error."""
+        upstream.script.raw_numbers = {"cite_block": "1e400"}
+        events, failure = await collect_failure(provider)
+        assert type(failure) is ProviderError
+        assert not [e for e in events if isinstance(e, (CitationRef, TextDelta))]
 
     async def test_without_passages_there_is_no_document(
         self, upstream: Upstream, provider: Provider

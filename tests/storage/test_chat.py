@@ -8,10 +8,14 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import func, select, update
 
 from chat_server.errors import InvalidInput, Unavailable
+from chat_server.prices import load_prices
+from chat_server.providers.base import ChatMessage, ProviderRequest, Usage
+from chat_server.sessions.turn import Turn
 from chat_server.storage import Database
 from chat_server.storage.chat import (
     TurnRecord,
@@ -279,6 +283,45 @@ async def test_a_failed_turn_keeps_its_partial_text(db: Database, game: dict[str
         "provider_error",
         None,
     )
+
+
+async def test_a_turn_refused_for_its_usage_is_stored_once_its_text_is_dropped(
+    db: Database, game: dict[str, Any]
+) -> None:
+    """A finished turn whose usage no column holds (10**20 tokens) is refused; after
+    ``Turn.drop_text`` (the retry after a refused store) the same turn is stored: status
+    error, internal_error, no text, no usage, no cost, never left streaming."""
+    request = ProviderRequest("", "", [ChatMessage("user", "Why?")], [], "en", "Catan")
+    async with asyncio.timeout(WAIT):
+        session = await new_session(db, game["id"])
+        turn_id, assistant_id = await start_turn(db, session["id"], "Why?")
+        turn = Turn(
+            id=turn_id,
+            session_id=session["id"],
+            user_id=USER,
+            game_id=game["id"],
+            provider="openai",
+            model="gpt-4o-mini",
+            client_id=None,
+            started_at=0.0,
+            message_id=assistant_id,
+        )
+        turn.add_text("Because the rules say so.", 0.1)
+        turn.report_usage(Usage(input_tokens=10**20, output_tokens=6), final=True)
+        turn.finish("stop", 0.2)
+        turn.settle_usage(load_prices(None), request)
+        # SQLite: too large for an INTEGER; Postgres: out of int4's range
+        with pytest.raises((OverflowError, asyncpg.DataError)):
+            await finish_turn(db, turn.record())
+        assert (await history(db, session["id"]))[-1]["status"] == "streaming"
+        assert turn.drop_text()
+        await finish_turn(db, turn.record())
+        answer = (await history(db, session["id"]))[-1]
+        (row,) = await usage_rows(db)
+    assert (answer["id"], answer["content"], answer["status"]) == (assistant_id, "", "error")
+    assert (row.finish_reason, row.error_code, row.cost_usd) == ("error", "internal_error", None)
+    assert (row.input_tokens, row.output_tokens, row.estimated) == (0, 0, False)
+    assert not turn.drop_text()  # nothing left to drop
 
 
 async def test_history_is_oldest_first_and_limited_to_the_latest(
