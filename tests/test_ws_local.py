@@ -48,3 +48,25 @@ async def test_local_answer_cites_the_right_passage(server: RunningServer) -> No
     assert completed["finish_reason"] == "stop"
     assert completed["citations"][0]["heading"] == "The robber"
     assert completed["usage"]["output_tokens"] > 0
+
+
+async def test_a_cancelled_answer_cites_what_it_showed(tmp_path: Path) -> None:
+    """Cancelled while quoting its first passage, the local answer's turn.completed
+    cites that passage alone, not every passage it was given."""
+    settings = make_settings(tmp_path, local_token_delay=0.02)
+    with running_server(settings) as srv:
+        catan = game_id(srv, "Catan")
+        async with ws_client(srv.ws_url, srv.token()) as client:
+            await client.start(catan)
+            await client.send({"type": "message", "text": "What happens when a seven is rolled?"})
+            shown = ""
+            while "[p1]" not in shown:
+                frame = await client.recv()
+                shown += frame.get("text", "") if frame["type"] == "turn.delta" else ""
+            await client.send({"type": "cancel"})
+            frames = await client.until("turn.completed")
+    shown += "".join(f["text"] for f in frames if f["type"] == "turn.delta")
+    completed = frames[-1]
+    assert completed["finish_reason"] == "cancelled"
+    assert "[p2]" not in shown
+    assert [c["heading"] for c in completed["citations"]] == ["The robber"]  # p1 alone
