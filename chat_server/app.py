@@ -35,8 +35,9 @@ CHAT_PATH = "/ws/chat"
 
 
 class ChatApp(FastAPI):
-    """FastAPI for everything but ``/ws/chat``, whose WebSockets go straight to
-    their endpoint (with a request id for their log lines, as every request has).
+    """FastAPI for everything but ``/ws/chat`` and ``/ws/ai-sdk``, whose WebSockets go
+    straight to their endpoints (with a request id for their log lines, as every
+    request has).
 
     A WebSocket lives for hours and every ASGI layer it passes keeps a frame alive
     for that long: FastAPI's and Starlette's stack (error, telemetry, body-limit and
