@@ -212,7 +212,16 @@ def _token(settings: Settings, user: str, role: str, ttl: int) -> int:
     if settings.is_prod:
         print("chat-server: `token` refuses to run when ENVIRONMENT is prod", file=sys.stderr)
         return 1
+    kept = Path(settings.chat_data_dir) / "jwt-secret"
+    made_here = not (settings.supabase_jwt_secret or settings.jwks_url or kept.exists())
     secret = with_local_secret(settings).supabase_jwt_secret
+    if made_here and secret:
+        print(
+            f"chat-server: note: made a new signing secret in {kept.resolve()}; only a server "
+            "with this CHAT_DATA_DIR (the default: .chat-data in the folder it starts from) "
+            "accepts the token",
+            file=sys.stderr,
+        )
     if not secret:
         print(
             "chat-server: tokens are verified with the JWKS of SUPABASE_URL/SUPABASE_JWKS_URL; "

@@ -377,7 +377,7 @@ def footer(frame: dict[str, Any]) -> str:
         tokens += " (estimated)"
     parts.append(tokens)
     if "cost_usd" in usage:
-        parts.append(_cost(usage["cost_usd"]))
+        parts.append(_cost(usage["cost_usd"], frame.get("provider")))
     parts.append(f"{(timing.get('total_ms') or 0) / 1000:.1f} s")
     lines = ["-- " + " · ".join(parts)]
     for c in frame.get("citations") or []:
@@ -389,10 +389,11 @@ def footer(frame: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cost(value: object) -> str:
-    """``cost_usd`` for a person: null is an unknown price, not free."""
+def _cost(value: object, provider: object) -> str:
+    """``cost_usd`` for a person: null is an unknown price, not free, except for the
+    offline ``local`` provider, which has no price because it costs nothing."""
     if not isinstance(value, int | float):
-        return "cost unknown"
+        return "no cost (offline)" if provider == "local" else "cost unknown"
     if value == 0:
         return "$0"
     return f"${value:.4f}" if value >= 0.0001 else "< $0.0001"

@@ -149,8 +149,8 @@ def test_question_streams_answer_and_citation(term: Any) -> None:
     assert "steals one random resource card" in answer
     footer = t.expect("> ")
     assert re.search(r"\[p\d+\] [^\n]* — The robber", footer), footer
-    # The local provider's model has no price: its cost is unknown, never a guess.
-    assert re.search(r"^\d+ tokens in, \d+ out( \(estimated\))? · cost unknown · ", footer), footer
+    # The local provider has no price because it costs nothing: said so, not "unknown".
+    assert re.search(r"^\d+ tokens in, \d+ out( \(estimated\))? · no cost \(offline\) · ", footer)
     t.send(b"\x04")  # Ctrl-D at the prompt
     assert t.wait() == 0
 
@@ -290,7 +290,9 @@ def test_footer_names_who_answered_tokens_and_cost() -> None:
         " · 2.3 s\n   [p1] Catan rules — The robber\n"
     )
     frame["usage"] = {"input_tokens": 5, "output_tokens": 7, "estimated": False, "cost_usd": None}
-    assert "5 tokens in, 7 out · cost unknown · " in footer(frame)
+    assert "5 tokens in, 7 out · cost unknown · " in footer(frame)  # a model with no price
+    frame.update(provider="local", model="rulebook-lookup")
+    assert "5 tokens in, 7 out · no cost (offline) · " in footer(frame)
     # An older server sends neither who answered nor the cost: they are left out.
     older = {"finish_reason": "cancelled", "usage": {"input_tokens": 1, "output_tokens": 2}}
     assert footer(older) == "-- cancelled · 1 tokens in, 2 out · 0.0 s\n"
