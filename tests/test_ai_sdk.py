@@ -9,6 +9,7 @@ as ``readUIMessageStream`` builds them (what ``useChat`` shows), or the error it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from chat_server.storage.flags import upsert_flag
 from tests.node import run_node
 from tests.server import RunningServer, make_settings, running_server
+from tests.test_cluster import eventually
 from tests.upstreams import OpenAIUpstream, Script
 from tests.wsclient import ws_client
 
@@ -498,3 +500,36 @@ async def test_a_flood_of_frames_is_rate_limited_then_closed(
             limited = [await ws.recv() for _ in range(10)]
             assert all(f["errorText"].startswith("rate_limited: ") for f in limited)
             assert await ws.closed() == 1008
+
+
+#: A request that answers at once without a turn: its ``no-active`` shows the socket is signed in.
+RESUME_NOTHING = {"type": "resume", "requestId": "r0", "id": "nothing", "headers": {}, "body": {}}
+
+
+async def healthz(server: RunningServer) -> int:
+    async with httpx.AsyncClient(timeout=5) as http:  # a new connection: admission sees it
+        return (await http.get(f"{server.url}/healthz")).status_code
+
+
+async def test_signed_in_sockets_do_not_count_as_pending(
+    tmp_path: Path, upstream: OpenAIUpstream
+) -> None:
+    """With HTTP_MAX_PENDING=10, ten signed-in /ws/ai-sdk sockets leave /healthz served
+    (200); ten more not signed in fill the cap (503)."""
+    with running_server(settings(tmp_path, upstream, http_max_pending=10)) as server:
+        base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+        async with contextlib.AsyncExitStack() as sockets:
+            for i in range(10):
+                ws = await sockets.enter_async_context(
+                    ws_client(base, server.token(f"user-{i}"), ready=False)
+                )
+                await ws.send(RESUME_NOTHING)
+                assert await ws.recv() == {"type": "no-active", "requestId": "r0"}
+            assert await healthz(server) == 200
+            for _ in range(10):
+                await sockets.enter_async_context(ws_client(base, ready=False))
+
+            async def busy() -> bool:  # the last socket is counted just after its 101
+                return await healthz(server) == 503
+
+            assert await eventually(busy)
