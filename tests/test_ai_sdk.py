@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from chat_server.storage.flags import upsert_flag
 from tests.node import run_node
@@ -533,3 +535,20 @@ async def test_signed_in_sockets_do_not_count_as_pending(
                 return await healthz(server) == 503
 
             assert await eventually(busy)
+
+
+async def test_origins_outside_the_allow_list_get_403_as_on_ws_chat(
+    tmp_path: Path, upstream: OpenAIUpstream
+) -> None:
+    """WS_ALLOWED_ORIGINS set: another Origin gets HTTP 403 at the /ws/ai-sdk handshake,
+    as at /ws/chat's; a listed one is served."""
+    config = settings(tmp_path, upstream, ws_allowed_origins="https://app.example")
+    with running_server(config) as server:
+        base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+        for url in (server.ws_url, base):
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url, origin="https://evil.example", open_timeout=5)  # type: ignore[arg-type]
+            assert refused.value.response.status_code == 403, url
+        async with ws_client(base, server.token(), ready=False, origin="https://app.example") as ws:
+            await ws.send(RESUME_NOTHING)
+            assert await ws.recv() == {"type": "no-active", "requestId": "r0"}

@@ -48,7 +48,7 @@ from .ai_sdk_frames import (
     parse_client_frame,
     question,
 )
-from .client import ClientConnection, CloseReason
+from .client import ClientConnection, CloseReason, accept
 
 if TYPE_CHECKING:
     from ..auth import Principal
@@ -68,7 +68,8 @@ BACKLOG = 64
 
 async def ai_sdk_endpoint(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
-    await websocket.accept()
+    if not await accept(websocket, services.settings):
+        return
     if URL_TOKENS & {k.lower() for k in websocket.query_params}:
         await websocket.close(4401, "tokens in URLs are refused")
         return
