@@ -142,10 +142,8 @@ class Connection(ClientConnection):
             scheme, _, value = header.partition(" ")
             token = value.strip() if scheme.lower() == "bearer" else ""
         else:
-            try:
-                async with asyncio.timeout(self.settings.ws_auth_timeout):
-                    message = await self.ws.receive()
-            except TimeoutError:
+            message = await self.receive_first(self.ws.receive)
+            if message is None:
                 await self.ws.close(CLOSE_AUTH_TIMEOUT)
                 return None
             if message["type"] == "websocket.disconnect":

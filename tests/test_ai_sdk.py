@@ -552,3 +552,20 @@ async def test_origins_outside_the_allow_list_get_403_as_on_ws_chat(
         async with ws_client(base, server.token(), ready=False, origin="https://app.example") as ws:
             await ws.send(RESUME_NOTHING)
             assert await ws.recv() == {"type": "no-active", "requestId": "r0"}
+
+
+async def test_no_signed_in_frame_in_time_closes_4408(
+    tmp_path: Path, upstream: OpenAIUpstream
+) -> None:
+    """A socket without the handshake's Authorization that sends nothing for
+    WS_AUTH_TIMEOUT seconds is closed 4408, as on /ws/chat; one whose first frame does
+    not sign it in (an abort) gets unauthorized and 4401."""
+    with running_server(settings(tmp_path, upstream, ws_auth_timeout=1.0)) as server:
+        base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+        async with ws_client(base, ready=False) as ws:
+            assert await ws.closed(timeout=5) == 4408
+        async with ws_client(base, ready=False) as ws:
+            await ws.send({"type": "abort", "requestId": "r1"})
+            refused = await ws.recv()
+            assert refused["errorText"].startswith("unauthorized: ")
+            assert await ws.closed(timeout=5) == 4401

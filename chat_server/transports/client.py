@@ -16,7 +16,9 @@ SDK's WebSocket). It holds what they all need and none of their frames:
   send stays blocked for ``WS_SEND_TIMEOUT`` (a client that stopped reading);
 - the reader (``read``): what every wire does with an inbound frame (a disconnect, the
   frame rate limit, the refusal of binary frames) before the adapter's ``on_frame``;
-  ``close()`` from any task interrupts it, cancelling the frame being handled;
+  ``close()`` from any task interrupts it, cancelling the frame being handled; before
+  it, the sign-in deadline (``receive_first``): a socket its handshake did not sign in
+  must sign in with its first frame, sent within ``WS_AUTH_TIMEOUT``;
 - the session: ``attach``/``ask``/``cancel``/``detach`` through the ``SessionHub``.
 
 Before any of that, ``accept`` takes the WebSocket handshake for every adapter (the
@@ -286,6 +288,16 @@ class ClientConnection(Follower):
         if reader is not None and reader is not asyncio.current_task():
             self._interrupted = True
             reader.cancel()
+
+    async def receive_first(self, receive: Callable[[], Awaitable[Message]]) -> Message | None:
+        """The first frame of a socket its handshake did not sign in (the frame that must
+        sign it in), within ``WS_AUTH_TIMEOUT``; None when none came in time (the adapter
+        then closes with 4408)."""
+        try:
+            async with asyncio.timeout(self.settings.ws_auth_timeout):
+                return await receive()
+        except TimeoutError:
+            return None
 
     async def read(self, receive: Callable[[], Awaitable[Message]]) -> None:
         """Read frames until the connection closes: exactly one reader, the calling
