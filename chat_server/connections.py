@@ -19,15 +19,15 @@ class Connections:
 
     ``open_socket`` counts every accepted socket, authenticated or not, against
     ``total`` (a socket waiting to authenticate holds memory too); ``add`` registers
-    an authenticated one. The per-user limit spans every instance, so it is kept
-    elsewhere: ``user_slots.py``.
+    an authenticated one. Every connection added is an accepted socket's (``/ws/chat``
+    and ``/ws/ai-sdk`` alike), so the sockets not added are those not authenticated yet.
+    The per-user limit spans every instance, so it is kept elsewhere: ``user_slots.py``.
     """
 
     def __init__(self, total: int = 10_000) -> None:
         self.total = total
         self.sockets = 0
         self._all: set[Connection] = set()
-        self._websockets: set[Connection] = set()  # authenticated ones that hold a socket
         self.empty = asyncio.Event()
         self.empty.set()
 
@@ -44,14 +44,11 @@ class Connections:
     def add(self, connection: Connection) -> bool:
         assert connection.principal is not None
         self._all.add(connection)
-        if _holds_socket(connection):
-            self._websockets.add(connection)
         self.empty.clear()
         metrics.CONNECTIONS.inc()
         return True
 
     def remove(self, connection: Connection) -> None:
-        self._websockets.discard(connection)
         if connection in self._all:
             self._all.discard(connection)
             metrics.CONNECTIONS.dec()
@@ -61,17 +58,10 @@ class Connections:
     @property
     def unauthenticated(self) -> int:
         """Sockets accepted and not authenticated yet (``admission.py`` caps them)."""
-        return max(0, self.sockets - len(self._websockets))
+        return max(0, self.sockets - len(self._all))
 
     def __len__(self) -> int:
         return len(self._all)
 
     def all(self) -> list[Connection]:
         return list(self._all)
-
-
-def _holds_socket(connection: object) -> bool:
-    """A ``/ws/chat`` connection (counted by ``open_socket``), not another dialect's."""
-    from .ws import Connection as WebSocketConnection
-
-    return isinstance(connection, WebSocketConnection)

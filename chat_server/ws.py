@@ -42,7 +42,7 @@ from .frames import (
 from .logs import add_context
 from .sessions.outbox import SlowClient
 from .sessions.protocol import Ask, Resume, Start
-from .transports.client import ClientConnection, CloseReason
+from .transports.client import ClientConnection, CloseReason, accept
 
 if TYPE_CHECKING:
     from .auth import Principal
@@ -63,14 +63,8 @@ CLOSE_AUTH_TIMEOUT = 4408
 
 async def chat_endpoint(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
-    allowed = services.settings.allowed_origins
-    origin = websocket.headers.get("origin")
-    # A browser always names its page's origin; a client that names none is no browser
-    # (cross-site hijacking needs one), and is let through.
-    if allowed is not None and origin is not None and origin.rstrip("/").lower() not in allowed:
-        await websocket.close()  # before accept: HTTP 403 at the handshake
+    if not await accept(websocket, services.settings):
         return
-    await websocket.accept()
     if not services.connections.open_socket():
         with contextlib.suppress(Exception):
             message = "this instance is at its connection limit; try another or retry"
@@ -148,10 +142,8 @@ class Connection(ClientConnection):
             scheme, _, value = header.partition(" ")
             token = value.strip() if scheme.lower() == "bearer" else ""
         else:
-            try:
-                async with asyncio.timeout(self.settings.ws_auth_timeout):
-                    message = await self.ws.receive()
-            except TimeoutError:
+            message = await self.receive_first(self.ws.receive)
+            if message is None:
                 await self.ws.close(CLOSE_AUTH_TIMEOUT)
                 return None
             if message["type"] == "websocket.disconnect":

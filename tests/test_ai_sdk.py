@@ -9,6 +9,7 @@ as ``readUIMessageStream`` builds them (what ``useChat`` shows), or the error it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from chat_server.storage.flags import upsert_flag
 from tests.node import run_node
 from tests.server import RunningServer, make_settings, running_server
+from tests.test_cluster import eventually
 from tests.upstreams import OpenAIUpstream, Script
 from tests.wsclient import ws_client
 
@@ -498,3 +502,70 @@ async def test_a_flood_of_frames_is_rate_limited_then_closed(
             limited = [await ws.recv() for _ in range(10)]
             assert all(f["errorText"].startswith("rate_limited: ") for f in limited)
             assert await ws.closed() == 1008
+
+
+#: A request that answers at once without a turn: its ``no-active`` shows the socket is signed in.
+RESUME_NOTHING = {"type": "resume", "requestId": "r0", "id": "nothing", "headers": {}, "body": {}}
+
+
+async def healthz(server: RunningServer) -> int:
+    async with httpx.AsyncClient(timeout=5) as http:  # a new connection: admission sees it
+        return (await http.get(f"{server.url}/healthz")).status_code
+
+
+async def test_signed_in_sockets_do_not_count_as_pending(
+    tmp_path: Path, upstream: OpenAIUpstream
+) -> None:
+    """With HTTP_MAX_PENDING=10, ten signed-in /ws/ai-sdk sockets leave /healthz served
+    (200); ten more not signed in fill the cap (503)."""
+    with running_server(settings(tmp_path, upstream, http_max_pending=10)) as server:
+        base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+        async with contextlib.AsyncExitStack() as sockets:
+            for i in range(10):
+                ws = await sockets.enter_async_context(
+                    ws_client(base, server.token(f"user-{i}"), ready=False)
+                )
+                await ws.send(RESUME_NOTHING)
+                assert await ws.recv() == {"type": "no-active", "requestId": "r0"}
+            assert await healthz(server) == 200
+            for _ in range(10):
+                await sockets.enter_async_context(ws_client(base, ready=False))
+
+            async def busy() -> bool:  # the last socket is counted just after its 101
+                return await healthz(server) == 503
+
+            assert await eventually(busy)
+
+
+async def test_origins_outside_the_allow_list_get_403_as_on_ws_chat(
+    tmp_path: Path, upstream: OpenAIUpstream
+) -> None:
+    """WS_ALLOWED_ORIGINS set: another Origin gets HTTP 403 at the /ws/ai-sdk handshake,
+    as at /ws/chat's; a listed one is served."""
+    config = settings(tmp_path, upstream, ws_allowed_origins="https://app.example")
+    with running_server(config) as server:
+        base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+        for url in (server.ws_url, base):
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url, origin="https://evil.example", open_timeout=5)  # type: ignore[arg-type]
+            assert refused.value.response.status_code == 403, url
+        async with ws_client(base, server.token(), ready=False, origin="https://app.example") as ws:
+            await ws.send(RESUME_NOTHING)
+            assert await ws.recv() == {"type": "no-active", "requestId": "r0"}
+
+
+async def test_no_signed_in_frame_in_time_closes_4408(
+    tmp_path: Path, upstream: OpenAIUpstream
+) -> None:
+    """A socket without the handshake's Authorization that sends nothing for
+    WS_AUTH_TIMEOUT seconds is closed 4408, as on /ws/chat; one whose first frame does
+    not sign it in (an abort) gets unauthorized and 4401."""
+    with running_server(settings(tmp_path, upstream, ws_auth_timeout=1.0)) as server:
+        base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+        async with ws_client(base, ready=False) as ws:
+            assert await ws.closed(timeout=5) == 4408
+        async with ws_client(base, ready=False) as ws:
+            await ws.send({"type": "abort", "requestId": "r1"})
+            refused = await ws.recv()
+            assert refused["errorText"].startswith("unauthorized: ")
+            assert await ws.closed(timeout=5) == 4401

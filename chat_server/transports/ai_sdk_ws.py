@@ -13,9 +13,10 @@ limit, token expiry, the writer and its send watchdog, admin kills and restarts)
 are ``ChatLink``s (one follower each, attached once, their events pumped into
 chunks by one task per chat); a ``resume`` gets a follower of its own. This module
 owns only the wire: authentication from the handshake's ``Authorization`` or each
-frame's ``headers.authorization`` (one ``sub`` per socket, never the URL), requests
-and their sequences. A socket that drops detaches every follower (the turns run on
-for the resume grace); only ``abort`` cancels.
+frame's ``headers.authorization`` (one ``sub`` per socket, never the URL; without
+the handshake's, the first frame signs in, within ``WS_AUTH_TIMEOUT``, as on
+``/ws/chat``), requests and their sequences. A socket that drops detaches every
+follower (the turns run on for the resume grace); only ``abort`` cancels.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -48,9 +50,11 @@ from .ai_sdk_frames import (
     parse_client_frame,
     question,
 )
-from .client import ClientConnection, CloseReason
+from .client import ClientConnection, CloseReason, accept
 
 if TYPE_CHECKING:
+    from starlette.types import Message
+
     from ..auth import Principal
     from ..services import Services
 
@@ -64,11 +68,13 @@ URL_TOKENS = frozenset({"token", "access_token", "authorization", "auth", "jwt"}
 MAX_CHATS = 32
 #: A pump waits while the socket has this many frames unsent (deltas merge meanwhile).
 BACKLOG = 64
+SIGN_IN = "send 'Authorization: Bearer <token>' (handshake or headers)"
 
 
 async def ai_sdk_endpoint(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
-    await websocket.accept()
+    if not await accept(websocket, services.settings):
+        return
     if URL_TOKENS & {k.lower() for k in websocket.query_params}:
         await websocket.close(4401, "tokens in URLs are refused")
         return
@@ -88,6 +94,18 @@ async def ai_sdk_endpoint(websocket: WebSocket) -> None:
                 await websocket.close(1011)
     finally:
         services.connections.close_socket()
+
+
+def _first_then(
+    first: Message, receive: Callable[[], Awaitable[Message]]
+) -> Callable[[], Awaitable[Message]]:
+    """``receive``, answering ``first`` (a frame already received) before reading on."""
+    waiting = [first]
+
+    async def next_message() -> Message:
+        return waiting.pop() if waiting else await receive()
+
+    return next_message
 
 
 class _Request:
@@ -152,9 +170,17 @@ class AiSdkSocket(ClientConnection):
     async def run(self) -> None:
         try:
             header = self.ws.headers.get("authorization")
-            if header and not await self._sign_in(header, None):
-                return
-            await self.read(self.ws.receive)
+            receive: Callable[[], Awaitable[Message]] = self.ws.receive
+            if header:
+                if not await self._sign_in(header, None):
+                    return
+            else:  # as on /ws/chat: the first frame, in time, signs the socket in or closes it
+                first = await self.receive_first(receive)
+                if first is None:
+                    await self.ws.close(4408, "no signed-in frame within WS_AUTH_TIMEOUT")
+                    return
+                receive = _first_then(first, receive)
+            await self.read(receive)
             await self.flush()
             if self.close_reason is not None:
                 with contextlib.suppress(Exception):
@@ -221,6 +247,8 @@ class AiSdkSocket(ClientConnection):
             frame = parse_client_frame(raw)
             request_id = frame.requestId
             if isinstance(frame, AbortFrame):
+                if self.principal is None:  # it carries no headers: it cannot sign in
+                    raise Unauthorized(SIGN_IN)
                 await self._abort(frame.requestId)
                 return
             if request_id in self.requests:
@@ -233,7 +261,7 @@ class AiSdkSocket(ClientConnection):
                 if not await self._sign_in(header, request_id):
                     return
             elif self.principal is None:
-                raise Unauthorized("send 'Authorization: Bearer <token>' (handshake or headers)")
+                raise Unauthorized(SIGN_IN)
             if self.closing:
                 return
             self._start(frame)

@@ -16,8 +16,13 @@ SDK's WebSocket). It holds what they all need and none of their frames:
   send stays blocked for ``WS_SEND_TIMEOUT`` (a client that stopped reading);
 - the reader (``read``): what every wire does with an inbound frame (a disconnect, the
   frame rate limit, the refusal of binary frames) before the adapter's ``on_frame``;
-  ``close()`` from any task interrupts it, cancelling the frame being handled;
+  ``close()`` from any task interrupts it, cancelling the frame being handled; before
+  it, the sign-in deadline (``receive_first``): a socket its handshake did not sign in
+  must sign in with its first frame, sent within ``WS_AUTH_TIMEOUT``;
 - the session: ``attach``/``ask``/``cancel``/``detach`` through the ``SessionHub``.
+
+Before any of that, ``accept`` takes the WebSocket handshake for every adapter (the
+``WS_ALLOWED_ORIGINS`` check).
 
 A subclass implements ``on_frame`` (one text frame) and ``frame_error`` (the error
 frame for a frame it never parsed), passes ``send`` (one encoded frame on its wire:
@@ -47,12 +52,13 @@ from ..storage.ids import new_id
 
 if TYPE_CHECKING:
     from starlette.types import Message
+    from starlette.websockets import WebSocket
 
     from ..auth import Principal
     from ..config import Settings
     from ..services import Services
 
-__all__ = ["ClientConnection", "CloseReason"]
+__all__ = ["ClientConnection", "CloseReason", "accept"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,20 @@ CloseReason = Literal["abuse", "error", "forbidden", "killed", "restart", "unaut
 # The connection's timers run in this empty context: a copy of the connection's own
 # would keep its logging fields alive for as long as the timer waits.
 _TIMERS = contextvars.Context()
+
+
+async def accept(websocket: WebSocket, settings: Settings) -> bool:
+    """Accept a client's WebSocket handshake; False (refused with HTTP 403, not accepted)
+    when it names an ``Origin`` outside ``WS_ALLOWED_ORIGINS``."""
+    allowed = settings.allowed_origins
+    origin = websocket.headers.get("origin")
+    # A browser always names its page's origin; a client that names none is no browser
+    # (cross-site hijacking needs one), and is let through.
+    if allowed is not None and origin is not None and origin.rstrip("/").lower() not in allowed:
+        await websocket.close()  # before accept: HTTP 403 at the handshake
+        return False
+    await websocket.accept()
+    return True
 
 
 class ClientConnection(Follower):
@@ -268,6 +288,16 @@ class ClientConnection(Follower):
         if reader is not None and reader is not asyncio.current_task():
             self._interrupted = True
             reader.cancel()
+
+    async def receive_first(self, receive: Callable[[], Awaitable[Message]]) -> Message | None:
+        """The first frame of a socket its handshake did not sign in (the frame that must
+        sign it in), within ``WS_AUTH_TIMEOUT``; None when none came in time (the adapter
+        then closes with 4408)."""
+        try:
+            async with asyncio.timeout(self.settings.ws_auth_timeout):
+                return await receive()
+        except TimeoutError:
+            return None
 
     async def read(self, receive: Callable[[], Awaitable[Message]]) -> None:
         """Read frames until the connection closes: exactly one reader, the calling
