@@ -131,7 +131,9 @@ class SupabaseFiles:
             log.warning("Supabase Storage download: status %d", response.status_code)
             raise Unavailable("Supabase Storage is unavailable", context={"service": "storage"})
         length = response.headers.get("content-length")
-        size = int(length) if length and length.isdigit() else None
+        # A compressed answer's length is not the length of the bytes served (decoded)
+        encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
+        size = int(length) if length and length.isdigit() and not encoded else None
 
         async def body() -> AsyncIterator[bytes]:
             try:

@@ -9,11 +9,13 @@ client (``storage3``) makes for upload, download and remove, answered as Supabas
 
 Every request needs ``apikey`` and ``Authorization: Bearer`` with the service key (else
 403, as Storage answers a bad JWT). ``objects`` holds what is stored; ``requests``
-every (method, path); ``fail_with`` makes every request answer that status.
+every (method, path); ``fail_with`` makes every request answer that status; ``gzip``
+sends downloads compressed (``Content-Encoding: gzip``, as a proxy in front may).
 """
 
 from __future__ import annotations
 
+import gzip
 import threading
 import time
 import uuid
@@ -48,6 +50,7 @@ class FakeStorage:
     def __init__(self, service_key: str, buckets: tuple[str, ...] = ("documents",)) -> None:
         self.service_key = service_key
         self.buckets = set(buckets)
+        self.gzip = False
         self.objects: dict[tuple[str, str], StoredObject] = {}
         self.requests: list[tuple[str, str]] = []
         self.fail_with: int | None = None
@@ -108,6 +111,12 @@ class FakeStorage:
             found = self.objects.get(key)
             if found is None:
                 return _error(404, "not_found", "Object not found")
+            if self.gzip:
+                return Response(
+                    gzip.compress(found.data),
+                    media_type=found.content_type,
+                    headers={"Content-Encoding": "gzip"},
+                )
             return Response(found.data, media_type=found.content_type)
         if key in self.objects and request.headers.get("x-upsert") != "true":
             return _error(409, "Duplicate", "The resource already exists")

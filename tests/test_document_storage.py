@@ -77,6 +77,20 @@ def test_a_pdf_lives_in_the_bucket_and_is_served_from_it(
     assert storage.requests[-1][0] == "GET"
 
 
+def test_a_compressed_download_is_served_whole(
+    server: RunningServer, staff: httpx.Client, storage: FakeStorage
+) -> None:
+    """Storage (or a proxy before it) answering with gzip: the file route serves the
+    PDF's own bytes, not a body longer than the length it announced."""
+    game = create_game(staff, name="Azul")
+    doc = post_pdf(staff, f"/admin/games/{game['id']}/documents", PDF)
+    assert doc.status_code == 201, doc.text
+    storage.gzip = True
+    with client(server, "ann", "basic") as player:
+        served = player.get(f"/games/{game['id']}/documents/{doc.json()['id']}/file")
+    assert served.status_code == 200 and served.content == PDF
+
+
 def test_replace_and_delete_remove_the_old_objects(
     staff: httpx.Client, storage: FakeStorage
 ) -> None:
