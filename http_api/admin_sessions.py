@@ -3,16 +3,20 @@ and ending one."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
 
+from chat_server.auth import Principal
 from chat_server.errors import BadRequest, NotFound
 from chat_server.frames import encode
 from chat_server.sessions.follower import Follower
@@ -92,7 +96,7 @@ async def list_live(
 )
 async def events(
     request: Request,
-    _staff: Staff,
+    staff: Staff,
     services: ServicesDep,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
@@ -102,7 +106,7 @@ async def events(
             context={"header": "Last-Event-ID"},
         )
 
-    async def stream() -> AsyncIterator[str]:
+    async def stream() -> AsyncGenerator[str]:
         yield "retry: 2000\n\n"
         async for batch in services.monitor.events.subscribe(last_event_id, wait=KEEPALIVE_SECONDS):
             if await request.is_disconnected():
@@ -113,10 +117,28 @@ async def events(
                 yield f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
 
     return StreamingResponse(
-        stream(),
+        _while_valid(staff, services.settings.jwt_leeway, stream()),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+async def _while_valid(
+    staff: Principal, leeway: float, blocks: AsyncGenerator[str]
+) -> AsyncGenerator[str]:
+    """``blocks`` until the token that opened the stream expires (as a WebSocket is
+    closed then): a feed does not outlive the right to read it; the client asks again
+    with a fresh token (and its Last-Event-ID) to go on."""
+    deadline = staff.expires_at + leeway
+    try:
+        while (remaining := deadline - time.time()) > 0:
+            try:
+                block = await asyncio.wait_for(anext(blocks), remaining)
+            except (StopAsyncIteration, TimeoutError):
+                return
+            yield block
+    finally:
+        await blocks.aclose()
 
 
 class WatchedSession(SessionOut):
@@ -207,7 +229,7 @@ class _Renderer:
 )
 async def watch(
     session_id: Annotated[str, Path(max_length=64)],
-    _staff: Staff,
+    staff: Staff,
     services: ServicesDep,
     last_event_id: Annotated[str | None, Header(max_length=200)] = None,
 ) -> StreamingResponse:
@@ -215,19 +237,33 @@ async def watch(
     hub = services.hub
     await hub.watch(session_id, follower, _last_event(last_event_id))
 
-    async def stream() -> AsyncIterator[str]:
-        try:
-            yield "retry: 2000\n\n"
-            async for block in follow(follower.outbox, _Renderer(), KEEPALIVE_SECONDS):
-                yield block
-        finally:
-            hub.unwatch(session_id, follower)
+    async def stream() -> AsyncGenerator[str]:
+        yield "retry: 2000\n\n"
+        async for block in follow(follower.outbox, _Renderer(), KEEPALIVE_SECONDS):
+            yield block
 
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    blocks = _while_valid(staff, services.settings.jwt_leeway, stream())
+    return _Watching(blocks, lambda: hub.unwatch(session_id, follower))
+
+
+class _Watching(StreamingResponse):
+    """An SSE watch that stops watching however the response ends: also when the client
+    is gone before its first byte (the body's generator then never starts, so a
+    ``finally`` inside it would never run)."""
+
+    def __init__(self, body: AsyncIterator[str], on_end: Callable[[], None]) -> None:
+        super().__init__(
+            body,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._on_end = on_end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_end()
 
 
 @router.delete(

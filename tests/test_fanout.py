@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -270,3 +271,34 @@ async def test_admin_watch_streams_the_turn_and_refuses_non_staff(
     seen = [(d["seq"], d["text"]) for _i, k, d in watched if k == "turn.delta"]
     assert seen == deltas(frames)
     assert [i for i, k, _d in watched if k == "turn.delta"] == [f"{turn_id}:{s}" for s, _ in seen]
+
+
+async def test_admin_streams_end_when_the_staff_token_expires(
+    tmp_path: Path, upstream: OpenAIUpstream
+) -> None:
+    """The watch of a session and the live feed, opened with a token that expires in
+    2 s, end then (as a WebSocket is closed): a stream does not outlive the right to
+    read it."""
+    with running_server(openai_settings(tmp_path, upstream, jwt_leeway=0.0)) as srv:
+        staff = {"Authorization": f"Bearer {srv.token('root', 'admin', ttl=2)}"}
+        async with (
+            followers(srv, 1) as (session_id, _clients),
+            httpx.AsyncClient(base_url=srv.url, timeout=httpx.Timeout(5, read=20)) as http,
+        ):
+
+            async def read_until_closed(path: str) -> float:
+                started = time.monotonic()
+                async with http.stream("GET", path, headers=staff) as response:
+                    assert response.status_code == 200
+                    async for _chunk in response.aiter_bytes():
+                        pass
+                return time.monotonic() - started
+
+            async with asyncio.timeout(10):
+                ended = await asyncio.gather(
+                    read_until_closed(f"/admin/sessions/{session_id}/stream"),
+                    read_until_closed("/admin/sessions/events"),
+                )
+            assert all(0.5 < seconds < 4 for seconds in ended), ended
+            again = await http.get("/admin/sessions/events", headers=staff)
+            assert again.status_code == 401  # the same token now: refused

@@ -173,6 +173,15 @@ class SessionHub:
         if await chat_store.get_session(self.chat.db, session_id) is None:
             raise NotFound("session not found", error_code="SESSION_NOT_FOUND")
         self.followers.add(session_id, follower)
+        try:
+            await self._watch_turn(session_id, follower, last)
+        except BaseException:  # the watcher left (or the history read failed) meanwhile
+            self._leave(session_id, follower)
+            raise
+
+    async def _watch_turn(
+        self, session_id: str, follower: Follower, last: tuple[str, int] | None
+    ) -> None:
         last_turn, last_seq = last if last is not None else ("", 0)
         live = self.manager.running_in_session(session_id)
         if live is not None and live.started is not None:
