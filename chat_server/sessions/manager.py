@@ -104,6 +104,7 @@ class TurnManager:
         self._idle_timeout = idle_timeout
         self.resume_grace = resume_grace
         self._live: dict[str, LiveTurn] = {}
+        self._storing: set[str] = set()  # finished turns whose answer is stored later
         self._background: set[asyncio.Task[None]] = set()
         self._by_session: dict[str, str] = {}
         self.listeners: list[Listener] = []
@@ -119,6 +120,11 @@ class TurnManager:
 
     def __len__(self) -> int:
         return len(self._live)
+
+    def busy(self) -> frozenset[str]:
+        """The turns whose placeholder this instance still owns: running, or finished
+        and being stored (``_persist_later``); the rest the orphan sweep may close."""
+        return frozenset(self._live) | self._storing
 
     # -- lifecycle -------------------------------------------------------------
     def begin(
@@ -382,6 +388,7 @@ class TurnManager:
                 turn.id,
                 type(exc).__name__,
             )
+            self._storing.add(turn.id)
             self._spawn(self._persist_later(turn))
         if turn.finish_reason == "error" and not turn.has_text:
             try:
@@ -421,7 +428,13 @@ class TurnManager:
         as an ``internal_error`` without its text, usage or cost (``Turn.drop_text``), so
         that it never stays ``streaming``.
         """
-        delay, deadline = 0.25, time.monotonic() + PERSIST_RETRY_FOR
+        try:
+            await self._persist_until(turn, time.monotonic() + PERSIST_RETRY_FOR)
+        finally:
+            self._storing.discard(turn.id)  # stored, or left to the orphan sweep
+
+    async def _persist_until(self, turn: Turn, deadline: float) -> None:
+        delay = 0.25
         refused = 0  # failures in a row that were not an outage
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)

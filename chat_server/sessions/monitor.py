@@ -106,20 +106,34 @@ class Monitor:
                 log.warning("orphan sweep failed; will retry", exc_info=True)
 
     async def sweep_orphans(self) -> int:
-        """Mark ``error`` the answers still streaming on instances that are gone."""
+        """Mark ``error`` the answers still streaming on instances that are gone, and
+        this instance's own that no turn here runs or still stores: a placeholder whose
+        write committed as its asker left, or an answer that could not be stored for
+        ``PERSIST_RETRY_FOR``."""
+        cutoff = utcnow() - timedelta(seconds=self._orphan_age)
+        manager = self.hub.manager
+        own = await fail_stale_turns(
+            self.db,
+            instance_id=self.hub.chat.instance_id,
+            older_than=cutoff,
+            sparing=manager.busy(),
+        )
+        await self._refund(own)
+        count = len(own)
+        if own:
+            log.warning("marked %d answers this instance no longer runs as error", len(own))
         alive = await self.registry.live_instances()
         if alive is None:
-            return 0
-        cutoff = utcnow() - timedelta(seconds=self._orphan_age)
-        count = 0
+            return count
+        dead = 0
         for instance in await streaming_instances(self.db, older_than=cutoff):
             if instance not in alive:
                 closed = await fail_stale_turns(self.db, instance_id=instance, older_than=cutoff)
-                count += len(closed)
+                dead += len(closed)
                 await self._refund(closed)
-        if count:
-            log.warning("marked %d answers of dead instances as error", count)
-        return count
+        if dead:
+            log.warning("marked %d answers of dead instances as error", dead)
+        return count + dead
 
     async def _refund(self, closed: list[ClosedTurn]) -> None:
         """A turn cut short by a dead instance is our failure: its quota is given back."""

@@ -10,7 +10,7 @@ the assistant's text with its final status and the turn's ``usage_events`` row.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
@@ -496,13 +496,19 @@ class ClosedTurn:
 
 
 async def fail_stale_turns(
-    db: Database, *, instance_id: str | None = None, older_than: datetime | None = None
+    db: Database,
+    *,
+    instance_id: str | None = None,
+    older_than: datetime | None = None,
+    sparing: Collection[str] = (),
 ) -> list[ClosedTurn]:
-    """Give ``error`` to ``streaming`` placeholders left by a dead instance.
+    """Give ``error`` to ``streaming`` placeholders left by a dead instance (or by a live
+    one, for turns it no longer runs).
 
     ``instance_id``: only placeholders of that instance; ``older_than``: only those not
     touched since then (turns cannot run that long); both: both must hold; neither:
-    nothing is touched. Each such turn gets its ``usage_events`` row (``error``,
+    nothing is touched; ``sparing``: turn ids left alone (those still running or being
+    stored). Each such turn gets its ``usage_events`` row (``error``,
     ``internal_error``) so usage counts every started turn. Safe to run from several
     instances at once: a placeholder is closed once.
     """
@@ -513,6 +519,8 @@ async def fail_stale_turns(
         conditions.append(chat_messages.c.updated_at < as_utc(older_than))
     if not conditions:
         return []
+    if sparing:
+        conditions.append(chat_messages.c.turn_id.not_in(list(sparing)))
     now = utcnow()
     async with db.write() as conn:
         closed = (
