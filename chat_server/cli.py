@@ -81,7 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     chat.add_argument("--user", default="cli-user", help="the dev token's user id")
     chat.add_argument("--provider", default=None, help="openai, anthropic, gemini or local")
     chat.add_argument("--language", default="en", help="the session's language (default en)")
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0].startswith("-") and words[0] not in ("-h", "--help"):
+        words.insert(0, "serve")  # the default command takes its options too: --port 8765
+    args = parser.parse_args(words)
 
     overrides: dict[str, object] = {}
     if getattr(args, "host", None):

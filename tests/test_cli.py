@@ -461,6 +461,14 @@ def test_serve_flags_override_the_environment(workdir: Path, data_dir: Path) -> 
         assert f"http://localhost:{port}" in s.stderr()
 
 
+def test_the_default_command_takes_serve_flags(workdir: Path, data_dir: Path) -> None:
+    """`chat-server --port P` serves as `chat-server serve --port P` does."""
+    port = free_port()
+    env = clean_env(data_dir, PORT="1")
+    with serving(workdir, env, "--port", str(port), port=port) as s:
+        assert http("GET", s.url + "/healthz")[0] == 200
+
+
 def test_port_in_use_fails_without_a_banner(workdir: Path, data_dir: Path) -> None:
     """A port already taken: one line naming it, exit 1, before any migration."""
     with socket.socket() as taken:
