@@ -444,6 +444,41 @@ async def test_token_expiry_waits_for_the_streaming_answer(
             assert await ws.closed() == 4401
 
 
+async def test_an_expired_token_opens_no_new_chat(tmp_path: Path, upstream: OpenAIUpstream) -> None:
+    """Past the token's expiry, while an answer still streams, a send on a new chat is
+    token_expired (no turn starts); the socket closes once the answer has ended."""
+    upstream.script = Script(tokens=[f"w{i} " for i in range(300)], token_delay=0.01)
+    with running_server(settings(tmp_path, upstream, jwt_leeway=0.0)) as server:
+        token = server.token(ttl=2)
+        game_id = await game(server)
+
+        def send(request_id: str, chat_id: str) -> dict[str, Any]:
+            return {
+                "type": "send",
+                "requestId": request_id,
+                "id": chat_id,
+                "trigger": "submit-message",
+                "messages": [
+                    {"id": "u", "role": "user", "parts": [{"type": "text", "text": "Go"}]}
+                ],
+                "headers": {},
+                "body": {"game_id": game_id},
+            }
+
+        base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+        async with ws_client(base, token, ready=False) as ws:
+            await ws.send(send("r1", "first"))
+            await ws.recv()
+            await asyncio.sleep(2.2)  # expired now; the first answer still streams
+            await ws.send(send("r2", "second"))
+            frames = [await ws.recv()]
+            while not (frames[-1].get("requestId") == "r2" and frames[-1]["type"] == "error"):
+                frames.append(await ws.recv(timeout=10))
+            assert frames[-1]["errorText"].startswith("token_expired")
+            assert not [f for f in frames if f.get("requestId") == "r2" and f["type"] == "chunk"]
+    assert len(upstream.requests) == 1  # the refused chat asked no provider
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_provider_failure_mid_answer_is_an_error_chunk_then_finish(
     server: RunningServer, upstream: OpenAIUpstream, transport: str

@@ -264,6 +264,7 @@ class AiSdkSocket(ClientConnection):
                 raise Unauthorized(SIGN_IN)
             if self.closing:
                 return
+            self.check_token()  # a fresh one in this frame's headers counts
             self._start(frame)
         except ChatServerError as exc:
             self.frame_error(exc, request_id)
@@ -339,6 +340,9 @@ class AiSdkSocket(ClientConnection):
             if idle is not None:
                 self._forget(idle)
         chat_id = frame.id
+        # A new chat is a new session: the role is resolved again (as /ws/chat's attach)
+        assert self.principal is not None
+        self.principal = await self.services.verifier.refresh_role(self.principal)
         link = await open_chat(
             self.services,
             self.who,
@@ -420,6 +424,8 @@ class AiSdkSocket(ClientConnection):
         out = request.sequencer
         link: ChatLink | None = None
         try:
+            assert self.principal is not None
+            self.principal = await self.services.verifier.refresh_role(self.principal)
             followed = await follow(self.services, self.who, frame.id)
             if followed is None:
                 self.put(out.control("no-active"))

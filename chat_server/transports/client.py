@@ -40,7 +40,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ..errors import ChatServerError, InvalidInput, RateLimited, SessionRequired
+from ..errors import ChatServerError, InvalidInput, RateLimited, SessionRequired, TokenExpired
 from ..logs import add_context
 from ..sessions.chat import Attached, Who
 from ..sessions.follower import Follower
@@ -232,6 +232,13 @@ class ClientConnection(Follower):
         self.put(error_event("token_expired", "the token expired; connect again"))
         self.close("unauthorized")
 
+    def check_token(self) -> None:
+        """Refuse a new session or turn once the token ran out (``token_expired``): the
+        turn running then may finish (``_on_expiry`` closes after it), nothing more."""
+        assert self.principal is not None
+        if self.principal.expires_at + self.settings.jwt_leeway <= time.time():
+            raise TokenExpired("the token expired; connect again (or send a fresh one)")
+
     def _after_turn(self, _task: asyncio.Task[None]) -> None:
         if self._expiry is None:  # still expired: no fresh token came meanwhile
             self._on_expiry()
@@ -243,6 +250,7 @@ class ClientConnection(Follower):
         The role is resolved again first: a changed ``profiles`` row (within
         ``ROLE_CACHE_TTL``) applies to an open connection from its next session on.
         """
+        self.check_token()
         assert self.principal is not None
         self.principal = await self.services.verifier.refresh_role(self.principal)
         self.detach()
@@ -251,6 +259,7 @@ class ClientConnection(Follower):
         add_context(session_id=attached.session_id, game_id=attached.game.id)
 
     async def ask(self, ask: Ask) -> Turn:
+        self.check_token()
         if self.attached is None:
             raise SessionRequired()
         return await self.services.hub.ask(self.who, self.attached, ask, self)

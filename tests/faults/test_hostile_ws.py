@@ -216,6 +216,41 @@ def test_role_cache_ttl_zero_applies_a_demotion_to_the_next_request(
         assert http.get("/admin/flags").status_code == 403
 
 
+async def test_a_demotion_applies_to_the_next_ai_sdk_chat(server: RunningServer) -> None:
+    """/ws/ai-sdk, as /ws/chat: a profiles row turned from developer to basic applies to
+    the socket's next chat; a hidden game it could open before is then not_found."""
+    server.call(set_role(server.services.db, "demoted2", "developer"))
+    token = server.token("demoted2", role=None)
+    headers = bearer(server.token("ops", "developer"))
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=10) as http:
+        hidden = (
+            await http.post("/admin/games", json={"name": "Unreleased", "status": "hidden"})
+        ).json()["id"]
+
+    def send(request_id: str, chat_id: str) -> dict[str, object]:
+        return {
+            "type": "send",
+            "requestId": request_id,
+            "id": chat_id,
+            "trigger": "submit-message",
+            "messages": [{"id": "u", "role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+            "headers": {},
+            "body": {"game_id": hidden},
+        }
+
+    base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+    async with ws_client(base, token, ready=False) as ws:
+        await ws.send(send("r1", "as-developer"))
+        frames = [await ws.recv(timeout=10)]
+        while frames[-1]["type"] not in ("end", "error"):
+            frames.append(await ws.recv(timeout=10))
+        assert frames[-1]["type"] == "end"  # staff may open a hidden game
+        server.call(set_role(server.services.db, "demoted2", "basic"))
+        await ws.send(send("r2", "as-basic"))
+        refused = await ws.recv(timeout=10)
+    assert refused["type"] == "error" and refused["errorText"].startswith("not_found")
+
+
 def test_garbage_lines_past_the_limit_are_counted_on_the_next_one() -> None:
     """Past ``limit`` lines in a window the rest are dropped; the first line of the next
     window says how many were; other lines pass untouched."""
