@@ -119,8 +119,13 @@ async def admin_usage(
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> UsageOut | Response:
     now = utcnow()
-    end = as_utc(to) or next_midnight(now)
-    start = as_utc(from_) or (next_midnight(now) - timedelta(days=1))
+    try:
+        end = as_utc(to) or next_midnight(now)
+        start = as_utc(from_) or end - timedelta(days=1)  # the day before 'to', by default
+    except OverflowError as exc:  # an offset that takes the date past year 1 or 9999
+        raise InvalidInput(
+            "'from' and 'to' must be dates in UTC's range", error_code="INVALID_RANGE"
+        ) from exc
     if start >= end:
         raise InvalidInput("'from' must be before 'to'", error_code="INVALID_RANGE")
     found: list[dict[str, Any]] = await aggregate_usage(

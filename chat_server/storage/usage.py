@@ -7,12 +7,14 @@ written by ``chat.finish_turn``); each refused one (flag or quota) has one too, 
 
 from __future__ import annotations
 
+import asyncio
 import statistics
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
+from sqlalchemy.ext.asyncio import AsyncResult
 
 from ..prices import total_input
 from .engine import Database
@@ -66,6 +68,17 @@ def _new_row(key: str) -> dict[str, Any]:
     }
 
 
+SLICE = 2000  # rows summed between two turns of the event loop
+
+
+async def _sliced(result: AsyncResult[Any]) -> AsyncIterator[Row[Any]]:
+    """The rows of ``result``, a slice at a time, giving the loop a turn after each."""
+    async for rows in result.partitions(SLICE):
+        for row in rows:
+            yield row
+        await asyncio.sleep(0)
+
+
 async def aggregate_usage(
     db: Database,
     *,
@@ -84,6 +97,9 @@ async def aggregate_usage(
     ``provider``: only that provider's rows (the admin page's per-provider series).
     Percentiles are computed here rather than in SQL so that both databases give the
     same figure (SQLite has no percentile function). Rows: most turns first.
+
+    The rows are read in slices of ``SLICE`` and the loop runs other work between two
+    (a year of turns must not stall the instance's streams while it is summed).
     """
     key_col = _COLUMNS[group_by]
     # SQLite stores datetimes as UTC text and ignores an offset in a bound value.
@@ -105,8 +121,8 @@ async def aggregate_usage(
     rows: dict[str, dict[str, Any]] = {}
     firsts: dict[str, list[int]] = {}
     async with db.read(timeout=60.0) as conn:  # a report, not the chat path
-        result = await conn.execute(query)
-        for r in result:
+        result = await conn.stream(query)
+        async for r in _sliced(result):
             key = as_utc(r.key).date().isoformat() if group_by == "day" else r.key
             row = rows.get(key)
             if row is None:

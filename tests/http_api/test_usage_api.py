@@ -164,6 +164,14 @@ async def test_admin_usage_period(server: RunningServer) -> None:
             },
         ).json()
         assert [r["turns"] for r in around["rows"]] == [1]
+        # 'to' alone: the day before it (not "from today", which would be after it)
+        only_to = staff.get("/admin/usage", params={"to": (now - timedelta(days=2)).isoformat()})
+        assert only_to.status_code == 200, only_to.text
+        body = only_to.json()
+        assert body["rows"] == []
+        assert datetime.fromisoformat(body["end"]) - datetime.fromisoformat(
+            body["start"]
+        ) == timedelta(days=1)
 
 
 @pytest.mark.parametrize(
@@ -173,6 +181,8 @@ async def test_admin_usage_period(server: RunningServer) -> None:
         ({"from": "yesterday"}, "VALIDATION_ERROR"),
         ({"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "INVALID_RANGE"),
         ({"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "INVALID_RANGE"),
+        ({"from": "0001-01-01T00:00:00+14:00"}, "INVALID_RANGE"),  # before year 1 in UTC
+        ({"to": "9999-12-31T23:59:59-14:00"}, "INVALID_RANGE"),  # after year 9999 in UTC
     ],
 )
 def test_admin_usage_bad_parameters_are_422(
