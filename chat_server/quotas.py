@@ -77,6 +77,9 @@ T = TypeVar("T")
 
 # How long after midnight a day's key lives on (clock skew between instances, late refunds).
 _EXPIRY_GRACE = timedelta(hours=1)
+#: An owed refund is paid twice, this long apart: a script still queued in Redis when
+#: the first SREM ran has run by the second.
+_SETTLE = 0.5
 
 
 def _utc(now: datetime) -> datetime:
@@ -256,9 +259,10 @@ class RedisQuotaCounter:
             granted, used = await self._call(
                 lambda: self._reserve(keys=[key], args=[turn_id, arg_limit, expire_at])
             )
-        except Unavailable:
-            # The script may still run when a hung Redis wakes up: the turn was refused,
-            # so whatever place it may take is owed back.
+        except (Unavailable, asyncio.CancelledError):
+            # The script may still run when a hung Redis wakes up, or after its asker
+            # left (cancelled mid-flight): the turn never starts, so whatever place it
+            # may take is owed back.
             self._owe(key, turn_id)
             raise
         quota = Quota(feature, limit, int(used), next_midnight(now))
@@ -301,16 +305,27 @@ class RedisQuotaCounter:
             self._owed_event.clear()
             while self._owed:
                 batch = list(self._owed)[:500]
-                pipe = self._redis.pipeline(transaction=False)
-                for key, turn_id in batch:
-                    pipe.srem(key, turn_id)
-                try:
-                    await self._call(pipe.execute)
-                except Unavailable:
+                if not await self._pay(batch):
                     await asyncio.sleep(1.0)
+                    continue
+                # A reservation's script sent before Redis hung (or before its turn was
+                # cancelled) may run only now, after this SREM, on another connection:
+                # paid once more when it must have run, the place is given back for sure.
+                await asyncio.sleep(_SETTLE)
+                if not await self._pay(batch):
                     continue
                 for item in batch:
                     self._owed.pop(item, None)
+
+    async def _pay(self, batch: list[tuple[str, str]]) -> bool:
+        pipe = self._redis.pipeline(transaction=False)
+        for key, turn_id in batch:
+            pipe.srem(key, turn_id)
+        try:
+            await self._call(pipe.execute)
+        except Unavailable:
+            return False
+        return True
 
     async def aclose(self) -> None:
         if self._payer is not None:

@@ -14,6 +14,7 @@ import time as clock
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -29,6 +30,7 @@ from chat_server.quotas import (
     next_midnight,
     quota_key,
 )
+from tests.private_redis import private_redis
 from tests.redis_cluster import RedisClusterNodes, RedisTarget
 
 USER, GAME, FEATURE = "user-1", "game-1", "chat"
@@ -458,3 +460,33 @@ async def test_recovers_when_redis_comes_back(redis_url: str) -> None:
             assert await reserve(counter, "after", limit=None, now=now)
             key = quota_key("chat", user_id=USER, feature=FEATURE, game_id=GAME, day=now.date())
             assert await client.smembers(key) == {b"before", b"after"}
+
+
+async def test_a_reservation_cancelled_mid_flight_gives_its_place_back(tmp_path: Path) -> None:
+    """Redis hangs while a turn reserves its place, and the turn is cancelled (its
+    asker left): once Redis answers again the script runs, and the place it took is
+    given back, so the user's count is what it was."""
+    now = utc_now()
+    with private_redis(tmp_path) as server:
+        async with client_for(server.port) as client:
+            counter = RedisQuotaCounter(client, timeout=5)
+            await counter.start()
+            try:
+                async with asyncio.timeout(WAIT):
+                    assert await reserve(counter, "kept", limit=5, now=now)
+                server.freeze()
+                asking = asyncio.ensure_future(reserve(counter, "left", limit=5, now=now))
+                await asyncio.sleep(0.3)  # the script is on its way to a hung Redis
+                asking.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await asking
+                server.thaw()
+                key = quota_key("chat", user_id=USER, feature=FEATURE, game_id=GAME, day=now.date())
+                async with asyncio.timeout(WAIT):
+                    while counter.owed:  # noqa: ASYNC110 (a state of another process)
+                        await asyncio.sleep(0.05)
+                assert await client.smembers(key) == {b"kept"}
+                assert await used(counter, now=now) == 1
+            finally:
+                server.thaw()
+                await counter.aclose()
