@@ -312,7 +312,10 @@ class AiSdkSocket(ClientConnection):
             link = await self._link(frame, request)
             request.link = link
             answer = await link.ask(text)
-        except ChatServerError as exc:
+        except Exception as exc:  # not ours (a bug): the request still gets its error
+            if not isinstance(exc, ChatServerError):
+                log.exception("ai-sdk send %s failed", frame.requestId[:40])
+                exc = ChatServerError()
             self.put(out.error(exc.code, exc.message))
             self._release(frame.id, request)
             return
@@ -440,7 +443,10 @@ class AiSdkSocket(ClientConnection):
                 if answer.ended:
                     break
             self.put(out.control("end"))
-        except ChatServerError as exc:
+        except Exception as exc:  # not ours (a bug): the request still gets its error
+            if not isinstance(exc, ChatServerError):
+                log.exception("ai-sdk resume %s failed", frame.requestId[:40])
+                exc = ChatServerError()
             self.put(out.error(exc.code, exc.message))
         finally:
             if link is not None:
