@@ -18,6 +18,8 @@ import httpx
 import pytest
 
 from chat_server.storage.audit import list_actions
+from chat_server.storage.chat import begin_turn
+from chat_server.storage.ids import new_id
 from tests.processes import server_process
 from tests.redis_cluster import RedisTarget
 from tests.server import RunningServer, make_settings, running_server
@@ -411,3 +413,27 @@ async def test_a_game_hidden_through_a_is_closed_on_b_at_once(
             frames = await client.until("error")
     assert frames[-1]["code"] == "not_found"
     assert not [f for f in frames if f["type"].startswith("turn.")]
+
+
+async def test_a_resume_dropped_while_it_waits_leaves_nothing_attached(
+    pair: tuple[RunningServer, RunningServer],
+) -> None:
+    """A session whose answer is still `streaming` on an instance that is gone: a resume
+    waits for that turn's owner; a client that leaves meanwhile leaves nothing behind
+    (the session is not listed live for want of a connection)."""
+    a, _b = pair
+    async with ws_client(a.ws_url, a.token("gil")) as client:
+        session_id = (await client.start(await catan(a)))["session"]["id"]
+    a.call(
+        begin_turn(
+            a.services.db, session_id=session_id, turn_id=new_id(), text="q", instance_id="gone"
+        )
+    )
+    ai_sdk = a.url.replace("http", "ws") + "/ws/ai-sdk"
+    for n in range(3):  # the AI SDK's resume, on a socket closed while it waits
+        async with ws_client(ai_sdk, a.token("gil"), ready=False) as client:
+            resume = {"type": "resume", "requestId": f"r{n}", "id": session_id, "headers": {}}
+            await client.send(resume)
+            await asyncio.sleep(0.3)  # it waits (up to about 2 s) for the turn's owner
+    await asyncio.sleep(2.5)  # any registry write has landed
+    assert session_id not in {s["id"] for s in await live_sessions(a, admin(a))}

@@ -38,7 +38,7 @@ from .chat import Attached, ChatService, Who
 from .follower import Follower, SessionFollowers
 from .manager import LiveTurn, TurnManager
 from .mirror import Mirror
-from .protocol import Ask, Resume, Start
+from .protocol import Ask, Event, Resume, Start
 from .turn import Turn
 
 if TYPE_CHECKING:
@@ -99,6 +99,20 @@ class SessionHub:
             return attached
         attached, ready, live = await self.chat.resume_session(who, command)
         self._follow(who, attached, follower)
+        try:
+            return await self._resume(attached, ready, live, command, follower)
+        except BaseException:  # the asker left (or the relay failed) while it waited
+            self.detach(attached, follower)
+            raise
+
+    async def _resume(
+        self,
+        attached: Attached,
+        ready: Event,
+        live: LiveTurn | None,
+        command: Resume,
+        follower: Follower,
+    ) -> Attached:
         wanted = command.turn_id
         if live is not None:
             after = command.after_seq or 0 if wanted in (None, live.turn.id) else 0

@@ -186,7 +186,11 @@ async def follow(services: Services, who: Who, chat_id: str) -> tuple[ChatLink, 
     link = ChatLink(services, who, attached, follower)
     # The hub queues session.ready first; with ``running`` once the turn's owner (this
     # instance or another) has it streaming here.
-    ready = await follower.outbox.get()
+    try:
+        ready = await follower.outbox.get()
+    except BaseException:  # the asker left meanwhile: nothing stays attached
+        link.leave()
+        raise
     running = ready.get("running") if ready is not None else None
     if ready is None or not running:
         link.leave()
