@@ -479,6 +479,46 @@ async def test_an_expired_token_opens_no_new_chat(tmp_path: Path, upstream: Open
     assert len(upstream.requests) == 1  # the refused chat asked no provider
 
 
+async def test_one_socket_answers_at_most_max_requests_at_once(
+    tmp_path: Path, upstream: OpenAIUpstream
+) -> None:
+    """A socket sending to ever new chats while every answer still streams: the first
+    MAX_REQUESTS are answered, the next is rate_limited (no turn, no upstream request)."""
+    from chat_server.transports.ai_sdk_ws import MAX_REQUESTS
+
+    upstream.script = Script(tokens=[f"w{i} " for i in range(400)], token_delay=0.05)
+    with running_server(settings(tmp_path, upstream, ws_frame_burst=100)) as server:
+        game_id = await game(server)
+        base = server.url.replace("http", "ws") + "/ws/ai-sdk"
+        async with ws_client(base, server.token("many"), ready=False) as ws:
+            for n in range(MAX_REQUESTS + 1):
+                await ws.send(
+                    {
+                        "type": "send",
+                        "requestId": f"r{n}",
+                        "id": f"chat-{n}",
+                        "trigger": "submit-message",
+                        "messages": [
+                            {"id": "u", "role": "user", "parts": [{"type": "text", "text": "Go"}]}
+                        ],
+                        "headers": {},
+                        "body": {"game_id": game_id},
+                    }
+                )
+            last = f"r{MAX_REQUESTS}"
+            refused = await ws.recv(timeout=10)
+            while refused.get("requestId") != last:
+                refused = await ws.recv(timeout=10)
+            assert refused["type"] == "error"
+            assert refused["errorText"].startswith("rate_limited")
+            for _ in range(150):  # the answered ones reach the upstream
+                if len(upstream.requests) >= MAX_REQUESTS:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.3)
+    assert len(upstream.requests) == MAX_REQUESTS
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_provider_failure_mid_answer_is_an_error_chunk_then_finish(
     server: RunningServer, upstream: OpenAIUpstream, transport: str

@@ -64,8 +64,11 @@ log = logging.getLogger(__name__)
 AI_SDK_WS_PATH = "/ws/ai-sdk"
 #: Query parameters that would carry a token in the URL (refused: URLs get logged).
 URL_TOKENS = frozenset({"token", "access_token", "authorization", "auth", "jwt"})
-#: Chats one socket keeps attached (beyond: the oldest idle one is let go).
+#: Chats one socket keeps attached (beyond: the oldest idle one is let go; with none
+#: idle, a new chat is ``rate_limited``).
 MAX_CHATS = 32
+#: Requests open at once on one socket (sends and resumes): past it, ``rate_limited``.
+MAX_REQUESTS = MAX_CHATS
 #: A pump waits while the socket has this many frames unsent (deltas merge meanwhile).
 BACKLOG = 64
 SIGN_IN = "send 'Authorization: Bearer <token>' (handshake or headers)"
@@ -125,7 +128,7 @@ class _Request:
 class AiSdkSocket(ClientConnection):
     """One ``WebSocketChatTransport`` connection."""
 
-    __slots__ = ("chats", "held", "requests", "ws")
+    __slots__ = ("_opening", "chats", "held", "requests", "ws")
 
     CODES: ClassVar[dict[CloseReason, int]] = {
         "abuse": 1008,
@@ -142,6 +145,7 @@ class AiSdkSocket(ClientConnection):
         self.ws = websocket
         self.requests: dict[str, _Request] = {}
         self.chats: dict[str, tuple[ChatLink, _Request | None]] = {}
+        self._opening: set[str] = set()  # chats whose link is being made
         #: chats whose events wait while this socket's client lags (see ``_drain``)
         self.held: set[str] = set()
 
@@ -265,6 +269,8 @@ class AiSdkSocket(ClientConnection):
             if self.closing:
                 return
             self.check_token()  # a fresh one in this frame's headers counts
+            if len(self.requests) >= MAX_REQUESTS:
+                raise RateLimited(f"at most {MAX_REQUESTS} requests open at once on a socket")
             self._start(frame)
         except ChatServerError as exc:
             self.frame_error(exc, request_id)
@@ -338,22 +344,28 @@ class AiSdkSocket(ClientConnection):
                 raise TurnInProgress()
             self.chats[frame.id] = (link, request)
             return link
-        if len(self.chats) >= MAX_CHATS:
+        if len(self.chats) + len(self._opening) >= MAX_CHATS:
             idle = next((cid for cid, (_, r) in self.chats.items() if r is None), None)
-            if idle is not None:
-                self._forget(idle)
+            if idle is None:  # every chat is answering: no room for one more
+                raise RateLimited(f"at most {MAX_CHATS} chats at once on a socket")
+            self._forget(idle)
         chat_id = frame.id
-        # A new chat is a new session: the role is resolved again (as /ws/chat's attach)
-        assert self.principal is not None
-        self.principal = await self.services.verifier.refresh_role(self.principal)
-        link = await open_chat(
-            self.services,
-            self.who,
-            chat_id,
-            body_of(frame),
-            on_end=self.end,
-            wake=lambda: self._drain(chat_id),
-        )
+        self._opening.add(chat_id)  # counted from now: another send cannot pass the cap
+        try:
+            # A new chat is a new session: the role is resolved again (as /ws/chat's
+            # attach)
+            assert self.principal is not None
+            self.principal = await self.services.verifier.refresh_role(self.principal)
+            link = await open_chat(
+                self.services,
+                self.who,
+                chat_id,
+                body_of(frame),
+                on_end=self.end,
+                wake=lambda: self._drain(chat_id),
+            )
+        finally:
+            self._opening.discard(chat_id)
         if chat_id in self.chats:  # two first requests of one chat raced: keep one link
             link.leave()
             return await self._link(frame, request)
