@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Row, select
-from sqlalchemy.ext.asyncio import AsyncResult
+from sqlalchemy import Result, Row, select
 
 from ..prices import total_input
 from .engine import Database
@@ -71,9 +70,11 @@ def _new_row(key: str) -> dict[str, Any]:
 SLICE = 2000  # rows summed between two turns of the event loop
 
 
-async def _sliced(result: AsyncResult[Any]) -> AsyncIterator[Row[Any]]:
-    """The rows of ``result``, a slice at a time, giving the loop a turn after each."""
-    async for rows in result.partitions(SLICE):
+async def _sliced(result: Result[Any]) -> AsyncIterator[Row[Any]]:
+    """The rows of ``result``, a slice at a time, giving the loop a turn after each (the
+    rows are read whole, as ``read()`` runs outside a transaction: Postgres makes no
+    cursor there; the per-row work is what is sliced)."""
+    for rows in result.partitions(SLICE):
         for row in rows:
             yield row
         await asyncio.sleep(0)
@@ -121,7 +122,7 @@ async def aggregate_usage(
     rows: dict[str, dict[str, Any]] = {}
     firsts: dict[str, list[int]] = {}
     async with db.read(timeout=60.0) as conn:  # a report, not the chat path
-        result = await conn.stream(query)
+        result = await conn.execute(query)
         async for r in _sliced(result):
             key = as_utc(r.key).date().isoformat() if group_by == "day" else r.key
             row = rows.get(key)
