@@ -22,6 +22,7 @@ import asyncio
 import io
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Literal
 
@@ -208,9 +209,24 @@ def _read_pdf_worker() -> None:
     sys.stdout.write(json.dumps(answer))
 
 
+def _readers() -> asyncio.Semaphore:
+    """This event loop's reader slots: at most ``PDF_READERS`` children at once."""
+    loop = asyncio.get_running_loop()
+    slots = _READERS.get(loop)
+    if slots is None:
+        slots = _READERS[loop] = asyncio.Semaphore(PDF_READERS)
+    return slots
+
+
 async def _read_pdf_isolated(data: bytes, time_limit: float) -> ReadDocument:
     """Read a PDF in a child process, killed if it has not answered within
-    ``time_limit`` seconds (plus a start-up allowance)."""
+    ``time_limit`` seconds (plus a start-up allowance); at most ``PDF_READERS`` at
+    once (each child holds a document and pypdf: uploads at once wait their turn)."""
+    async with _readers():
+        return await _read_in_child(data, time_limit)
+
+
+async def _read_in_child(data: bytes, time_limit: float) -> ReadDocument:
     import json
     import sys
 
@@ -246,6 +262,10 @@ async def _read_pdf_isolated(data: bytes, time_limit: float) -> ReadDocument:
 
 
 _START_ALLOWANCE = 10.0  # seconds for the child to start and import pypdf, on a busy host
+PDF_READERS = 2  # PDF reader children at once, per process (one per core here)
+_READERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def read_document(

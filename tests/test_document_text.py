@@ -3,7 +3,10 @@ every kind of unreadable file refused with its own error code, quickly."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +102,41 @@ def test_the_claimed_format(
 ) -> None:
     """The form's format wins, then the media type, then the file name's suffix."""
     assert sniff_format(filename, content_type, declared) == expected
+
+
+async def test_pdfs_uploaded_at_once_are_read_two_at_a_time() -> None:
+    """Six PDFs read at once: every one is read, by at most PDF_READERS children at a
+    time (each child holds a whole document and pypdf)."""
+    from chat_server.document_text import PDF_READERS
+
+    pdf = many_pages_pdf(60)
+    most = 0
+    reading = True
+
+    def children() -> int:
+        mine = str(os.getpid())
+        count = 0
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                text = status.read_text()
+                cmdline = (status.parent / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if f"\nPPid:\t{mine}\n" in text and b"chat_server.document_text" in cmdline:
+                count += 1
+        return count
+
+    async def watch() -> None:
+        nonlocal most
+        while reading:
+            most = max(most, await asyncio.to_thread(children))
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        read = await asyncio.gather(*(read_document(pdf, "pdf") for _ in range(6)))
+    finally:
+        reading = False
+        await watcher
+    assert [r.pages for r in read] == [60] * 6
+    assert 1 <= most <= PDF_READERS
