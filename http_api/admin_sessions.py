@@ -7,14 +7,13 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
-from starlette.types import Receive, Scope, Send
 
 from chat_server.auth import Principal
 from chat_server.errors import BadRequest, NotFound
@@ -26,7 +25,7 @@ from chat_server.storage import chat as store
 from chat_server.storage.games import get_game
 from chat_server.storage.ids import new_id
 from chat_server.storage.pages import decode_cursor, encode_cursor
-from chat_server.transports.sse import KEEPALIVE_SECONDS, follow, sse_block
+from chat_server.transports.sse import KEEPALIVE_SECONDS, EventStream, follow, sse_block
 
 from .deps import ServicesDep, Staff
 from .errors import ERROR_RESPONSES
@@ -243,27 +242,11 @@ async def watch(
             yield block
 
     blocks = _while_valid(staff, services.settings.jwt_leeway, stream())
-    return _Watching(blocks, lambda: hub.unwatch(session_id, follower))
-
-
-class _Watching(StreamingResponse):
-    """An SSE watch that stops watching however the response ends: also when the client
-    is gone before its first byte (the body's generator then never starts, so a
-    ``finally`` inside it would never run)."""
-
-    def __init__(self, body: AsyncIterator[str], on_end: Callable[[], None]) -> None:
-        super().__init__(
-            body,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-        self._on_end = on_end
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._on_end()
+    return EventStream(
+        blocks,
+        lambda: hub.unwatch(session_id, follower),
+        {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.delete(

@@ -19,8 +19,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import StreamingResponse
 
+from chat_server.errors import RateLimited
+from chat_server.services import Services
 from chat_server.sessions.chat import Who
 from chat_server.sessions.protocol import Event
+from chat_server.storage.ids import new_id
 from chat_server.transports import sse
 from chat_server.transports.ai_sdk_answers import (
     Answer,
@@ -59,13 +62,24 @@ STREAM: dict[str, Any] = {"content": {"text/event-stream": {}}, "description": "
 router = APIRouter(prefix="/ai-sdk", tags=["ai-sdk"])
 
 
-def _sse(link: ChatLink, answer: Answer, heartbeat: float) -> StreamingResponse:
-    return StreamingResponse(
-        _events(link, answer, heartbeat),
-        media_type="text/event-stream",
-        headers=HEADERS,
-        status_code=200,
-    )
+async def _take_slot(services: Services, user_id: str) -> str:
+    """One of the user's connection slots (``WS_MAX_CONNECTIONS_PER_USER``, on every
+    instance, shared with the user's sockets), held for a stream's life."""
+    slot = new_id()
+    if not await services.slots.take(user_id, slot):
+        limit = services.settings.ws_max_connections_per_user
+        raise RateLimited(f"at most {limit} connections per user")
+    return slot
+
+
+def _sse(
+    services: Services, user_id: str, slot: str, link: ChatLink, answer: Answer
+) -> StreamingResponse:
+    async def end() -> None:
+        link.leave()
+        await services.slots.release(user_id, slot)
+
+    return sse.EventStream(_events(link, answer, services.settings.sse_heartbeat), end, HEADERS)
 
 
 def _data(chunks: list[dict[str, Any]]) -> str:
@@ -82,15 +96,12 @@ async def _events(link: ChatLink, answer: Answer, heartbeat: float) -> AsyncIter
             outbox.close()  # what is queued is still taken, then the stream ends
         return _data(chunks) if chunks else None
 
-    try:
-        opening = answer.take_opening()
-        if opening:
-            yield _data(opening)
-        async for block in sse.follow(outbox, render, heartbeat):
-            yield block
-        yield "data: [DONE]\n\n"
-    finally:
-        link.leave()
+    opening = answer.take_opening()
+    if opening:
+        yield _data(opening)
+    async for block in sse.follow(outbox, render, heartbeat):
+        yield block
+    yield "data: [DONE]\n\n"
 
 
 @router.post(
@@ -102,13 +113,18 @@ async def _events(link: ChatLink, answer: Answer, heartbeat: float) -> AsyncIter
 async def post_chat(request: ChatRequest, principal: Caller, services: ServicesDep) -> Response:
     who = Who(principal.user_id, principal.role)
     text = None if request.trigger == "regenerate-message" else question(request.messages)
-    link = await open_chat(services, who, request.id, request.chat_body())
+    slot = await _take_slot(services, who.user_id)
     try:
-        answer = await link.ask(text)
+        link = await open_chat(services, who, request.id, request.chat_body())
+        try:
+            answer = await link.ask(text)
+        except BaseException:
+            link.leave()
+            raise
     except BaseException:
-        link.leave()
+        await services.slots.release(who.user_id, slot)
         raise
-    return _sse(link, answer, services.settings.sse_heartbeat)
+    return _sse(services, who.user_id, slot, link, answer)
 
 
 @router.get(
@@ -118,10 +134,16 @@ async def post_chat(request: ChatRequest, principal: Caller, services: ServicesD
     responses={200: STREAM, 204: {"description": "No turn of this chat is running"}, **ERRORS},
 )
 async def resume_chat(chat_id: ChatIdPath, principal: Caller, services: ServicesDep) -> Response:
-    followed = await follow(services, Who(principal.user_id, principal.role), chat_id)
+    slot = await _take_slot(services, principal.user_id)
+    try:
+        followed = await follow(services, Who(principal.user_id, principal.role), chat_id)
+    except BaseException:
+        await services.slots.release(principal.user_id, slot)
+        raise
     if followed is None:
+        await services.slots.release(principal.user_id, slot)
         return Response(status_code=204)
-    return _sse(*followed, services.settings.sse_heartbeat)
+    return _sse(services, principal.user_id, slot, *followed)
 
 
 @router.delete(

@@ -332,6 +332,43 @@ async def test_a_dropped_client_resumes_on_another_instance(
     assert await asyncio.to_thread(upstream.disconnected.wait, 5)
 
 
+async def test_http_streams_count_against_the_users_connections(
+    tmp_path: Path, upstream: OpenAIUpstream
+) -> None:
+    """WS_MAX_CONNECTIONS_PER_USER=2: two answers streaming over /ai-sdk/chat, a third
+    POST is 429 rate_limited (no turn); once they end, the next one streams."""
+    upstream.script = Script(tokens=[f"s{i} " for i in range(40)], token_delay=0.03)
+    with running_server(settings(tmp_path, upstream, ws_max_connections_per_user=2)) as server:
+        game_id = await game(server)
+        headers = {"Authorization": f"Bearer {server.token('pat')}"}
+
+        def body(chat_id: str) -> dict[str, Any]:
+            return {
+                "id": chat_id,
+                "trigger": "submit-message",
+                "messages": [
+                    {"id": "u", "role": "user", "parts": [{"type": "text", "text": "Hi"}]}
+                ],
+                "game_id": game_id,
+            }
+
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=20) as http:
+            async with (
+                http.stream("POST", "/ai-sdk/chat", json=body("one")) as one,
+                http.stream("POST", "/ai-sdk/chat", json=body("two")) as two,
+            ):
+                assert (one.status_code, two.status_code) == (200, 200)
+                third = await http.post("/ai-sdk/chat", json=body("three"))
+                assert third.status_code == 429
+                assert third.json()["error_code"] == "RATE_LIMITED"
+                for response in (one, two):
+                    assert [line async for line in response.aiter_lines()][-2] == "data: [DONE]"
+            await asyncio.sleep(0.3)  # the slots are given back as the responses end
+            again = await http.post("/ai-sdk/chat", json=body("three"))
+            assert again.status_code == 200 and again.text.rstrip().endswith("data: [DONE]")
+    assert len(upstream.requests) == 3
+
+
 async def test_the_sse_stream_has_the_sdk_headers_heartbeats_and_done(
     tmp_path: Path, upstream: OpenAIUpstream
 ) -> None:

@@ -3,20 +3,25 @@
 ``follow(outbox, render, keepalive)`` turns a follower's outbox into SSE text: each
 event ``render`` gives a block for (None skips it), a comment line after
 ``keepalive`` seconds without one (load balancers close idle streams at 60 s), and the
-end when the outbox is closed and drained. Used by the admin watch; the AI SDK's HTTP
-transport can use it the same way.
+end when the outbox is closed and drained. Used by the admin watch and the AI SDK's
+HTTP transport. ``EventStream`` is their response: what it holds (a follower, a
+connection slot) is let go however it ends, also when the client left before its first
+byte (the body's generator then never starts, so a ``finally`` in it never runs).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from ..sessions.outbox import Outbox
 from ..sessions.protocol import Event
 
-__all__ = ["KEEPALIVE_SECONDS", "follow", "sse_block"]
+__all__ = ["KEEPALIVE_SECONDS", "EventStream", "follow", "sse_block"]
 
 KEEPALIVE_SECONDS = 15.0
 
@@ -52,3 +57,24 @@ async def follow(
         block = render(event)
         if block is not None:
             yield block
+
+
+class EventStream(StreamingResponse):
+    """A ``text/event-stream`` response that calls ``on_end`` once, however it ends."""
+
+    def __init__(
+        self,
+        body: AsyncIterator[str],
+        on_end: Callable[[], Awaitable[None] | None],
+        headers: Mapping[str, str],
+    ) -> None:
+        super().__init__(body, media_type="text/event-stream", headers=headers)
+        self._on_end = on_end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            ended = self._on_end()
+            if ended is not None:
+                await ended
