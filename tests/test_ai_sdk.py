@@ -47,6 +47,20 @@ def settings(tmp_path: Path, upstream: OpenAIUpstream, **extra: Any) -> Any:
     )
 
 
+def send_frame(request_id: str, chat_id: str, game_id: str, text: str = "Go") -> dict[str, Any]:
+    """A /ws/ai-sdk ``send`` of one user message to the chat ``chat_id`` (new: on
+    ``game_id``), signed in by the socket's handshake."""
+    return {
+        "type": "send",
+        "requestId": request_id,
+        "id": chat_id,
+        "trigger": "submit-message",
+        "messages": [{"id": "u", "role": "user", "parts": [{"type": "text", "text": text}]}],
+        "headers": {},
+        "body": {"game_id": game_id},
+    }
+
+
 @pytest.fixture
 def server(tmp_path: Path, upstream: OpenAIUpstream) -> Iterator[RunningServer]:
     with running_server(settings(tmp_path, upstream)) as srv:
@@ -488,26 +502,12 @@ async def test_an_expired_token_opens_no_new_chat(tmp_path: Path, upstream: Open
     with running_server(settings(tmp_path, upstream, jwt_leeway=0.0)) as server:
         token = server.token(ttl=2)
         game_id = await game(server)
-
-        def send(request_id: str, chat_id: str) -> dict[str, Any]:
-            return {
-                "type": "send",
-                "requestId": request_id,
-                "id": chat_id,
-                "trigger": "submit-message",
-                "messages": [
-                    {"id": "u", "role": "user", "parts": [{"type": "text", "text": "Go"}]}
-                ],
-                "headers": {},
-                "body": {"game_id": game_id},
-            }
-
         base = server.url.replace("http", "ws") + "/ws/ai-sdk"
         async with ws_client(base, token, ready=False) as ws:
-            await ws.send(send("r1", "first"))
+            await ws.send(send_frame("r1", "first", game_id))
             await ws.recv()
             await asyncio.sleep(2.2)  # expired now; the first answer still streams
-            await ws.send(send("r2", "second"))
+            await ws.send(send_frame("r2", "second", game_id))
             frames = [await ws.recv()]
             while not (frames[-1].get("requestId") == "r2" and frames[-1]["type"] == "error"):
                 frames.append(await ws.recv(timeout=10))
@@ -529,19 +529,7 @@ async def test_one_socket_answers_at_most_max_requests_at_once(
         base = server.url.replace("http", "ws") + "/ws/ai-sdk"
         async with ws_client(base, server.token("many"), ready=False) as ws:
             for n in range(MAX_REQUESTS + 1):
-                await ws.send(
-                    {
-                        "type": "send",
-                        "requestId": f"r{n}",
-                        "id": f"chat-{n}",
-                        "trigger": "submit-message",
-                        "messages": [
-                            {"id": "u", "role": "user", "parts": [{"type": "text", "text": "Go"}]}
-                        ],
-                        "headers": {},
-                        "body": {"game_id": game_id},
-                    }
-                )
+                await ws.send(send_frame(f"r{n}", f"chat-{n}", game_id))
             last = f"r{MAX_REQUESTS}"
             refused = await ws.recv(timeout=10)
             while refused.get("requestId") != last:

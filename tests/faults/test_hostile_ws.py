@@ -22,6 +22,7 @@ from chat_server.logs import ClientGarbageFilter, configure_logging
 from chat_server.storage.profiles import set_role
 from tests.faults.support import RawWebSocket, bearer
 from tests.server import RunningServer, make_settings, running_server
+from tests.test_ai_sdk import send_frame
 from tests.test_ws_providers import catan
 from tests.wsclient import Client, ws_client
 
@@ -227,26 +228,15 @@ async def test_a_demotion_applies_to_the_next_ai_sdk_chat(server: RunningServer)
             await http.post("/admin/games", json={"name": "Unreleased", "status": "hidden"})
         ).json()["id"]
 
-    def send(request_id: str, chat_id: str) -> dict[str, object]:
-        return {
-            "type": "send",
-            "requestId": request_id,
-            "id": chat_id,
-            "trigger": "submit-message",
-            "messages": [{"id": "u", "role": "user", "parts": [{"type": "text", "text": "hi"}]}],
-            "headers": {},
-            "body": {"game_id": hidden},
-        }
-
     base = server.url.replace("http", "ws") + "/ws/ai-sdk"
     async with ws_client(base, token, ready=False) as ws:
-        await ws.send(send("r1", "as-developer"))
+        await ws.send(send_frame("r1", "as-developer", hidden))
         frames = [await ws.recv(timeout=10)]
         while frames[-1]["type"] not in ("end", "error"):
             frames.append(await ws.recv(timeout=10))
         assert frames[-1]["type"] == "end"  # staff may open a hidden game
         server.call(set_role(server.services.db, "demoted2", "basic"))
-        await ws.send(send("r2", "as-basic"))
+        await ws.send(send_frame("r2", "as-basic", hidden))
         refused = await ws.recv(timeout=10)
     assert refused["type"] == "error" and refused["errorText"].startswith("not_found")
 
