@@ -34,6 +34,7 @@ from .retrieval.index import Indexes
 from .sessions.chat import GAMES_CHANNEL, ChatService
 from .sessions.events import EventFeed, MemoryEvents, RedisEvents
 from .sessions.hub import SessionHub
+from .sessions.limits import UserRates
 from .sessions.manager import TurnManager
 from .sessions.monitor import Monitor
 from .sessions.registry import MemoryRegistry, RedisRegistry, Registry
@@ -67,6 +68,7 @@ class Services:
     hub: SessionHub
     connections: Connections
     slots: UserSlots
+    request_rates: UserRates  # per user, for the HTTP chat routes (sockets count frames)
     registry: Registry
     monitor: Monitor
     relay: TurnRelay
@@ -309,6 +311,7 @@ async def build_services(settings: Settings) -> Services:
         hub=hub,
         connections=connections,
         slots=slots,
+        request_rates=UserRates(settings.ws_max_frames_per_second, settings.ws_frame_burst),
         registry=registry,
         monitor=monitor,
         relay=relay,

@@ -13,6 +13,7 @@ disconnects only detaches: the turn runs on for the resume grace.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -62,9 +63,18 @@ STREAM: dict[str, Any] = {"content": {"text/event-stream": {}}, "description": "
 router = APIRouter(prefix="/ai-sdk", tags=["ai-sdk"])
 
 
+def _count(services: Services, user_id: str) -> None:
+    """Count one request against the user's rate (``WS_MAX_FRAMES_PER_SECOND``, bursts of
+    ``WS_FRAME_BURST``, as a socket's frames): a refused request creates no session,
+    writes no refusal and asks no provider."""
+    if not services.request_rates.allow(user_id, time.monotonic()):
+        raise RateLimited("too many requests; slow down")
+
+
 async def _take_slot(services: Services, user_id: str) -> str:
     """One of the user's connection slots (``WS_MAX_CONNECTIONS_PER_USER``, on every
     instance, shared with the user's sockets), held for a stream's life."""
+    _count(services, user_id)
     slot = new_id()
     if not await services.slots.take(user_id, slot):
         limit = services.settings.ws_max_connections_per_user
@@ -154,5 +164,6 @@ async def resume_chat(chat_id: ChatIdPath, principal: Caller, services: Services
     responses=ERRORS,
 )
 async def stop_chat(chat_id: ChatIdPath, principal: Caller, services: ServicesDep) -> Response:
+    _count(services, principal.user_id)
     await stop_running(services, Who(principal.user_id, principal.role), chat_id)
     return Response(status_code=204)

@@ -383,6 +383,40 @@ async def test_http_streams_count_against_the_users_connections(
     assert len(upstream.requests) == 3
 
 
+async def test_http_requests_count_against_the_users_rate(
+    tmp_path: Path, upstream: OpenAIUpstream
+) -> None:
+    """WS_FRAME_BURST=2 at 0.5/s: two POSTs in a row are answered (here: not_found, a
+    hidden game), the third is 429 rate_limited before anything else; another user is
+    not slowed."""
+    extra = {"ws_frame_burst": 2, "ws_max_frames_per_second": 0.5}
+    with running_server(settings(tmp_path, upstream, **extra)) as server:
+        staff = {"Authorization": f"Bearer {server.token('ops', 'developer')}"}
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            hidden = (
+                await http.post(
+                    "/admin/games", json={"name": "Later", "status": "hidden"}, headers=staff
+                )
+            ).json()["id"]
+            body = {
+                "id": "rated",
+                "trigger": "submit-message",
+                "messages": [
+                    {"id": "u", "role": "user", "parts": [{"type": "text", "text": "Hi"}]}
+                ],
+                "game_id": hidden,
+            }
+            mine = {"Authorization": f"Bearer {server.token('quick')}"}
+            codes = [
+                (await http.post("/ai-sdk/chat", json=body, headers=mine)).status_code
+                for _ in range(3)
+            ]
+            other = {"Authorization": f"Bearer {server.token('calm')}"}
+            theirs = await http.post("/ai-sdk/chat", json=body, headers=other)
+    assert codes == [404, 404, 429]
+    assert theirs.status_code == 404
+
+
 async def test_the_sse_stream_has_the_sdk_headers_heartbeats_and_done(
     tmp_path: Path, upstream: OpenAIUpstream
 ) -> None:

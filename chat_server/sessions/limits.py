@@ -1,10 +1,11 @@
-"""Per-connection rate limits, with an injected clock so they are testable without time."""
+"""Rate limits per connection, and per user for requests that have no connection, with
+an injected clock so they are testable without time."""
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 
-__all__ = ["AbuseCounter", "TokenBucket"]
+__all__ = ["AbuseCounter", "TokenBucket", "UserRates"]
 
 
 class TokenBucket:
@@ -48,3 +49,28 @@ class AbuseCounter:
         while times and times[0] <= now - self.window:
             times.popleft()
         return len(times) >= self.limit
+
+
+class UserRates:
+    """A ``TokenBucket`` per user, for HTTP requests (no connection holds one): the
+    ``users`` most recently seen keep theirs (an evicted user starts with a full burst,
+    which is as if they had been idle)."""
+
+    __slots__ = ("_buckets", "burst", "rate", "users")
+
+    def __init__(self, rate: float, burst: int, users: int = 10_000) -> None:
+        self.rate, self.burst, self.users = rate, burst, users
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def allow(self, user_id: str, now: float) -> bool:
+        bucket = self._buckets.get(user_id)
+        if bucket is None:
+            bucket = self._buckets[user_id] = TokenBucket(self.rate, self.burst, now)
+            if len(self._buckets) > self.users:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(user_id)
+        return bucket.allow(now)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
