@@ -57,7 +57,6 @@ _UNAVAILABLE_ERRORS = frozenset({"overloaded_error", "rate_limit_error"})
 _LENGTH_STOPS = frozenset({"max_tokens", "model_context_window_exceeded"})
 _DROPPED = DROPPED
 _FOREIGN = (anthropic.AnthropicError, httpx2.HTTPError, httpx2.StreamError, *_DROPPED)
-_MALFORMED = MALFORMED
 _DRAIN_TIMEOUT = 0.1  # after message_stop, wait this long for the body's end
 
 
@@ -196,7 +195,7 @@ class AnthropicProvider:
                                 break
                             elif kind == "error":
                                 raise _stream_error(event.get("error"))
-                        except _MALFORMED as exc:
+                        except MALFORMED as exc:
                             raise ProviderError("anthropic sent a malformed stream event") from exc
                     if done and http.http_version == "HTTP/1.1":
                         # Read the body's end so the connection goes back to the pool.

@@ -58,7 +58,6 @@ _UNAVAILABLE_STATUSES = frozenset({429, 503, 529})
 _DROPPED = DROPPED
 _DRAIN_TIMEOUT = 0.1  # after [DONE], wait this long for the body's end (keeps the connection)
 _ERROR_BODY_TIMEOUT = 2.0  # an error status's body, for the SDK's error: read this long
-_MALFORMED = MALFORMED
 _loads = json.loads
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -111,7 +110,7 @@ class _Events:
                 text = None
             if chunk.get("usage"):
                 self.usage = _usage(chunk["usage"])
-        except _MALFORMED as exc:
+        except MALFORMED as exc:
             raise ProviderError("openai sent a malformed stream event") from exc
         return text
 
