@@ -39,46 +39,39 @@ class LocalProvider:
     async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamEvent]:
         question = request.messages[-1].content if request.messages else ""
         passages = request.passages[: self._max_passages]
-        # Each part of the answer, with the passage it quotes (cited as it starts, so a
-        # turn cancelled midway cites what it showed, not what it was given).
-        parts: list[tuple[str, Passage | None]]
+        quoted: list[Passage] = []
         if request.rules_silent:
-            parts = [
-                (
-                    "I am the offline rulebook lookup (not a language model). The rules of "
-                    f"{request.game_name} (rulebook, errata and FAQ) say nothing about that: "
-                    "the rules are silent on this question.",
-                    None,
-                )
-            ]
+            intro = (
+                "I am the offline rulebook lookup (not a language model). The rules of "
+                f"{request.game_name} (rulebook, errata and FAQ) say nothing about that: "
+                "the rules are silent on this question."
+            )
         elif not passages:
-            parts = [
-                (
-                    "I am the offline rulebook lookup (not a language model), and I have no "
-                    f"rulebook for {request.game_name} yet, so I cannot answer from the "
-                    "rules. Ask an admin to add one.",
-                    None,
-                )
-            ]
+            intro = (
+                f"I am the offline rulebook lookup (not a language model), and I have no "
+                f"rulebook for {request.game_name} yet, so I cannot answer from the rules. "
+                "Ask an admin to add one."
+            )
         else:
-            parts = [
-                (
-                    "I am the offline rulebook lookup, not a language model: here is what "
-                    f"the rulebook of {request.game_name} says that matches your question."
-                    "\n\n",
-                    None,
-                )
-            ]
-            for n, p in enumerate(passages, 1):
-                where = f"{p.title} — {p.heading}" if p.heading else p.title
-                if p.page is not None:
-                    where += f", page {p.page}"
-                end = "" if n == len(passages) else "\n\n"
-                parts.append((f"[{p.id}] {where}:\n{p.text.rstrip()}{end}", p))
+            intro = (
+                "I am the offline rulebook lookup, not a language model: here is what the "
+                f"rulebook of {request.game_name} says that matches your question."
+            )
+            quoted = passages
+        # The answer in parts, each with the passage it quotes, cited as it starts: a
+        # turn cancelled midway cites what it showed, not what it was given.
+        parts: list[tuple[str, Passage | None]] = [(intro, None)]
+        for p in quoted:
+            where = f"{p.title} — {p.heading}" if p.heading else p.title
+            if p.page is not None:
+                where += f", page {p.page}"
+            parts.append((f"[{p.id}] {where}:\n{p.text.rstrip()}", p))
         output_tokens = 0
-        for text, quoted in parts:
-            if quoted is not None:
-                yield CitationRef(quoted.id, quoted.text[:200])
+        for n, (text, source) in enumerate(parts):
+            if source is not None:
+                yield CitationRef(source.id, source.text[:200])
+            if n < len(parts) - 1:
+                text += "\n\n"
             for token in _TOKEN.findall(text):
                 if self._delay:
                     await asyncio.sleep(self._delay)
