@@ -99,6 +99,15 @@ async def ai_sdk_endpoint(websocket: WebSocket) -> None:
         services.connections.close_socket()
 
 
+def _ours(exc: Exception, what: str, request_id: str) -> ChatServerError:
+    """The error a request ends with: ours as it is; any other (a bug) logged once and
+    answered as ``internal_error``, so the client never waits for an end that won't come."""
+    if isinstance(exc, ChatServerError):
+        return exc
+    log.error("ai-sdk %s %s failed", what, request_id[:40], exc_info=exc)
+    return ChatServerError()
+
+
 def _first_then(
     first: Message, receive: Callable[[], Awaitable[Message]]
 ) -> Callable[[], Awaitable[Message]]:
@@ -318,11 +327,9 @@ class AiSdkSocket(ClientConnection):
             link = await self._link(frame, request)
             request.link = link
             answer = await link.ask(text)
-        except Exception as exc:  # not ours (a bug): the request still gets its error
-            if not isinstance(exc, ChatServerError):
-                log.exception("ai-sdk send %s failed", frame.requestId[:40])
-                exc = ChatServerError()
-            self.put(out.error(exc.code, exc.message))
+        except Exception as exc:
+            failed = _ours(exc, "send", frame.requestId)
+            self.put(out.error(failed.code, failed.message))
             self._release(frame.id, request)
             return
         except BaseException:
@@ -352,10 +359,7 @@ class AiSdkSocket(ClientConnection):
         chat_id = frame.id
         self._opening.add(chat_id)  # counted from now: another send cannot pass the cap
         try:
-            # A new chat is a new session: the role is resolved again (as /ws/chat's
-            # attach)
-            assert self.principal is not None
-            self.principal = await self.services.verifier.refresh_role(self.principal)
+            await self.refresh_role()  # a new chat is a new session (as /ws/chat's attach)
             link = await open_chat(
                 self.services,
                 self.who,
@@ -439,8 +443,7 @@ class AiSdkSocket(ClientConnection):
         out = request.sequencer
         link: ChatLink | None = None
         try:
-            assert self.principal is not None
-            self.principal = await self.services.verifier.refresh_role(self.principal)
+            await self.refresh_role()
             followed = await follow(self.services, self.who, frame.id)
             if followed is None:
                 self.put(out.control("no-active"))
@@ -455,11 +458,9 @@ class AiSdkSocket(ClientConnection):
                 if answer.ended:
                     break
             self.put(out.control("end"))
-        except Exception as exc:  # not ours (a bug): the request still gets its error
-            if not isinstance(exc, ChatServerError):
-                log.exception("ai-sdk resume %s failed", frame.requestId[:40])
-                exc = ChatServerError()
-            self.put(out.error(exc.code, exc.message))
+        except Exception as exc:
+            failed = _ours(exc, "resume", frame.requestId)
+            self.put(out.error(failed.code, failed.message))
         finally:
             if link is not None:
                 link.leave()

@@ -212,7 +212,7 @@ class ClientConnection(Follower):
         assert self.principal is not None
         if self._expiry is not None:
             self._expiry.cancel()
-        delay = self.principal.expires_at + self.settings.jwt_leeway - time.time()
+        delay = self._valid_for()
         loop = asyncio.get_running_loop()
         self._expiry = loop.call_at(loop.time() + max(0.0, delay), self._on_expiry, context=_TIMERS)
 
@@ -221,8 +221,7 @@ class ClientConnection(Follower):
         self._expiry = None
         if self.closing:
             return
-        assert self.principal is not None
-        if self.principal.expires_at + self.settings.jwt_leeway > time.time():
+        if self._valid_for() > 0:
             self.arm_expiry()  # the wall clock and the loop's clock drifted apart
             return
         live = self.services.hub.local_turn(self.session_id) if self.session_id else None
@@ -232,12 +231,22 @@ class ClientConnection(Follower):
         self.put(error_event("token_expired", "the token expired; connect again"))
         self.close("unauthorized")
 
+    def _valid_for(self) -> float:
+        """Seconds until the token, plus leeway, runs out (0 or less: it has)."""
+        assert self.principal is not None
+        return self.principal.expires_at + self.settings.jwt_leeway - time.time()
+
     def check_token(self) -> None:
         """Refuse a new session or turn once the token ran out (``token_expired``): the
         turn running then may finish (``_on_expiry`` closes after it), nothing more."""
-        assert self.principal is not None
-        if self.principal.expires_at + self.settings.jwt_leeway <= time.time():
+        if self._valid_for() <= 0:
             raise TokenExpired("the token expired; connect again (or send a fresh one)")
+
+    async def refresh_role(self) -> None:
+        """Resolve the role again (a changed ``profiles`` row, within ``ROLE_CACHE_TTL``),
+        before a new session: it applies to an open connection from then on."""
+        assert self.principal is not None
+        self.principal = await self.services.verifier.refresh_role(self.principal)
 
     def _after_turn(self, _task: asyncio.Task[None]) -> None:
         if self._expiry is None:  # still expired: no fresh token came meanwhile
@@ -251,8 +260,7 @@ class ClientConnection(Follower):
         ``ROLE_CACHE_TTL``) applies to an open connection from its next session on.
         """
         self.check_token()
-        assert self.principal is not None
-        self.principal = await self.services.verifier.refresh_role(self.principal)
+        await self.refresh_role()
         self.detach()
         attached = await self.services.hub.attach(self.who, command, self)
         self.attached = attached
