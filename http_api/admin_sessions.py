@@ -115,11 +115,7 @@ async def events(
             for event_id, kind, data in batch:
                 yield f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
 
-    return StreamingResponse(
-        _while_valid(staff, services.settings.jwt_leeway, stream()),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return EventStream(_while_valid(staff, services.settings.jwt_leeway, stream()))
 
 
 async def _while_valid(
@@ -242,11 +238,7 @@ async def watch(
             yield block
 
     blocks = _while_valid(staff, services.settings.jwt_leeway, stream())
-    return EventStream(
-        blocks,
-        lambda: hub.unwatch(session_id, follower),
-        {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return EventStream(blocks, lambda: hub.unwatch(session_id, follower))
 
 
 @router.delete(

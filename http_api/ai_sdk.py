@@ -41,11 +41,7 @@ from .models import ErrorBody
 
 __all__ = ["router"]
 
-HEADERS = {
-    "x-vercel-ai-ui-message-stream": "v1",
-    "cache-control": "no-cache",
-    "x-accel-buffering": "no",
-}
+HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}  # and the event stream's own
 ChatIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 ERRORS: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
@@ -124,14 +120,13 @@ async def post_chat(request: ChatRequest, principal: Caller, services: ServicesD
     who = Who(principal.user_id, principal.role)
     text = None if request.trigger == "regenerate-message" else question(request.messages)
     slot = await _take_slot(services, who.user_id)
+    link: ChatLink | None = None
     try:
         link = await open_chat(services, who, request.id, request.chat_body())
-        try:
-            answer = await link.ask(text)
-        except BaseException:
-            link.leave()
-            raise
+        answer = await link.ask(text)
     except BaseException:
+        if link is not None:
+            link.leave()
         await services.slots.release(who.user_id, slot)
         raise
     return _sse(services, who.user_id, slot, link, answer)

@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from ..sessions.outbox import Outbox
 from ..sessions.protocol import Event
 
-__all__ = ["KEEPALIVE_SECONDS", "EventStream", "follow", "sse_block"]
+__all__ = ["HEADERS", "KEEPALIVE_SECONDS", "EventStream", "follow", "sse_block"]
 
 KEEPALIVE_SECONDS = 15.0
 
@@ -59,22 +59,29 @@ async def follow(
             yield block
 
 
+#: What every event stream answers with: no caching, and no buffering by a proxy.
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
 class EventStream(StreamingResponse):
-    """A ``text/event-stream`` response that calls ``on_end`` once, however it ends."""
+    """A ``text/event-stream`` response (``HEADERS`` and ``headers``) that calls
+    ``on_end``, if any, once, however it ends."""
 
     def __init__(
         self,
         body: AsyncIterator[str],
-        on_end: Callable[[], Awaitable[None] | None],
-        headers: Mapping[str, str],
+        on_end: Callable[[], Awaitable[None] | None] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(body, media_type="text/event-stream", headers=headers)
+        super().__init__(
+            body, media_type="text/event-stream", headers={**HEADERS, **(headers or {})}
+        )
         self._on_end = on_end
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            ended = self._on_end()
+            ended = self._on_end() if self._on_end is not None else None
             if ended is not None:
                 await ended
