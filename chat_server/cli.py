@@ -210,12 +210,12 @@ def _positive_int(value: str) -> int:
 
 def _token(settings: Settings, user: str, role: str, ttl: int) -> int:
     from .auth import mint_token
-    from .services import with_local_secret
+    from .services import local_secret_path, with_local_secret
 
     if settings.is_prod:
         print("chat-server: `token` refuses to run when ENVIRONMENT is prod", file=sys.stderr)
         return 1
-    kept = Path(settings.chat_data_dir) / "jwt-secret"
+    kept = local_secret_path(settings)
     made_here = not (settings.supabase_jwt_secret or settings.jwks_url or kept.exists())
     secret = with_local_secret(settings).supabase_jwt_secret
     if made_here and secret:

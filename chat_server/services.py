@@ -92,9 +92,14 @@ def database_url(settings: Settings) -> str:
     return settings.database_url or default_sqlite_url(settings.chat_data_dir)
 
 
+def local_secret_path(settings: Settings) -> Path:
+    """Where the local signing secret is kept (under CHAT_DATA_DIR)."""
+    return Path(settings.chat_data_dir) / "jwt-secret"
+
+
 def local_secret(settings: Settings) -> str:
     """The signing secret kept under CHAT_DATA_DIR, made on first use (mode 0600)."""
-    path = Path(settings.chat_data_dir) / "jwt-secret"
+    path = local_secret_path(settings)
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
