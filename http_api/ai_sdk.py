@@ -51,7 +51,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
             (403, "The chat feature is switched off for this user (feature_disabled)"),
             (404, "Another user's chat, or a game the user may not see"),
             (409, "A turn of this chat is already running (turn_in_progress)"),
-            (429, "The daily quota is used up (quota_exceeded)"),
+            (
+                429,
+                "The daily quota is used up (quota_exceeded), or too many requests or "
+                "streams at once (rate_limited)",
+            ),
         )
     },
 }
